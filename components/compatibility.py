@@ -1,0 +1,347 @@
+"""Compatible training: Dual-Tuning (reconstructed) and the baselines it is compared with.
+
+A compatible new model embeds queries so that they can be searched against a gallery the *old*
+model built, which is what lets an upgrade skip re-extracting the gallery. Everything here is a
+loss on top of the plain trainer in components/training.py: :func:`train_compatible` builds one
+*objective* (named, already weighted loss terms per batch) and hands it to ``train_model``.
+
+Dual-Tuning's authors never released their loss module (their repository lacks the meta
+architecture that would hold it), so the objective below is a **reconstruction** from the
+released configs and helpers (see docs/compatible-training.md and DESIGN.md §4):
+
+- ``ce``    L_ce    = label-smoothed CE(W_n φ_n(x), y)
+- ``proto`` L_proto = CE(s·⟨φ_n(x), p_k⟩, y) over the old prototypes P (class means of the frozen
+  old model's features over the *new* training set); or the prototype-triplet variant
+  max(0, ‖f−p_y‖ − Σ_{k≠y} w_k‖f−p_k‖ + m), w = softmax_{k≠y}(−‖f−p_k‖)
+- ``n2o``   L_n2o   = CE(W_o φ_n(x), n2o(y)) on samples of old classes only (BCT's influence loss)
+- ``o2n``   L_o2n   = CE(W_n sg[φ_o(x)], y): old features through the new classifier; the
+  gradient reaches only W_n
+
+Baselines in the same harness: ``independent`` (L_ce only), ``l2`` (L_ce + λ‖φ_n − φ_o‖²) and
+``bct`` (L_ce + λ·CE(W̃_o φ_n(x), y), where W̃_o is the old classifier with rows for new classes
+synthesised as old-feature class means).
+
+The old model is frozen (no parameter requires a gradient) and kept in eval mode throughout, so
+its BatchNorm statistics and its gallery features never move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from components.backbones import BackboneSpec, EmbeddingModel, build_model, require_same_dim
+from components.data import ImageDataset
+from components.training import (
+    EpochCallback,
+    Objective,
+    TrainConfig,
+    TrainHistory,
+    extract_features,
+    resolve_device,
+    train_model,
+)
+
+Method = Literal["independent", "l2", "bct", "dual_tuning"]
+ProtoVariant = Literal["softmax", "triplet"]
+DUAL_TUNING_TERMS = ("proto", "n2o", "o2n")
+
+
+class CompatibilityError(ValueError):
+    """The old and new models (or the data) cannot be made compatible as asked."""
+
+
+class CompatConfig(BaseModel):
+    """Which compatible-training method to run and how hard each loss term pulls.
+
+    Weights multiply the named terms; a weight of 0 removes a term (that is how the ablations
+    are expressed). Only the weights of the chosen ``method`` are used: ``proto``/``n2o``/``o2n``
+    for Dual-Tuning, ``l2_weight`` for L2 and ``bct_weight`` for BCT.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method = "dual_tuning"
+    ce_weight: float = Field(1.0, ge=0, description="label-smoothed CE of the new head")
+    proto_weight: float = Field(1.0, ge=0, description="old-prototype transfer (feature level)")
+    n2o_weight: float = Field(0.2, ge=0, description="new features through the frozen old classifier")
+    o2n_weight: float = Field(0.2, ge=0, description="old features through the new classifier")
+    l2_weight: float = Field(1.0, ge=0, description="L2 baseline: ‖φ_n − φ_o‖² per sample")
+    bct_weight: float = Field(1.0, ge=0, description="BCT baseline: influence loss with synthesised rows")
+    proto_variant: ProtoVariant = "softmax"
+    proto_scale: float = Field(16.0, gt=0, description="s in CE(s·⟨f, p_k⟩): inverse temperature")
+    proto_normalize: bool = Field(
+        True, description="unit-normalise prototypes (cosine logits); False keeps raw class means"
+    )
+    margin: float = Field(0.3, ge=0, description="margin of the prototype-triplet variant")
+
+    def without(self, term: str) -> CompatConfig:
+        """The same config with one Dual-Tuning term switched off (for ablations)."""
+        if term not in DUAL_TUNING_TERMS:
+            raise ValueError(f"unknown Dual-Tuning term {term!r}; expected one of {DUAL_TUNING_TERMS}")
+        return self.model_copy(update={f"{term}_weight": 0.0})
+
+
+# The paper's config (CE 1, prototype 0.1, N2O 0.2, O2N 0.2). Its features were un-normalised;
+# ours are unit-norm, so the prototype logits need a scale: we use the cosine heads' s = 16.
+PAPER_PRESET = CompatConfig(method="dual_tuning", proto_weight=0.1, n2o_weight=0.2, o2n_weight=0.2)
+# The tuned default, chosen on the MNIST-5k validation split (bench/compat.py --tune; see
+# docs/compatible-training.md). Never chosen on the test split.
+DEFAULT_CONFIG = CompatConfig(method="dual_tuning", proto_weight=1.0, n2o_weight=0.2, o2n_weight=0.2)
+BASELINES: dict[str, CompatConfig] = {
+    "independent": CompatConfig(method="independent"),
+    "l2": CompatConfig(method="l2"),
+    "bct": CompatConfig(method="bct"),
+}
+
+
+# --------------------------------------------------------------------------- class maps, prototypes
+
+
+def identity_class_map(old_num_classes: int) -> dict[int, int]:
+    """New label k is old label k for k < old_num_classes: the old classes keep their numbers."""
+    return {k: k for k in range(old_num_classes)}
+
+
+def class_map_lookup(class_map: Mapping[int, int], num_new: int, num_old: int) -> torch.Tensor:
+    """A [num_new] int64 tensor: old label of each new label, -1 for classes the old model lacks."""
+    lookup = torch.full((num_new,), -1, dtype=torch.int64)
+    for new, old in class_map.items():
+        if not 0 <= int(new) < num_new:
+            raise CompatibilityError(f"class map: new label {new} outside the new model's 0..{num_new - 1}")
+        if not 0 <= int(old) < num_old:
+            raise CompatibilityError(f"class map: old label {old} outside the old model's 0..{num_old - 1}")
+        lookup[int(new)] = int(old)
+    return lookup
+
+
+def old_prototypes(
+    old_model: EmbeddingModel,
+    data: ImageDataset,
+    num_classes: int,
+    batch_size: int = 512,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """P: per-class means of the frozen old model's features over ``data`` (the new training set).
+
+    One row per *new* class, so classes the old model never saw get a prototype too. The old
+    model runs in eval mode with test transforms (none), as the paper's prototype extractor does.
+    Rows are raw means (norm < 1); the losses decide whether to normalise them.
+    """
+    if len(data) == 0:
+        raise CompatibilityError(f"{data.name}: no rows to compute prototypes from")
+    labels = np.asarray(data.labels)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise CompatibilityError(f"{data.name}: labels must lie in 0..{num_classes - 1} for {num_classes} classes")
+    missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
+    if missing:
+        raise CompatibilityError(f"{data.name}: no training items for class(es) {missing}; cannot build prototypes")
+    feats = extract_features(old_model, data.images, batch_size=batch_size, device=device)
+    sums = np.zeros((num_classes, feats.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, feats)
+    counts = np.bincount(labels, minlength=num_classes)[:, None]
+    return torch.from_numpy((sums / counts).astype(np.float32))
+
+
+def synthesised_classifier(old_model: EmbeddingModel, prototypes: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
+    """BCT's old classifier extended to the new classes: W_o rows where the old model has the class,
+    old-feature class means (prototypes) where it does not. Unit rows (the heads are cosine)."""
+    old_rows = F.normalize(old_model.head.weight.detach(), dim=1)
+    rows = F.normalize(prototypes.to(old_rows.device), dim=1).clone()
+    known = lookup >= 0
+    rows[known.to(rows.device)] = old_rows[lookup[known].to(old_rows.device)]
+    return rows
+
+
+# --------------------------------------------------------------------------- loss terms
+
+
+def prototype_softmax_loss(
+    features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, scale: float, normalize: bool
+) -> torch.Tensor:
+    """L_proto = CE(s·⟨f, p_k⟩, y): pulls each new feature towards its class's old prototype and
+    away from the others. Prototypes are constants; the gradient reaches only ``features``."""
+    protos = F.normalize(prototypes, dim=1) if normalize else prototypes
+    return F.cross_entropy(scale * features @ protos.detach().T, labels)
+
+
+def prototype_triplet_loss(
+    features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, margin: float, normalize: bool
+) -> torch.Tensor:
+    """max(0, ‖f−p_y‖ − Σ_{k≠y} w_k‖f−p_k‖ + m), w = softmax_{k≠y}(−‖f−p_k‖): the soft-weighted
+    nearest wrong prototype must be ``margin`` farther away than the right one."""
+    protos = (F.normalize(prototypes, dim=1) if normalize else prototypes).detach()
+    dist = torch.cdist(features, protos)  # [B, K]
+    positive = dist.gather(1, labels[:, None]).squeeze(1)
+    own = F.one_hot(labels, num_classes=protos.shape[0]).bool()
+    weights = torch.softmax((-dist).masked_fill(own, float("-inf")), dim=1)
+    negative = (weights * dist.masked_fill(own, 0.0)).sum(dim=1)
+    return F.relu(positive - negative + margin).mean()
+
+
+def n2o_loss(
+    features: torch.Tensor, labels: torch.Tensor, old_model: EmbeddingModel, lookup: torch.Tensor
+) -> torch.Tensor:
+    """L_n2o = CE(W_o φ_n(x), n2o(y)) over samples of old classes only; zero for a batch without any."""
+    old_labels = lookup.to(labels.device)[labels]
+    valid = old_labels >= 0
+    if not bool(valid.any()):
+        return features.sum() * 0.0
+    return F.cross_entropy(old_model.classify(features[valid]), old_labels[valid])
+
+
+def o2n_loss(old_features: torch.Tensor, labels: torch.Tensor, new_model: EmbeddingModel) -> torch.Tensor:
+    """L_o2n = CE(W_n sg[φ_o(x)], y): the new head must also separate the old features.
+    The stop-gradient means only W_n moves; it then constrains φ_n through the shared head."""
+    return F.cross_entropy(new_model.classify(old_features.detach()), labels)
+
+
+def l2_loss(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
+    """‖φ_n(x) − φ_o(x)‖², summed over dimensions, averaged over the batch."""
+    return (features - old_features.detach()).pow(2).sum(dim=1).mean()
+
+
+def bct_influence_loss(
+    features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """BCT: CE(s_o·cos(φ_n(x), W̃_o), y) with the synthesised old classifier W̃_o (all samples)."""
+    return F.cross_entropy(scale * F.normalize(features, dim=1) @ classifier.detach().T, labels)
+
+
+# --------------------------------------------------------------------------- objective
+
+
+class CompatObjective:
+    """One batch → named, weighted loss terms, for ``train_model(objective=...)``.
+
+    Holds the frozen old model and the constants derived from it (prototypes, class map,
+    synthesised classifier). Old features are computed under ``no_grad`` in eval mode.
+    """
+
+    def __init__(
+        self,
+        old_model: EmbeddingModel,
+        config: CompatConfig,
+        prototypes: torch.Tensor | None,
+        lookup: torch.Tensor,
+        label_smoothing: float = 0.1,
+    ) -> None:
+        self.old_model = old_model
+        self.config = config
+        self.lookup = lookup
+        self.label_smoothing = label_smoothing
+        needs_protos = config.method == "bct" or (config.method == "dual_tuning" and config.proto_weight > 0)
+        if needs_protos and prototypes is None:
+            raise CompatibilityError(f"method {config.method!r} needs old prototypes")
+        self.prototypes = prototypes
+        self.bct_classifier = (
+            synthesised_classifier(old_model, prototypes, lookup) if config.method == "bct" else None
+        )
+
+    def to(self, device: torch.device) -> CompatObjective:
+        self.old_model.to(device)
+        self.lookup = self.lookup.to(device)
+        if self.prototypes is not None:
+            self.prototypes = self.prototypes.to(device)
+        if self.bct_classifier is not None:
+            self.bct_classifier = self.bct_classifier.to(device)
+        return self
+
+    def _old_features(self, images: torch.Tensor) -> torch.Tensor:
+        self.old_model.eval()  # never let a stray .train() update the old BatchNorm statistics
+        with torch.no_grad():
+            return self.old_model.embed(images)
+
+    def __call__(self, model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        features, logits = model(images)
+        terms = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+        if cfg.method == "l2" and cfg.l2_weight > 0:
+            terms["l2"] = cfg.l2_weight * l2_loss(features, self._old_features(images))
+        elif cfg.method == "bct" and cfg.bct_weight > 0:
+            scale = self.old_model.head.scale
+            terms["bct"] = cfg.bct_weight * bct_influence_loss(features, labels, self.bct_classifier, scale)
+        elif cfg.method == "dual_tuning":
+            if cfg.proto_weight > 0:
+                if cfg.proto_variant == "softmax":
+                    proto = prototype_softmax_loss(
+                        features, labels, self.prototypes, cfg.proto_scale, cfg.proto_normalize
+                    )
+                else:
+                    proto = prototype_triplet_loss(
+                        features, labels, self.prototypes, cfg.margin, cfg.proto_normalize
+                    )
+                terms["proto"] = cfg.proto_weight * proto
+            if cfg.n2o_weight > 0:
+                terms["n2o"] = cfg.n2o_weight * n2o_loss(features, labels, self.old_model, self.lookup)
+            if cfg.o2n_weight > 0:
+                terms["o2n"] = cfg.o2n_weight * o2n_loss(self._old_features(images), labels, model)
+        return terms
+
+
+def check_compatible_pair(old_model: EmbeddingModel, new_model: EmbeddingModel) -> None:
+    """Fail early and clearly when a new model cannot share the old model's space or inputs."""
+    if old_model is new_model:
+        raise CompatibilityError("the new model must be a separate module from the frozen old model")
+    require_same_dim(old_model, new_model)
+    old_in = (old_model.spec.in_channels, old_model.spec.image_size)
+    new_in = (new_model.spec.in_channels, new_model.spec.image_size)
+    if old_in != new_in:
+        raise CompatibilityError(
+            f"input mismatch: old model reads (channels, size)={old_in}, new model {new_in}; "
+            "both must read the same images"
+        )
+
+
+def train_compatible(
+    old_model: EmbeddingModel,
+    new_spec: BackboneSpec | EmbeddingModel,
+    train_data: ImageDataset,
+    config: CompatConfig = DEFAULT_CONFIG,
+    train_config: TrainConfig | None = None,
+    class_map: Mapping[int, int] | None = None,
+    progress: bool = True,
+    on_epoch_end: EpochCallback | None = None,
+) -> tuple[EmbeddingModel, TrainHistory]:
+    """Train a new model (any architecture, the old model's d) compatible with ``old_model``.
+
+    ``new_spec`` is built with the training seed (or an already built model is trained in
+    place). ``class_map`` maps new labels to old labels; by default the old model's classes keep
+    their numbers (new label k = old label k for k below the old class count). The old model is
+    frozen and in eval mode during training; its ``requires_grad`` flags are restored afterwards.
+    """
+    train_config = train_config or TrainConfig()
+    if isinstance(new_spec, BackboneSpec):
+        torch.manual_seed(train_config.seed)
+        new_model = build_model(new_spec)
+    else:
+        new_model = new_spec
+    check_compatible_pair(old_model, new_model)
+    num_new, num_old = new_model.spec.num_classes, old_model.spec.num_classes
+    class_map = identity_class_map(min(num_old, num_new)) if class_map is None else class_map
+    lookup = class_map_lookup(class_map, num_new, num_old)
+
+    device = resolve_device(train_config.device)
+    flags = [p.requires_grad for p in old_model.parameters()]
+    old_model.to(device).eval().requires_grad_(False)
+    try:
+        needs_protos = config.method == "bct" or (config.method == "dual_tuning" and config.proto_weight > 0)
+        prototypes = (
+            old_prototypes(old_model, train_data, num_new, device=train_config.device) if needs_protos else None
+        )
+        objective: Objective = CompatObjective(
+            old_model, config, prototypes, lookup, label_smoothing=train_config.label_smoothing
+        ).to(device)
+        history = train_model(
+            new_model, train_data, train_config, objective=objective, progress=progress, on_epoch_end=on_epoch_end
+        )
+    finally:
+        for param, flag in zip(old_model.parameters(), flags, strict=True):
+            param.requires_grad_(flag)
+        old_model.eval()
+    return new_model, history

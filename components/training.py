@@ -1,0 +1,148 @@
+"""A plain, seeded supervised trainer and batched feature extraction.
+
+The trainer knows nothing about compatibility: what it minimises is an *objective*, a callable
+that returns named loss terms for one batch. Plain training uses :func:`cross_entropy_objective`;
+compatible training (components/compatibility.py) passes its own. Every term is logged per
+epoch, so a run's history shows which term pulled how hard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from components.backbones import EmbeddingModel
+from components.data import ImageDataset
+
+Objective = Callable[[EmbeddingModel, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainConfig(BaseModel):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch means of every loss term, plus timing."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' means a GPU when one is present; anything else is taken literally."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def cross_entropy_objective(label_smoothing: float = 0.1) -> Objective:
+    """L_ce: label-smoothed cross-entropy of the model's own head."""
+
+    def objective(model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, logits = model(images)
+        return {"ce": F.cross_entropy(logits, labels, label_smoothing=label_smoothing)}
+
+    return objective
+
+
+def train_model(
+    model: EmbeddingModel,
+    data: ImageDataset,
+    config: TrainConfig,
+    objective: Objective | None = None,
+    progress: bool = True,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainHistory:
+    """Train ``model`` in place with Adam on ``data`` (all rows are used; pass a split).
+
+    Seeded: the same seed, data and config give the same weights on CPU.
+    """
+    if len(data) == 0:
+        raise ValueError(f"{data.name}: no training rows")
+    if int(data.labels.max()) >= model.spec.num_classes:
+        raise ValueError(
+            f"{data.name}: label {int(data.labels.max())} does not fit a model with "
+            f"{model.spec.num_classes} classes"
+        )
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    model.to(device).train()
+    objective = objective or cross_entropy_objective(config.label_smoothing)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    images = torch.from_numpy(data.images)
+    labels = torch.from_numpy(data.labels)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = TrainHistory()
+    start = time.perf_counter()
+    bar = tqdm(total=config.epochs * len(data), unit="img", disable=not progress, desc="train", leave=False)
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(data), generator=generator)
+        sums: dict[str, float] = {}
+        for begin in range(0, len(data), config.batch_size):
+            idx = order[begin : begin + config.batch_size]
+            x, y = images[idx].to(device), labels[idx].to(device)
+            terms = objective(model, x, y)
+            loss = torch.stack(list(terms.values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in {**terms, "loss": loss}.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(idx)
+            bar.update(len(idx))
+        scheduler.step()
+        means = {name: total / len(data) for name, total in sums.items()}
+        history.epochs.append(means)
+        bar.set_postfix(loss=f"{means['loss']:.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, means)
+    bar.close()
+    history.seconds = time.perf_counter() - start
+    history.images_per_second = config.epochs * len(data) / max(history.seconds, 1e-9)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def extract_features(
+    model: EmbeddingModel,
+    images: np.ndarray,
+    batch_size: int = 512,
+    device: str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Embed images in eval mode (test transforms: none), returning float32 [N, d]."""
+    expected = (model.spec.in_channels, model.spec.image_size, model.spec.image_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images of shape {images.shape} do not fit the model's input [N, {expected}]")
+    torch_device = resolve_device(device)
+    was_training = model.training
+    model.to(torch_device).eval()
+    out = np.empty((len(images), model.embedding_dim), dtype=np.float32)
+    for begin in tqdm(range(0, len(images), batch_size), disable=not progress, desc="extract", leave=False):
+        batch = torch.from_numpy(np.ascontiguousarray(images[begin : begin + batch_size])).to(torch_device)
+        out[begin : begin + len(batch)] = model.embed(batch).cpu().numpy()
+    model.train(was_training)
+    return out

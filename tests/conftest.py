@@ -1,0 +1,24 @@
+"""Shared test set-up.
+
+Fixtures live in tests/fixtures/, one module per kind of real component they start
+(S3 endpoint, MLflow registry, Prefect harness, trained models). They are loaded here
+as plugins so every test folder sees them.
+"""
+
+import os
+
+import torch
+
+# Deterministic, quiet, single-threaded: two OpenMP threads on a busy 2-core box are
+# slower than one, and tests must not depend on the machine's load.
+torch.set_num_threads(1)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+pytest_plugins = [
+    "tests.fixtures.data",
+    "tests.fixtures.s3",
+]

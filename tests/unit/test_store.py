@@ -1,0 +1,213 @@
+"""ObjectStore behaviour on both backends: a local directory and S3 on moto's HTTP server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from components.store import (
+    InvalidKeyError,
+    LocalObjectStore,
+    ObjectNotFoundError,
+    ObjectStore,
+    S3ObjectStore,
+    open_store,
+    validate_key,
+)
+from tests.fixtures.stores import any_store  # noqa: F401  (fixture; see tests/fixtures/stores.py)
+
+BAD_KEYS = [
+    "",
+    "/etc/passwd",
+    "a/../b",
+    "..",
+    "a/./b",
+    "a//b",
+    "a/b/",
+    "a\\b",
+    "a/\x00b",
+    "a/.~tmp-123",
+]
+
+
+def test_bytes_round_trip_and_overwrite(any_store: ObjectStore) -> None:
+    payload = bytes(range(256)) * 3
+    any_store.put_bytes("a/b/blob.bin", payload)
+    any_store.put_bytes("a/empty", b"")
+    assert any_store.get_bytes("a/b/blob.bin") == payload
+    assert any_store.get_bytes("a/empty") == b""
+    any_store.put_atomic("a/b/blob.bin", b"second")
+    assert any_store.get_bytes("a/b/blob.bin") == b"second"
+
+
+def test_exists_delete_and_missing_key(any_store: ObjectStore) -> None:
+    any_store.put_bytes("x/y", b"1")
+    assert any_store.exists("x/y")
+    assert not any_store.exists("x/z")
+    assert not any_store.exists("x")  # a "directory" is not an object
+    any_store.delete("x/y")
+    any_store.delete("x/y")  # deleting a missing key is not an error
+    assert not any_store.exists("x/y")
+    with pytest.raises(ObjectNotFoundError, match="x/y"):
+        any_store.get_bytes("x/y")
+
+
+def test_list_is_a_sorted_string_prefix_listing(any_store: ObjectStore) -> None:
+    for key in ["g/v2/b", "g/v1/a", "g/v10/c", "h/x", "top"]:
+        any_store.put_bytes(key, b".")
+    assert any_store.list() == ["g/v1/a", "g/v10/c", "g/v2/b", "h/x", "top"]
+    assert any_store.list("g/") == ["g/v1/a", "g/v10/c", "g/v2/b"]
+    assert any_store.list("g/v1") == ["g/v1/a", "g/v10/c"]  # string prefix, as in S3
+    assert any_store.list("g/v1/") == ["g/v1/a"]
+    assert any_store.list("nothing/") == []
+
+
+def test_invalid_keys_rejected_before_any_io(any_store: ObjectStore) -> None:
+    for key in BAD_KEYS:
+        for operation in (
+            lambda k=key: any_store.put_bytes(k, b"x"),
+            lambda k=key: any_store.get_bytes(k),
+            lambda k=key: any_store.exists(k),
+            lambda k=key: any_store.delete(k),
+        ):
+            with pytest.raises(InvalidKeyError, match="object key") as info:
+                operation()
+            assert isinstance(info.value, ValueError)
+            assert repr(key) in str(info.value)
+    assert any_store.list() == []
+
+
+def test_invalid_list_prefix_rejected(any_store: ObjectStore) -> None:
+    with pytest.raises(InvalidKeyError, match=r"\.\."):
+        any_store.list("../")
+
+
+def test_non_string_key_rejected() -> None:
+    with pytest.raises(InvalidKeyError, match="must be a string"):
+        validate_key(b"bytes-key")  # type: ignore[arg-type]
+
+
+def test_s3_listing_follows_pagination(s3_endpoint: str, s3_bucket: str) -> None:
+    store = open_store(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint, list_page_size=2)
+    keys = [f"k/{i:02d}" for i in range(7)]
+    for key in keys:
+        store.put_bytes(key, b"v")
+    calls = []
+    store.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(kw))
+    assert store.list("k/") == keys
+    assert len(calls) == 4  # 2 + 2 + 2 + 1 keys: every page was fetched
+
+
+def test_s3_keys_stay_under_the_store_prefix(s3_endpoint: str, s3_bucket: str) -> None:
+    inside = open_store(f"s3://{s3_bucket}/tenant-a", endpoint_url=s3_endpoint)
+    other = open_store(f"s3://{s3_bucket}/tenant-b", endpoint_url=s3_endpoint)
+    inside.put_bytes("obj", b"a")
+    raw = open_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint)
+    assert raw.list() == ["tenant-a/obj"]
+    assert other.list() == [] and not other.exists("obj")
+    with pytest.raises(InvalidKeyError):
+        inside.get_bytes("../tenant-b/obj")
+
+
+def test_s3_big_objects_use_multipart_upload(s3_endpoint: str, s3_bucket: str) -> None:
+    mib = 1024 * 1024
+    store = open_store(
+        f"s3://{s3_bucket}",
+        endpoint_url=s3_endpoint,
+        multipart_threshold=5 * mib,
+        multipart_chunksize=5 * mib,
+    )
+    payload = os.urandom(6 * mib)
+    store.put_bytes("big.bin", payload)
+    store.put_bytes("small.bin", b"tiny")
+    head = store.client.head_object(Bucket=s3_bucket, Key="big.bin")
+    assert head["ETag"].strip('"').endswith("-2")  # two parts
+    assert "-" not in store.client.head_object(Bucket=s3_bucket, Key="small.bin")["ETag"]
+    assert store.get_bytes("big.bin") == payload
+
+
+def test_s3_uses_one_client_per_thread(s3_endpoint: str, s3_bucket: str) -> None:
+    store = open_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint)
+    clients = {}
+    errors = []
+
+    def work(i: int) -> None:
+        try:
+            clients[i] = store.client
+            store.put_bytes(f"t/{i}", str(i).encode())
+        except Exception as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len({id(c) for c in clients.values()}) == 2
+    assert store.list("t/") == ["t/0", "t/1"]
+
+
+def test_s3_repr_and_uri_hold_no_credentials(s3_endpoint: str, s3_bucket: str, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sup3r-secret-value")
+    store = open_store(f"s3://{s3_bucket}/pre", endpoint_url=s3_endpoint)
+    assert store.uri == f"s3://{s3_bucket}/pre"
+    assert "sup3r" not in repr(store) and "sup3r" not in repr(vars(store))
+
+
+def test_local_put_is_atomic_on_failure(tmp_path: Path, monkeypatch) -> None:
+    store = LocalObjectStore(tmp_path)
+    store.put_bytes("d/obj", b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store.put_bytes("d/obj", b"new")
+    monkeypatch.undo()
+    assert store.get_bytes("d/obj") == b"old"
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["obj"]  # no temp file left
+
+
+def test_local_symlink_out_of_root_is_rejected(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store = LocalObjectStore(tmp_path / "root")
+    (tmp_path / "root" / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InvalidKeyError, match="outside the store root"):
+        store.put_bytes("link/evil", b"x")
+    assert list(outside.iterdir()) == []
+
+
+def test_open_store_parses_uris(tmp_path: Path, s3_endpoint: str) -> None:
+    local = open_store(str(tmp_path / "a"))
+    assert isinstance(local, LocalObjectStore) and local.root == (tmp_path / "a").resolve()
+    assert isinstance(open_store((tmp_path / "b").as_uri()), LocalObjectStore)
+    s3 = open_store("s3://my-bucket/some/prefix/", endpoint_url=s3_endpoint)
+    assert isinstance(s3, S3ObjectStore)
+    assert (s3.bucket, s3.prefix, s3.endpoint_url) == ("my-bucket", "some/prefix", s3_endpoint)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("", "empty"),
+        ("s3://", "no bucket"),
+        ("s3://Bad_Bucket/x", "bucket name"),
+        ("s3://bucket/a/../b", "prefix"),
+        ("gs://bucket/x", "unsupported scheme"),
+        ("file://remote-host/dir", "local path"),
+    ],
+)
+def test_open_store_rejects_bad_uris(uri: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        open_store(uri)
+
+
+def test_endpoint_url_only_for_s3(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only meaningful for s3"):
+        open_store(str(tmp_path), endpoint_url="http://127.0.0.1:9")
