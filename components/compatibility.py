@@ -137,10 +137,14 @@ def old_prototypes(
         raise CompatibilityError(f"{data.name}: no rows to compute prototypes from")
     labels = np.asarray(data.labels)
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise CompatibilityError(f"{data.name}: labels must lie in 0..{num_classes - 1} for {num_classes} classes")
+        raise CompatibilityError(
+            f"{data.name}: labels must lie in 0..{num_classes - 1} for {num_classes} classes"
+        )
     missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
     if missing:
-        raise CompatibilityError(f"{data.name}: no training items for class(es) {missing}; cannot build prototypes")
+        raise CompatibilityError(
+            f"{data.name}: no training items for class(es) {missing}; cannot build prototypes"
+        )
     feats = extract_features(old_model, data.images, batch_size=batch_size, device=device)
     sums = np.zeros((num_classes, feats.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, feats)
@@ -148,7 +152,9 @@ def old_prototypes(
     return torch.from_numpy((sums / counts).astype(np.float32))
 
 
-def synthesised_classifier(old_model: EmbeddingModel, prototypes: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
+def synthesised_classifier(
+    old_model: EmbeddingModel, prototypes: torch.Tensor, lookup: torch.Tensor
+) -> torch.Tensor:
     """BCT's old classifier extended to the new classes: W_o rows where the old model has the class,
     old-feature class means (prototypes) where it does not. Unit rows (the heads are cosine)."""
     old_rows = F.normalize(old_model.head.weight.detach(), dim=1)
@@ -257,7 +263,9 @@ class CompatObjective:
         with torch.no_grad():
             return self.old_model.embed(images)
 
-    def __call__(self, model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         cfg = self.config
         features, logits = model(images)
         terms = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
@@ -332,13 +340,20 @@ def train_compatible(
     try:
         needs_protos = config.method == "bct" or (config.method == "dual_tuning" and config.proto_weight > 0)
         prototypes = (
-            old_prototypes(old_model, train_data, num_new, device=train_config.device) if needs_protos else None
+            old_prototypes(old_model, train_data, num_new, device=train_config.device)
+            if needs_protos
+            else None
         )
         objective: Objective = CompatObjective(
             old_model, config, prototypes, lookup, label_smoothing=train_config.label_smoothing
         ).to(device)
         history = train_model(
-            new_model, train_data, train_config, objective=objective, progress=progress, on_epoch_end=on_epoch_end
+            new_model,
+            train_data,
+            train_config,
+            objective=objective,
+            progress=progress,
+            on_epoch_end=on_epoch_end,
         )
     finally:
         for param, flag in zip(old_model.parameters(), flags, strict=True):

@@ -160,7 +160,9 @@ def compatibility_criterion(
     for metric in metrics:
         values = {pair: matrix[pair].as_dict() for pair in ("old/old", "new/old", "new/new")}
         if any(metric not in v for v in values.values()):
-            raise ValueError(f"metric {metric!r} is not in the matrix; available: {sorted(values['old/old'])}")
+            raise ValueError(
+                f"metric {metric!r} is not in the matrix; available: {sorted(values['old/old'])}"
+            )
         old_old, new_old, new_new = (values[p][metric] for p in ("old/old", "new/old", "new/new"))
         if reference_new_new is not None:
             if metric not in reference_new_new:

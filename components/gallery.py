@@ -20,7 +20,7 @@ crash and must never expose a half-built state. Layout, under any :class:`Object
 Write protocol and why it is safe:
 
 1. ``begin_version`` writes ``staging.json``. Nothing is visible: readers only follow CURRENT.
-2. ``write_shard(n)`` writes the three ``.npy`` files, then the shard record last. A shard counts
+2. ``write_shard(n)`` writes the shard's ``.npy`` files, then the shard record last. A shard counts
    as done only if its record parses and every file's sha256 matches it, so a crash mid-shard
    (files without record, or a torn file) simply makes the shard pending again. A rerun skips
    done shards without rewriting them.
@@ -34,6 +34,8 @@ Once sealed a version is immutable: writers refuse to touch it and it cannot be 
 ``set_current`` moves the pointer back (a transaction rollback) and accepts ``None`` to remove
 CURRENT when the rolled-back publish was the gallery's first.
 
+Records, layout and errors live in components/gallery_records.py and are re-exported here.
+
 One writer job per gallery version is assumed (a Prefect concurrency limit in the flows);
 ``expected_current`` gives an optimistic check against a concurrent switch, not a lock.
 """
@@ -41,47 +43,68 @@ One writer job per gallery version is assumed (a Prefect concurrency limit in th
 from __future__ import annotations
 
 import enum
-import hashlib
-import io
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, get_args
-from uuid import uuid4
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import JsonValue, ValidationError
 
+from components.gallery_records import (
+    ARRAY_KINDS,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    SEAL_FILE,
+    STAGING_FILE,
+    ArrayKind,
+    CurrentPointer,
+    FileEntry,
+    GalleryArrays,
+    GalleryError,
+    GalleryManifest,
+    ManifestError,
+    SealRecord,
+    ShardCorruptedError,
+    ShardRecord,
+    StagingRecord,
+    VersionImmutableError,
+    VersionIncompleteError,
+    as_utc,
+    check_array_shape,
+    first_error,
+    new_version_id,
+    npy_bytes,
+    npy_load,
+    prepare_shard_arrays,
+    sha256_hex,
+    shard_file,
+    shard_record_file,
+    to_json,
+    validate_name,
+)
 from components.store import ObjectNotFoundError, ObjectStore
 
-ArrayKind = Literal["features", "codes", "ids"]
-ARRAY_KINDS: tuple[ArrayKind, ...] = get_args(ArrayKind)
-IdKind = Literal["int64", "str"]
-FORMAT_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHA256_RE = r"^[0-9a-f]{64}$"
-
-
-class GalleryError(Exception):
-    """Base class: anything wrong with a gallery, its versions or their files."""
-
-
-class ManifestError(GalleryError):
-    """A version's manifest is missing, unparseable, invalid or inconsistent."""
-
-
-class ShardCorruptedError(GalleryError):
-    """A shard file is missing, fails its checksum, or does not hold what the manifest says."""
-
-
-class VersionImmutableError(GalleryError):
-    """An attempt to change a version that CURRENT has pointed at."""
-
-
-class VersionIncompleteError(GalleryError):
-    """A version lacks shards or files, so it cannot be finalized or made current."""
+__all__ = [
+    "ARRAY_KINDS",
+    "UNSET",
+    "ArrayKind",
+    "CurrentPointer",
+    "FileEntry",
+    "GalleryArrays",
+    "GalleryError",
+    "GalleryManifest",
+    "GalleryStore",
+    "ManifestError",
+    "ShardCorruptedError",
+    "ShardRecord",
+    "StagingRecord",
+    "VersionImmutableError",
+    "VersionIncompleteError",
+    "VersionWriter",
+    "new_version_id",
+    "shard_file",
+    "validate_name",
+]
 
 
 class _Unset(enum.Enum):
@@ -89,195 +112,6 @@ class _Unset(enum.Enum):
 
 
 UNSET = _Unset.UNSET
-
-
-# --------------------------------------------------------------------------- records
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FileEntry(_Record):
-    """One stored file: path relative to the version folder, byte size and sha256 of its bytes."""
-
-    path: str
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=_SHA256_RE)
-
-
-class ShardRecord(_Record):
-    """What one shard holds; written after its files, so its presence commits the shard."""
-
-    index: int = Field(ge=0)
-    count: int = Field(ge=0)
-    id_kind: IdKind
-    feature_dim: int | None = Field(default=None, ge=1)
-    code_length: int | None = Field(default=None, ge=1)
-    code_dtype: str | None = None
-    files: dict[ArrayKind, FileEntry]
-
-    @model_validator(mode="after")
-    def _files_named_as_layout(self) -> ShardRecord:
-        for kind, entry in self.files.items():
-            if entry.path != shard_file(self.index, kind):
-                raise ValueError(
-                    f"shard {self.index} {kind} file is {entry.path!r}, expected "
-                    f"{shard_file(self.index, kind)!r}"
-                )
-        if ("features" in self.files) != (self.feature_dim is not None):
-            raise ValueError(f"shard {self.index}: feature_dim must be set exactly when features are stored")
-        if ("codes" in self.files) != (self.code_length is not None and self.code_dtype is not None):
-            raise ValueError(
-                f"shard {self.index}: code_length/code_dtype must be set exactly when codes are stored"
-            )
-        if "ids" not in self.files:
-            raise ValueError(f"shard {self.index}: has no ids file")
-        return self
-
-
-class StagingRecord(_Record):
-    """A version's job parameters, fixed when it is begun; a resumed run must present the same."""
-
-    format_version: Literal[1] = FORMAT_VERSION
-    gallery: str
-    version: str
-    model_version: str
-    codebook_version: str | None = None
-    parent_version: str | None = None
-    num_shards: int = Field(ge=1)
-    arrays: tuple[ArrayKind, ...]
-    created_at: datetime
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
-
-
-class GalleryManifest(_Record):
-    """A finished version: its provenance, every shard with counts and checksums, totals."""
-
-    format_version: Literal[1] = FORMAT_VERSION
-    gallery: str
-    version: str
-    model_version: str
-    codebook_version: str | None = None
-    parent_version: str | None = None
-    created_at: datetime
-    arrays: tuple[ArrayKind, ...]
-    num_shards: int = Field(ge=1)
-    num_items: int = Field(ge=0)
-    id_kind: IdKind
-    feature_dim: int | None = None
-    code_length: int | None = None
-    code_dtype: str | None = None
-    shards: list[ShardRecord]
-    index: FileEntry | None = None
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> GalleryManifest:
-        if [s.index for s in self.shards] != list(range(self.num_shards)):
-            raise ValueError(
-                f"shards are {[s.index for s in self.shards]}, expected 0..{self.num_shards - 1}"
-            )
-        total = sum(s.count for s in self.shards)
-        if total != self.num_items:
-            raise ValueError(f"num_items={self.num_items} but the shards hold {total} items")
-        for shard in self.shards:
-            if set(shard.files) != set(self.arrays):
-                raise ValueError(
-                    f"shard {shard.index} stores {sorted(shard.files)}, expected {sorted(self.arrays)}"
-                )
-            own = (shard.id_kind, shard.feature_dim, shard.code_length, shard.code_dtype)
-            if own != (self.id_kind, self.feature_dim, self.code_length, self.code_dtype):
-                raise ValueError(
-                    f"shard {shard.index} has (id_kind, feature_dim, code_length, code_dtype)={own}, "
-                    f"the manifest says {(self.id_kind, self.feature_dim, self.code_length, self.code_dtype)}"
-                )
-        if self.index is not None and self.index.path != INDEX_FILE:
-            raise ValueError(f"index path is {self.index.path!r}, expected {INDEX_FILE!r}")
-        return self
-
-    def files(self) -> list[FileEntry]:
-        """Every file of the version (shards, then the index)."""
-        entries = [entry for shard in self.shards for entry in shard.files.values()]
-        return entries + ([self.index] if self.index is not None else [])
-
-
-class CurrentPointer(_Record):
-    """The CURRENT object: the live version, and the one it replaced (for rollback and audit)."""
-
-    gallery: str
-    version: str
-    previous: str | None = None
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class GalleryArrays:
-    """Rows of a shard or a whole version, aligned by position; absent arrays are None."""
-
-    ids: np.ndarray
-    features: np.ndarray | None = None
-    codes: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-# --------------------------------------------------------------------------- layout
-
-INDEX_FILE = "index.faiss"
-MANIFEST_FILE = "manifest.json"
-STAGING_FILE = "staging.json"
-SEAL_FILE = "PUBLISHED"
-
-
-def shard_file(n: int, kind: ArrayKind) -> str:
-    """Path of a shard's array file, relative to the version folder."""
-    return f"shards/{n:06d}.{kind}.npy"
-
-
-def shard_record_file(n: int) -> str:
-    return f"shards/{n:06d}.json"
-
-
-def validate_name(value: str, what: str) -> str:
-    """Gallery names and version ids become one key segment: letters, digits, '.', '_', '-'."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(
-            f"{what} {value!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
-
-
-def new_version_id(now: datetime | None = None) -> str:
-    """A fresh version id that sorts by creation time, e.g. ``20261123T101500Z-3f9a1c``."""
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{now:%Y%m%dT%H%M%S}Z-{uuid4().hex[:6]}"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _to_json(record: BaseModel) -> bytes:
-    return (record.model_dump_json(indent=2) + "\n").encode("utf-8")
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _npy_load(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"created_at={moment!r} must be timezone-aware")
-    return moment.astimezone(UTC)
 
 
 # --------------------------------------------------------------------------- the store
@@ -317,7 +151,7 @@ class GalleryStore:
             pointer = CurrentPointer.model_validate_json(data)
         except ValidationError as exc:
             raise GalleryError(
-                f"gallery {gallery!r}: CURRENT ({key}) is unreadable: {_first_error(exc)}"
+                f"gallery {gallery!r}: CURRENT ({key}) is unreadable: {first_error(exc)}"
             ) from None
         if pointer.gallery != gallery:
             raise GalleryError(f"gallery {gallery!r}: CURRENT names gallery {pointer.gallery!r}")
@@ -355,7 +189,7 @@ class GalleryStore:
             manifest = GalleryManifest.model_validate_json(data)
         except ValidationError as exc:
             raise ManifestError(
-                f"{where}: manifest {key} is corrupted or inconsistent: {_first_error(exc)}"
+                f"{where}: manifest {key} is corrupted or inconsistent: {first_error(exc)}"
             ) from None
         if (manifest.gallery, manifest.version) != (gallery, version):
             raise ManifestError(
@@ -378,12 +212,12 @@ class GalleryStore:
         for kind, entry in shard.files.items():
             data = self._read_verified(gallery, version, entry, where)
             try:
-                array = _npy_load(data)
+                array = npy_load(data)
             except (ValueError, OSError) as exc:
                 raise ShardCorruptedError(
                     f"{where}: {entry.path} is not a readable .npy file: {exc}"
                 ) from None
-            _check_shape(array, kind, shard, f"{where}: {entry.path}")
+            check_array_shape(array, kind, shard, f"{where}: {entry.path}")
             arrays[kind] = array
         return GalleryArrays(ids=arrays["ids"], features=arrays.get("features"), codes=arrays.get("codes"))
 
@@ -427,7 +261,7 @@ class GalleryStore:
             data = self.store.get_bytes(key)
         except ObjectNotFoundError:
             raise ShardCorruptedError(f"{where}: file {entry.path} is missing") from None
-        digest = _sha256(data)
+        digest = sha256_hex(data)
         if len(data) != entry.size or digest != entry.sha256:
             raise ShardCorruptedError(
                 f"{where}: file {entry.path} fails its checksum (expected {entry.size} bytes sha256 "
@@ -474,16 +308,17 @@ class GalleryStore:
             arrays=tuple(a for a in ARRAY_KINDS if a in arrays),
             metadata=metadata or {},
         )
-        if existing is None:
-            moment = _utc(created_at) if created_at is not None else datetime.now(UTC)
-            staging = StagingRecord(created_at=moment, **fields)
-            self.store.put_bytes(key, _to_json(staging))
-            return VersionWriter(self, staging)
-        moment = _utc(created_at) if created_at is not None else existing.created_at
+        if created_at is not None:
+            moment = as_utc(created_at)
+        else:
+            moment = existing.created_at if existing is not None else datetime.now(UTC)
         try:
             staging = StagingRecord(created_at=moment, **fields)
         except ValidationError as exc:
-            raise ValueError(f"gallery {gallery!r} version {version!r}: {_first_error(exc)}") from None
+            raise ValueError(f"gallery {gallery!r} version {version!r}: {first_error(exc)}") from None
+        if existing is None:
+            self.store.put_bytes(key, to_json(staging))
+            return VersionWriter(self, staging)
         old, new = existing.model_dump(mode="json"), staging.model_dump(mode="json")
         differing = [
             f"{name}: staged {old[name]!r}, now {new[name]!r}" for name in old if old[name] != new[name]
@@ -513,7 +348,7 @@ class GalleryStore:
             staging = StagingRecord.model_validate_json(data)
         except ValidationError as exc:
             raise GalleryError(
-                f"gallery {gallery!r} version {version!r}: {key} is corrupted: {_first_error(exc)}"
+                f"gallery {gallery!r} version {version!r}: {key} is corrupted: {first_error(exc)}"
             ) from None
         if (staging.gallery, staging.version) != (gallery, version):
             raise GalleryError(f"gallery {gallery!r} version {version!r}: {key} belongs to another version")
@@ -544,32 +379,18 @@ class GalleryStore:
         expected_current: str | None | _Unset = UNSET,
         verify_checksums: bool = False,
     ) -> CurrentPointer | None:
-        """Point CURRENT at ``version`` (or remove it for ``None``), after checking the version is whole.
+        """Point CURRENT at ``version`` (see :meth:`publish`), or remove CURRENT for ``None``.
 
-        The version's manifest must load and every file it names must exist (and match its
-        sha256 if ``verify_checksums``); the version is sealed before CURRENT is written.
-        ``expected_current``, when given, must equal the live version or :class:`GalleryError`
-        is raised and nothing changes. Returns the new pointer (its ``previous`` is what a
-        rollback restores), or None when CURRENT was removed.
+        This is the rollback primitive: pass the ``previous`` of the pointer a publish returned
+        (None when that publish was the gallery's first). Returns the new pointer, or None.
         """
         if version is not None:
-            self.verify_version(gallery, version, checksums=verify_checksums)
-        pointer = self.read_pointer(gallery)
-        live = pointer.version if pointer else None
-        if expected_current is not UNSET and expected_current != live:
-            raise GalleryError(
-                f"gallery {gallery!r}: CURRENT is {live!r}, expected {expected_current!r}; "
-                "another job switched it, refusing to overwrite"
+            return self.publish(
+                gallery, version, expected_current=expected_current, verify_checksums=verify_checksums
             )
-        if version is None:
-            self.store.delete(self.current_key(gallery))
-            return None
-        seal = self.version_key(gallery, version, SEAL_FILE)
-        if not self.store.exists(seal):
-            self.store.put_bytes(seal, _to_json(_Seal(sealed_at=datetime.now(UTC))))
-        new = CurrentPointer(gallery=gallery, version=version, previous=live, updated_at=datetime.now(UTC))
-        self.store.put_atomic(self.current_key(gallery), _to_json(new))
-        return new
+        self._check_expected(gallery, expected_current)
+        self.store.delete(self.current_key(gallery))
+        return None
 
     def publish(
         self,
@@ -579,16 +400,33 @@ class GalleryStore:
         expected_current: str | None | _Unset = UNSET,
         verify_checksums: bool = False,
     ) -> CurrentPointer:
-        """Make a finalized version live (see :meth:`set_current`); returns the new pointer."""
-        pointer = self.set_current(
-            gallery, version, expected_current=expected_current, verify_checksums=verify_checksums
+        """Make a finalized version live: check it is whole, seal it, then write CURRENT last.
+
+        The version's manifest must load and every file it names must exist (and match its
+        sha256 if ``verify_checksums``). ``expected_current``, when given, must equal the live
+        version or :class:`GalleryError` is raised and nothing changes. Returns the new pointer;
+        its ``previous`` is what a rollback restores with :meth:`set_current`.
+        """
+        self.verify_version(gallery, version, checksums=verify_checksums)
+        live = self._check_expected(gallery, expected_current)
+        seal = self.version_key(gallery, version, SEAL_FILE)
+        if not self.store.exists(seal):
+            self.store.put_bytes(seal, to_json(SealRecord(sealed_at=datetime.now(UTC))))
+        pointer = CurrentPointer(
+            gallery=gallery, version=version, previous=live, updated_at=datetime.now(UTC)
         )
-        assert pointer is not None  # a non-None version always yields a pointer
+        self.store.put_atomic(self.current_key(gallery), to_json(pointer))  # the only visibility change
         return pointer
 
-
-class _Seal(_Record):
-    sealed_at: datetime
+    def _check_expected(self, gallery: str, expected_current: str | None | _Unset) -> str | None:
+        """The live version, after checking it is the one the caller expects (if it said)."""
+        live = self.read_current(gallery)
+        if expected_current is not UNSET and expected_current != live:
+            raise GalleryError(
+                f"gallery {gallery!r}: CURRENT is {live!r}, expected {expected_current!r}; "
+                "another job switched it, refusing to overwrite"
+            )
+        return live
 
 
 # --------------------------------------------------------------------------- the writer
@@ -654,7 +492,7 @@ class VersionWriter:
                 data = self.galleries.store.get_bytes(self._key(entry.path))
             except ObjectNotFoundError:
                 return None
-            if len(data) != entry.size or _sha256(data) != entry.sha256:
+            if len(data) != entry.size or sha256_hex(data) != entry.sha256:
                 return None
         self._verified[n] = record
         return record
@@ -678,10 +516,6 @@ class VersionWriter:
         finite); ``codes`` unsigned integers [count, m]. Which ones to give was fixed at begin.
         """
         self._check_index(n)
-        self._ensure_mutable()
-        done = self._verified_record(n)
-        if done is not None:
-            return done
         given = {"ids": ids, "features": features, "codes": codes}
         present = {kind for kind, value in given.items() if value is not None}
         if present != set(self.staging.arrays):
@@ -689,12 +523,16 @@ class VersionWriter:
                 f"{self._where(n)}: got arrays {sorted(present)}, "
                 f"the version stores {sorted(self.staging.arrays)}"
             )
-        prepared = _prepare_arrays(given, self._where(n))
+        prepared = prepare_shard_arrays(given, self._where(n))  # bad input fails before any I/O
+        self._ensure_mutable()
+        done = self._verified_record(n)
+        if done is not None:
+            return done
         files: dict[ArrayKind, FileEntry] = {}
         payloads: dict[str, bytes] = {}
         for kind in self.staging.arrays:
-            data = _npy_bytes(prepared[kind])
-            files[kind] = FileEntry(path=shard_file(n, kind), size=len(data), sha256=_sha256(data))
+            data = npy_bytes(prepared[kind])
+            files[kind] = FileEntry(path=shard_file(n, kind), size=len(data), sha256=sha256_hex(data))
             payloads[kind] = data
         record = ShardRecord(
             index=n,
@@ -707,7 +545,7 @@ class VersionWriter:
         )
         for kind, data in payloads.items():
             self.galleries.store.put_bytes(self._key(files[kind].path), data)
-        self.galleries.store.put_bytes(self._key(shard_record_file(n)), _to_json(record))  # commit
+        self.galleries.store.put_bytes(self._key(shard_record_file(n)), to_json(record))  # commit
         self._verified[n] = record
         return record
 
@@ -748,7 +586,7 @@ class VersionWriter:
                     f"{self._where()}: index_bytes must be bytes, not {type(index_bytes).__name__}"
                 )
             index_bytes = bytes(index_bytes)
-            index_entry = FileEntry(path=INDEX_FILE, size=len(index_bytes), sha256=_sha256(index_bytes))
+            index_entry = FileEntry(path=INDEX_FILE, size=len(index_bytes), sha256=sha256_hex(index_bytes))
         s = self.staging
         manifest = GalleryManifest(
             gallery=s.gallery,
@@ -769,7 +607,7 @@ class VersionWriter:
             metadata=s.metadata,
         )
         store = self.galleries.store
-        data = _to_json(manifest)
+        data = to_json(manifest)
         if _get_or_none(store, self._key(MANIFEST_FILE)) != data:
             store.put_bytes(self._key(MANIFEST_FILE), data)
         if index_bytes is None:
@@ -779,7 +617,7 @@ class VersionWriter:
         return manifest
 
     def _check_unique_ids(self, records: list[ShardRecord]) -> None:
-        parts = [_npy_load(self.galleries.store.get_bytes(self._key(r.files["ids"].path))) for r in records]
+        parts = [npy_load(self.galleries.store.get_bytes(self._key(r.files["ids"].path))) for r in records]
         ids = np.concatenate(parts)
         unique, counts = np.unique(ids, return_counts=True)
         if len(unique) != len(ids):
@@ -803,69 +641,3 @@ def _get_or_none(store: ObjectStore, key: str) -> bytes | None:
         return store.get_bytes(key)
     except ObjectNotFoundError:
         return None
-
-
-def _prepare_arrays(given: dict[str, np.ndarray | None], where: str) -> dict[str, np.ndarray]:
-    """Validate and normalise shard arrays; errors name the shard, the array and the problem."""
-    out: dict[str, np.ndarray] = {}
-    ids = np.asarray(given["ids"])
-    if ids.ndim != 1:
-        raise ValueError(f"{where}: ids must be 1-D, got shape {ids.shape}")
-    if ids.dtype.kind in "iu":
-        ids = ids.astype(np.int64)
-    elif ids.dtype.kind != "U":
-        raise ValueError(f"{where}: ids must be integers or str (numpy 'U'), got dtype {ids.dtype}")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"{where}: ids contain duplicates")
-    out["ids"] = ids
-    count = len(ids)
-    if given["features"] is not None:
-        feats = np.asarray(given["features"])
-        if feats.dtype.kind != "f":
-            raise ValueError(f"{where}: features must be floating point, got dtype {feats.dtype}")
-        if feats.ndim != 2 or feats.shape[0] != count or feats.shape[1] < 1:
-            raise ValueError(
-                f"{where}: features must have shape [{count}, d>=1] to match ids, got {feats.shape}"
-            )
-        feats = feats.astype(np.float32)
-        if not np.isfinite(feats).all():
-            raise ValueError(f"{where}: features contain NaN or infinite values")
-        out["features"] = feats
-    if given["codes"] is not None:
-        codes = np.asarray(given["codes"])
-        if codes.dtype.kind != "u":
-            raise ValueError(
-                f"{where}: codes must be unsigned integers (e.g. uint8), got dtype {codes.dtype}"
-            )
-        if codes.ndim != 2 or codes.shape[0] != count or codes.shape[1] < 1:
-            raise ValueError(
-                f"{where}: codes must have shape [{count}, m>=1] to match ids, got {codes.shape}"
-            )
-        out["codes"] = codes
-    return out
-
-
-def _check_shape(array: np.ndarray, kind: str, shard: ShardRecord, where: str) -> None:
-    if kind == "ids":
-        ok = array.shape == (shard.count,) and (
-            array.dtype.kind == "U" if shard.id_kind == "str" else array.dtype == np.int64
-        )
-    elif kind == "features":
-        ok = array.shape == (shard.count, shard.feature_dim) and array.dtype == np.float32
-    else:
-        ok = array.shape == (shard.count, shard.code_length) and array.dtype.name == shard.code_dtype
-    if not ok:
-        raise ShardCorruptedError(
-            f"{where}: holds {array.dtype} {array.shape}, not what the manifest records"
-        )
-
-
-def _first_error(exc: ValidationError) -> str:
-    """A one-line summary of a pydantic error (JSON syntax or field problem) for error messages."""
-    errors = exc.errors()
-    if not errors:
-        return str(exc)
-    err = errors[0]
-    loc = ".".join(str(part) for part in err.get("loc", ()))
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc + ': ' if loc else ''}{err.get('msg', '')}{more}"

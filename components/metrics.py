@@ -63,31 +63,39 @@ def _check_inputs(
     return np.ascontiguousarray(feats, dtype=np.float32), labels
 
 
-def _tie_aware_block(scores: np.ndarray, relevant: np.ndarray, topk: Sequence[int]) -> tuple[np.ndarray, ...]:
-    """Expected AP and CMC hits for a block of queries (rows) against one gallery."""
+def _tie_aware_block(
+    scores: np.ndarray, relevant: np.ndarray, topk: Sequence[int], harmonic: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Expected AP and CMC hits for a block of queries (rows) against one gallery.
+
+    The sum over a tie group's positions has a closed form: with B = (r-1)/(n-1) and
+    A = R_prev + 1 - (t+1)·B, the group adds (r/n)·(A·(H[t+n] - H[t]) + B·n), H being harmonic
+    numbers. So only one pass over sorted rows is needed, and only groups holding a relevant
+    item cost anything. Sorting need not be stable: tie order is averaged out analytically.
+    """
     b, n = scores.shape
-    order = np.argsort(-scores, axis=1, kind="stable")
+    order = np.argsort(-scores, axis=1)
     s = np.take_along_axis(scores, order, axis=1)
     rel = np.take_along_axis(relevant, order, axis=1)
     n_rel = rel.sum(axis=1)
 
-    # Tie groups per row, numbered globally so one bincount handles the whole block.
+    # Tie groups, numbered across the whole block (row-major) so bincount handles all rows.
     new_group = np.ones((b, n), dtype=bool)
     new_group[:, 1:] = s[:, 1:] != s[:, :-1]
-    gid = np.cumsum(new_group.ravel()) - 1
-    gsize = np.bincount(gid)
-    grel = np.bincount(gid, weights=rel.ravel())
-    gstart = np.flatnonzero(new_group.ravel()) % n  # t: items ranked before the group
-    # relevant items ranked before each group, within its own row
-    cum_rel = np.cumsum(rel, axis=1).ravel() - rel.ravel()
-    grel_prev = cum_rel[np.flatnonzero(new_group.ravel())]
-
-    pos = np.tile(np.arange(1, n + 1, dtype=np.float64), b)  # p, 1-based
-    size, r = gsize[gid], grel[gid]
-    t, r_prev = gstart[gid], grel_prev[gid]
-    inner = np.where(size > 1, (pos - t - 1) * (r - 1) / np.maximum(size - 1, 1), 0.0)
-    contrib = (r / size) * (r_prev + 1 + inner) / pos
-    ap = contrib.reshape(b, n).sum(axis=1) / np.maximum(n_rel, 1)
+    flat_new = new_group.ravel()
+    starts = np.flatnonzero(flat_new)
+    gid = np.cumsum(flat_new) - 1
+    row = starts // n
+    t = starts % n  # items ranked before the group in its row
+    size = np.diff(np.append(starts, b * n))
+    r = np.bincount(gid, weights=rel.ravel(), minlength=len(starts))
+    r_prev = (np.cumsum(rel, axis=1) - rel).ravel()[starts]
+    has_rel = r > 0
+    t, size, r, r_prev, row = t[has_rel], size[has_rel], r[has_rel], r_prev[has_rel], row[has_rel]
+    slope = np.where(size > 1, (r - 1) / np.maximum(size - 1, 1), 0.0)
+    intercept = r_prev + 1 - (t + 1) * slope
+    group_sum = (r / size) * (intercept * (harmonic[t + size] - harmonic[t]) + slope * size)
+    ap = np.bincount(row, weights=group_sum, minlength=b) / np.maximum(n_rel, 1)
 
     # CMC: the best-scoring relevant item decides; ties with it are broken at random.
     best = np.where(rel, s, -np.inf).max(axis=1, keepdims=True)
@@ -113,7 +121,7 @@ def retrieval_metrics(
     gallery_feats: np.ndarray | None = None,
     gallery_labels: np.ndarray | None = None,
     topk: Sequence[int] = (1, 5),
-    block_size: int = 512,
+    block_size: int = 256,
     exclude_self: bool = False,
 ) -> RetrievalMetrics:
     """mAP and CMC top-k of queries against a gallery.
@@ -141,6 +149,7 @@ def retrieval_metrics(
         )
     leave_one_out = leave_one_out or exclude_self
 
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(gallery_feats) + 1))])
     ap_sum, hit_sum, counted, skipped = 0.0, np.zeros(len(topk)), 0, 0
     for begin in range(0, len(query_feats), block_size):
         stop = min(begin + block_size, len(query_feats))
@@ -150,7 +159,7 @@ def retrieval_metrics(
             rows = np.arange(stop - begin)
             scores[rows, rows + begin] = -np.inf
             relevant[rows, rows + begin] = False
-        ap, n_rel, hits = _tie_aware_block(scores, relevant, topk)
+        ap, n_rel, hits = _tie_aware_block(scores, relevant, topk, harmonic)
         keep = n_rel > 0
         ap_sum += float(ap[keep].sum())
         hit_sum += hits[keep].sum(axis=0)

@@ -6,6 +6,7 @@ as plugins so every test folder sees them.
 """
 
 import os
+import tempfile
 
 import torch
 
@@ -17,8 +18,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Prefect reads its settings at import time: point it at a throw-away home before anything imports it.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="hotswap-test-prefect-")
 
 pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.s3",
+    "tests.fixtures.stores",
+    "tests.fixtures.mlflow",
+    "tests.fixtures.prefect",
 ]

@@ -20,12 +20,7 @@ from components.gallery import (
     new_version_id,
 )
 from components.store import ObjectStore
-from tests.fixtures.stores import (  # noqa: F401  (any_store is a fixture)
-    CrashError,
-    RecordingStore,
-    any_store,
-    sibling_store,
-)
+from tests.fixtures.stores import CrashError, RecordingStore, sibling_store
 
 GALLERY = "products"
 NUM_SHARDS = 3
@@ -134,9 +129,10 @@ def test_version_written_shard_by_shard_and_published(any_store: ObjectStore) ->
 
 def test_interrupted_write_resumes_without_rewriting_and_matches_clean_run(any_store, tmp_path) -> None:
     # Live v1 first, so "CURRENT never points at an incomplete version" is checked while it is set.
-    GalleryStore(any_store).publish(
-        GALLERY, write_all(GalleryStore(any_store), "v1", index_for("v1")).version
-    )
+    write_all(
+        GalleryStore(any_store), "v1", index_for("v1"), num_shards=1
+    )  # small: checked after every write
+    GalleryStore(any_store).publish(GALLERY, "v1")
     checker = GalleryStore(any_store)
     seen_current = []
 
@@ -249,7 +245,7 @@ def test_corrupted_shard_detected_by_checksum(any_store: ObjectStore) -> None:
     ("damage", "message"),
     [
         (lambda raw: b"{not json", "corrupted or inconsistent"),
-        (lambda raw: raw.replace(b'"num_items": 15', b'"num_items": 16'), "num_items=16"),
+        (lambda raw: raw.replace(b'"num_items": 5', b'"num_items": 6'), "num_items=6"),
         (lambda raw: raw.replace(b'"version": "v1"', b'"version": "v9"'), "describes gallery"),
         (lambda raw: None, "missing"),
     ],
@@ -257,7 +253,7 @@ def test_corrupted_shard_detected_by_checksum(any_store: ObjectStore) -> None:
 )
 def test_bad_manifest_gets_a_clear_error_and_cannot_be_published(any_store, damage, message) -> None:
     galleries = GalleryStore(any_store)
-    write_all(galleries, "v1")
+    write_all(galleries, "v1", num_shards=1)
     key = galleries.version_key(GALLERY, "v1", "manifest.json")
     damaged = damage(any_store.get_bytes(key))
     if damaged is None:
@@ -292,7 +288,7 @@ def test_incomplete_version_cannot_be_finalized_or_published(any_store: ObjectSt
 
 def test_published_version_is_immutable(any_store: ObjectStore) -> None:
     galleries = GalleryStore(any_store)
-    writer = write_all(galleries, "v1")
+    writer = write_all(galleries, "v1", num_shards=1)
     writer.publish()
     before = snapshot(any_store, galleries.version_prefix(GALLERY, "v1"))
     a = shard_arrays("other", 0)
@@ -304,7 +300,7 @@ def test_published_version_is_immutable(any_store: ObjectStore) -> None:
         writer.finalize(index_bytes=b"other index")
     with pytest.raises(VersionImmutableError):
         galleries.discard_version(GALLERY, "v1")
-    write_all(galleries, "v2")
+    write_all(galleries, "v2", num_shards=1)
     galleries.publish(GALLERY, "v2")  # no longer live, still sealed
     with pytest.raises(VersionImmutableError):
         galleries.open_version(GALLERY, "v1")
@@ -314,7 +310,7 @@ def test_published_version_is_immutable(any_store: ObjectStore) -> None:
 def test_rollback_restores_previous_pointer(any_store: ObjectStore) -> None:
     galleries = GalleryStore(any_store)
     for version in ("v1", "v2"):
-        write_all(galleries, version)
+        write_all(galleries, version, num_shards=1)
     first = galleries.publish(GALLERY, "v1")
     assert first.previous is None
     second = galleries.publish(GALLERY, "v2", expected_current="v1")
@@ -340,7 +336,7 @@ def test_resume_with_other_parameters_is_refused(any_store: ObjectStore) -> None
 
 def test_discard_removes_an_unpublished_version(any_store: ObjectStore) -> None:
     galleries = GalleryStore(any_store)
-    write_all(galleries, "v1")
+    write_all(galleries, "v1", num_shards=1)
     galleries.discard_version(GALLERY, "v1")
     assert any_store.list(galleries.version_prefix(GALLERY, "v1")) == []
     assert galleries.list_versions(GALLERY, include_staged=True) == []

@@ -17,7 +17,6 @@ from components.store import (
     open_store,
     validate_key,
 )
-from tests.fixtures.stores import any_store  # noqa: F401  (fixture; see tests/fixtures/stores.py)
 
 BAD_KEYS = [
     "",
@@ -96,7 +95,8 @@ def test_s3_listing_follows_pagination(s3_endpoint: str, s3_bucket: str) -> None
     for key in keys:
         store.put_bytes(key, b"v")
     calls = []
-    store.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(kw))
+    with store.lease_client() as client:  # the pool hands this same client to the listing below
+        client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(kw))
     assert store.list("k/") == keys
     assert len(calls) == 4  # 2 + 2 + 2 + 1 keys: every page was fetched
 
@@ -123,32 +123,35 @@ def test_s3_big_objects_use_multipart_upload(s3_endpoint: str, s3_bucket: str) -
     payload = os.urandom(6 * mib)
     store.put_bytes("big.bin", payload)
     store.put_bytes("small.bin", b"tiny")
-    head = store.client.head_object(Bucket=s3_bucket, Key="big.bin")
-    assert head["ETag"].strip('"').endswith("-2")  # two parts
-    assert "-" not in store.client.head_object(Bucket=s3_bucket, Key="small.bin")["ETag"]
+    with store.lease_client() as client:
+        assert (
+            client.head_object(Bucket=s3_bucket, Key="big.bin")["ETag"].strip('"').endswith("-2")
+        )  # 2 parts
+        assert "-" not in client.head_object(Bucket=s3_bucket, Key="small.bin")["ETag"]
     assert store.get_bytes("big.bin") == payload
 
 
-def test_s3_uses_one_client_per_thread(s3_endpoint: str, s3_bucket: str) -> None:
+def test_s3_clients_are_never_shared_by_concurrent_users(s3_endpoint: str, s3_bucket: str) -> None:
     store = open_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint)
-    clients = {}
+    with store.lease_client() as first, store.lease_client() as second:
+        assert first is not second  # two concurrent leases get two clients
+    with store.lease_client() as again:
+        assert again in (first, second)  # released clients are reused, not rebuilt
     errors = []
 
     def work(i: int) -> None:
         try:
-            clients[i] = store.client
             store.put_bytes(f"t/{i}", str(i).encode())
         except Exception as exc:  # surfaced below; a thread cannot fail the test itself
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors
-    assert len({id(c) for c in clients.values()}) == 2
-    assert store.list("t/") == ["t/0", "t/1"]
+    assert store.list("t/") == ["t/0", "t/1", "t/2"]
 
 
 def test_s3_repr_and_uri_hold_no_credentials(s3_endpoint: str, s3_bucket: str, monkeypatch) -> None:
