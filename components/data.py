@@ -322,3 +322,26 @@ def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0) -> 
     """Read a class-per-sub-folder image tree into an :class:`ImageDataset`."""
     frame = manifest_from_folder(root, seed=seed)
     return load_manifest_images(frame, base_dir=root, image_size=image_size, name=f"image folder {root}")
+
+
+def load_dataset(source: str, seed: int = 0, image_size: int = 28) -> ImageDataset:
+    """Resolve a data source string from the settings into an :class:`ImageDataset`.
+
+    ``mnist5k`` (bundled digits), ``synthetic:<items>:<classes>`` (procedural), a manifest file
+    (``.csv``/``.parquet``; relative URIs resolve against its folder) or an image folder.
+    """
+    if source == "mnist5k":
+        return load_mnist5k(seed=seed)
+    if source.startswith("synthetic:"):
+        try:
+            _, items, classes = source.split(":")
+            return make_synthetic(int(items), int(classes), image_size=image_size, seed=seed)
+        except ValueError as exc:
+            raise DataError(f"data source {source!r}: expected 'synthetic:<items>:<classes>' ({exc})") from exc
+    path = Path(source)
+    if path.suffix in (".csv", ".parquet"):
+        frame = read_manifest(path)
+        return load_manifest_images(frame, base_dir=path.parent, image_size=image_size, name=str(path))
+    if path.is_dir():
+        return load_image_folder(path, image_size=image_size, seed=seed)
+    raise DataError(f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder")

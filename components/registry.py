@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow import MlflowClient
@@ -42,6 +42,9 @@ from mlflow.exceptions import MlflowException
 from components.backbones import SPEC_FILE, WEIGHTS_FILE, EmbeddingModel, model_from_bytes, model_to_bytes
 from components.report import CompatibilityReport
 from components.settings import mask_uri_credentials
+
+if TYPE_CHECKING:
+    from components.training import TrainHistory
 
 MODEL_DIR = "model"
 REPORT_DIR = "compat"
@@ -140,7 +143,7 @@ def _artifact_path(path: str) -> str:
     return "/".join(parts)
 
 
-def _epochs(history: Any) -> list[Mapping[str, float]]:
+def _epochs(history: TrainHistory | Sequence[Mapping[str, float]] | None) -> list[Mapping[str, float]]:
     if history is None:
         return []
     return list(getattr(history, "epochs", history))
@@ -219,7 +222,7 @@ class ModelRegistry:
         self,
         model: EmbeddingModel,
         params: Mapping[str, Any] | None = None,
-        history: Any = None,
+        history: TrainHistory | Sequence[Mapping[str, float]] | None = None,
         dataset_version: str = "",
         tags: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,

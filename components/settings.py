@@ -22,6 +22,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from components.compatibility import DEFAULT_CONFIG, CompatConfig
+from components.quantization import DPQConfig
+
 
 class TrainingSettings(BaseModel):
     """Hyper-parameters of supervised and compatible training (see components/training.py)."""
@@ -37,15 +40,44 @@ class TrainingSettings(BaseModel):
 
 
 class ThresholdSettings(BaseModel):
-    """Quality gates: how much a candidate may lose and what a backfill must reach."""
+    """The compatibility gate (see components/report.py for how each check uses them)."""
 
-    new_new_tolerance: float = Field(
-        0.01, ge=0, description="new/new mAP may sit at most this far below old/old's gain target"
-    )
+    metrics: list[Literal["map", "top1", "top5"]] = Field(default_factory=lambda: ["map", "top1"])
+    new_new_tolerance: float = Field(0.01, ge=0, description="new/new may sit at most this far below old/old")
     cross_margin: float = Field(0.0, description="new->old must beat old/old by more than this")
-    quality_target: float = Field(
-        0.95, gt=0, le=1, description="backfill option must reach this share of new/new mAP"
+    min_update_gain: float | None = Field(None, description="gate on update gain; None = report it only")
+
+
+class DataSettings(BaseModel):
+    """Which labelled images the lifecycle trains, validates and builds the gallery on."""
+
+    source: str = Field(
+        "mnist5k",
+        description="'mnist5k' (bundled), 'synthetic:<items>:<classes>', a manifest (.csv/.parquet) "
+        "or an image folder with one sub-folder per class",
     )
+    split_seed: int = 0
+    image_size: int = Field(28, ge=8)
+    bootstrap_classes: list[int] | None = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], description="classes the first model is trained on"
+    )
+    validation_split: Literal["train", "val", "test"] = "val"
+    gallery_split: Literal["train", "val", "test"] = "test"
+
+
+class BackfillSettings(BaseModel):
+    """How the skip-or-backfill decision is made and carried out."""
+
+    quality_target: float = Field(
+        0.97, gt=0, le=1, description="an option must reach this share of full-backfill (new/new) mAP"
+    )
+    unblessed_action: Literal["full", "reject"] = "full"
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.1, 0.25, 0.5], description="partial(f) candidates"
+    )
+    ordering: Literal["random", "uncertainty"] = "uncertainty"
+    shard_size: int = Field(256, ge=1)
+    workers: int = Field(1, ge=1, description="parallel shard workers on one machine")
 
 
 def _config_file() -> Path:
@@ -68,8 +100,13 @@ class HotswapSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0
     torch_threads: int = Field(1, ge=1, description="OpenMP threads; 1 is fastest on a busy small box")
+    auto_promote: bool = Field(False, description="scheduled refresh promotes a blessed model by itself")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    compat: CompatConfig = Field(default_factory=lambda: DEFAULT_CONFIG)
+    dpq: DPQConfig = Field(default_factory=DPQConfig)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @field_validator("model_name", "gallery_name")
     @classmethod

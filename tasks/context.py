@@ -1,0 +1,44 @@
+"""What every task needs from the settings: the registry, the gallery store and the dataset.
+
+Tasks receive settings (a validated pydantic object, JSON-serialisable as a Prefect parameter)
+and ids/versions, never tensors: each task loads what it needs, so a task can be retried, cached
+by its ids or run on another worker.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from components.data import ImageDataset, load_dataset
+from components.gallery import GalleryStore
+from components.registry import ModelRegistry
+from components.settings import HotswapSettings
+from components.store import open_store
+
+
+def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
+    """Settings from file + environment, with a flow's parameter overrides on top."""
+    settings = HotswapSettings(**(overrides or {}))
+    torch.set_num_threads(settings.torch_threads)
+    return settings
+
+
+def registry(settings: HotswapSettings) -> ModelRegistry:
+    return ModelRegistry.from_settings(settings)
+
+
+def gallery_store(settings: HotswapSettings) -> GalleryStore:
+    return GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
+
+
+@lru_cache(maxsize=4)
+def _dataset(source: str, seed: int, image_size: int) -> ImageDataset:
+    return load_dataset(source, seed=seed, image_size=image_size)
+
+
+def dataset(settings: HotswapSettings) -> ImageDataset:
+    """The configured dataset (decoded once per process)."""
+    return _dataset(settings.data.source, settings.data.split_seed, settings.data.image_size)
