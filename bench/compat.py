@@ -11,9 +11,11 @@ Protocol (MNIST-5k, the bundled real digits; split seed 0, 60/20/20 per class):
   update gain against independent training, per seed, then mean ± std over seeds.
 
 Run from the repository root:
-    python -m bench.compat            # full run: 3 seeds, 8 epochs -> bench/results/compat.{json,md,png}
+    python -m bench.compat            # 3 seeds, 8 epochs, test split -> bench/results/compat.{json,md,png}
     python -m bench.compat --quick    # 1 seed, 3 epochs -> bench/results/compat-quick.*
-    python -m bench.compat --tune     # weight search on the val split -> bench/results/compat-tuning.*
+    python -m bench.compat --tune --grid bench/compat_grids/round1.json --name compat-tuning-round1
+                                      # weight search on the val split (rounds 1-6 were run on a GPU:
+                                      # --device cuda --workers 14; see bench/results/compat-tuning.md)
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from typing import Any
 import torch
 
 from components.backbones import BackboneSpec, build_model, model_from_bytes, model_to_bytes
-from components.compatibility import BASELINES, DEFAULT_CONFIG, PAPER_PRESET, CompatConfig, train_compatible
+from components.compatibility import (
+    BASELINES,
+    DEFAULT_CONFIG,
+    PAPER_PRESET,
+    SOFTMAX_PRESET,
+    CompatConfig,
+    train_compatible,
+)
 from components.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
 from components.data import ImageDataset, load_mnist5k
 from components.metrics import RetrievalMetrics
@@ -48,18 +57,18 @@ METRICS = ("map", "top1", "top5")
 CRITERION_METRICS = ("map", "top1")
 NEW_NEW_TOLERANCE = 0.01  # new/new may sit at most 1 point below independent training
 
-# A documented, reproducible search space for --tune (val split only). Each entry overrides the
-# Dual-Tuning default; the paper preset is always evaluated beside it.
-TUNING_GRID: list[dict[str, Any]] = [
-    {"proto_weight": w, "proto_scale": s, "n2o_weight": n, "o2n_weight": o}
-    for w in (0.1, 0.5, 1.0, 2.0, 4.0)
-    for s in (16.0, 32.0)
-    for n, o in ((0.2, 0.2), (1.0, 0.2), (0.2, 1.0))
-] + [
-    {"proto_weight": 1.0, "proto_normalize": False, "proto_scale": 16.0},
-    {"proto_weight": 1.0, "proto_variant": "triplet"},
-    {"proto_weight": 4.0, "proto_variant": "triplet"},
-]
+GRIDS = Path(__file__).parent / "compat_grids"
+# Every tuning round overrides this base (the pre-tuning reconstruction: softmax prototypes,
+# weight 1, scale 16, N2O/O2N 0.2, margin 0.3), so a grid file alone says what was tried.
+TUNING_BASE = CompatConfig(
+    method="dual_tuning",
+    proto_variant="softmax",
+    proto_weight=1.0,
+    proto_scale=16.0,
+    n2o_weight=0.2,
+    o2n_weight=0.2,
+    margin=0.3,
+)
 
 
 def method_configs() -> dict[str, CompatConfig]:
@@ -67,6 +76,7 @@ def method_configs() -> dict[str, CompatConfig]:
     return {
         **BASELINES,
         "dual_tuning": DEFAULT_CONFIG,
+        "dual_tuning softmax preset": SOFTMAX_PRESET,
         "dual_tuning paper preset": PAPER_PRESET,
         "dual_tuning -proto": DEFAULT_CONFIG.without("proto"),
         "dual_tuning -n2o": DEFAULT_CONFIG.without("n2o"),
@@ -273,12 +283,15 @@ def machine() -> dict[str, Any]:
 # --------------------------------------------------------------------------- tuning
 
 
-def tuning_configs(grid_file: Path | None) -> dict[str, CompatConfig]:
-    grid = json.loads(grid_file.read_text()) if grid_file else TUNING_GRID
+def tuning_configs(grid_file: Path) -> dict[str, CompatConfig]:
+    """Independent training and the paper preset (references), then one config per grid entry."""
+    grid = json.loads(grid_file.read_text())
+    if not isinstance(grid, list) or not all(isinstance(entry, dict) for entry in grid):
+        raise ValueError(f"{grid_file}: a grid must be a JSON list of objects (config overrides)")
     configs = {"independent": BASELINES["independent"], "paper preset": PAPER_PRESET}
     for overrides in grid:
         name = " ".join(f"{k}={v}" for k, v in overrides.items())
-        configs[name] = DEFAULT_CONFIG.model_copy(update=overrides)
+        configs[name] = CompatConfig.model_validate({**TUNING_BASE.model_dump(), **overrides})
     return configs
 
 
@@ -304,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs (a smoke run)")
     parser.add_argument("--tune", action="store_true", help="search Dual-Tuning weights on the val split")
-    parser.add_argument("--grid", type=Path, help="JSON list of config overrides for --tune")
+    parser.add_argument(
+        "--grid", type=Path, default=GRIDS / "round1.json", help="JSON list of config overrides for --tune"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     parser.add_argument("--epochs", type=int, help="epochs for old and new models (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, 1 torch thread each")

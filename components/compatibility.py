@@ -68,17 +68,19 @@ class CompatConfig(BaseModel):
 
     method: Method = "dual_tuning"
     ce_weight: float = Field(1.0, ge=0, description="label-smoothed CE of the new head")
-    proto_weight: float = Field(1.0, ge=0, description="old-prototype transfer (feature level)")
+    proto_weight: float = Field(8.0, ge=0, description="old-prototype transfer (feature level)")
     n2o_weight: float = Field(0.2, ge=0, description="new features through the frozen old classifier")
-    o2n_weight: float = Field(0.2, ge=0, description="old features through the new classifier")
-    l2_weight: float = Field(1.0, ge=0, description="L2 baseline: ‖φ_n − φ_o‖² per sample")
+    o2n_weight: float = Field(1.0, ge=0, description="old features through the new classifier")
+    l2_weight: float = Field(4.0, ge=0, description="L2 baseline: ‖φ_n − φ_o‖² per sample")
     bct_weight: float = Field(1.0, ge=0, description="BCT baseline: influence loss with synthesised rows")
-    proto_variant: ProtoVariant = "softmax"
-    proto_scale: float = Field(16.0, gt=0, description="s in CE(s·⟨f, p_k⟩): inverse temperature")
+    proto_variant: ProtoVariant = "triplet"
+    proto_scale: float = Field(
+        24.0, gt=0, description="s in CE(s·⟨f, p_k⟩) (softmax variant): inverse temperature"
+    )
     proto_normalize: bool = Field(
         True, description="unit-normalise prototypes (cosine logits); False keeps raw class means"
     )
-    margin: float = Field(0.3, ge=0, description="margin of the prototype-triplet variant")
+    margin: float = Field(0.15, ge=0, description="margin m of the prototype-triplet variant")
 
     def without(self, term: str) -> CompatConfig:
         """The same config with one Dual-Tuning term switched off (for ablations)."""
@@ -87,12 +89,25 @@ class CompatConfig(BaseModel):
         return self.model_copy(update={f"{term}_weight": 0.0})
 
 
-# The paper's config (CE 1, prototype 0.1, N2O 0.2, O2N 0.2). Its features were un-normalised;
-# ours are unit-norm, so the prototype logits need a scale: we use the cosine heads' s = 16.
-PAPER_PRESET = CompatConfig(method="dual_tuning", proto_weight=0.1, n2o_weight=0.2, o2n_weight=0.2)
-# The tuned default, chosen on the MNIST-5k validation split (bench/compat.py --tune; see
-# docs/compatible-training.md). Never chosen on the test split.
-DEFAULT_CONFIG = CompatConfig(method="dual_tuning", proto_weight=1.0, n2o_weight=0.2, o2n_weight=0.2)
+# The paper's config: CE 1, prototype 0.1 (softmax over prototypes), N2O 0.2, O2N 0.2. Its features
+# were un-normalised; ours are unit-norm, so the prototype logits need a scale: the heads' s = 16.
+PAPER_PRESET = CompatConfig(
+    method="dual_tuning",
+    proto_variant="softmax",
+    proto_weight=0.1,
+    proto_scale=16.0,
+    n2o_weight=0.2,
+    o2n_weight=0.2,
+    margin=0.3,
+)
+# The tuned default (= CompatConfig()), chosen on the MNIST-5k *validation* split over 8 seeds
+# (bench/results/compat-tuning.md): the prototype-triplet variant, weight 8, margin 0.15, with O2N
+# raised to 1.0 and N2O kept at the paper's 0.2. It met the criterion on mAP and top-1 for every
+# seed with the largest worst-case slack of the candidates that keep all four terms.
+DEFAULT_CONFIG = CompatConfig()
+# The best softmax-prototype setting on the same search (weight 8, scale 24): also met the criterion
+# on every validation seed, with a smaller cross-model gain than the default.
+SOFTMAX_PRESET = CompatConfig(proto_variant="softmax", proto_weight=8.0, proto_scale=24.0, o2n_weight=0.2)
 BASELINES: dict[str, CompatConfig] = {
     "independent": CompatConfig(method="independent"),
     "l2": CompatConfig(method="l2"),

@@ -143,19 +143,12 @@ class DPQCodebooks:
         x = check_features(features, "features", dim=self.dim)
         m = self._blocks(n_blocks)
         codes = np.empty((len(x), m), dtype=code_dtype(self.n_codewords))
-        books = self.codebooks[:m]
-        # argmax of the similarity, written without the per-row constant ‖r‖:
-        # l2: argmax ⟨r,c⟩ − ½‖c‖²;  cosine: argmax ⟨r,c⟩/‖c‖.
-        norms = np.linalg.norm(books, axis=2)
-        offset = -0.5 * norms**2 if self.similarity == "l2" else np.zeros_like(norms)
-        divisor = np.ones_like(norms) if self.similarity == "l2" else np.maximum(norms, 1e-12)
         for begin in range(0, len(x), chunk):
             residual = x[begin : begin + chunk].copy()
             for block in range(m):
-                scores = (residual @ books[block].T) / divisor[block] + offset[block]
-                idx = scores.argmax(axis=1)
+                idx = assign(residual, self.codebooks[block], self.similarity)
                 codes[begin : begin + len(idx), block] = idx
-                residual -= books[block][idx]
+                residual -= self.codebooks[block][idx]
         return codes
 
     def decode(self, codes: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
@@ -223,6 +216,20 @@ class DPQCodebooks:
         directory = Path(directory)
         files = {p.name: p.read_bytes() for p in (directory / SPEC_FILE, directory / CODEBOOKS_FILE) if p.exists()}
         return cls.from_files(files, source=str(directory))
+
+
+def assign(residual: np.ndarray, codebook: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """DPQ's hard code for one block: argmax_k s(r, c_k), without the per-row constant ‖r‖.
+
+    l2: argmax ⟨r,c⟩ − ½‖c‖² (the nearest codeword); cosine: argmax ⟨r,c⟩/‖c‖.
+    """
+    norms = np.linalg.norm(codebook, axis=1)
+    scores = residual @ codebook.T
+    if similarity == "l2":
+        scores -= 0.5 * norms**2
+    else:
+        scores /= np.maximum(norms, 1e-12)
+    return scores.argmax(axis=1)
 
 
 def code_dtype(n_codewords: int) -> type[np.unsignedinteger]:
@@ -369,8 +376,7 @@ def init_codebooks(features: np.ndarray, config: DPQConfig) -> np.ndarray:
         kmeans.train(residual)
         books[block] = kmeans.centroids
         # residuals follow DPQ's own assignment rule, so cosine blocks see cosine residuals
-        codes = DPQCodebooks(books[: block + 1], config.similarity).encode(residual, n_blocks=block + 1)
-        residual -= books[block][codes[:, block]]
+        residual -= books[block][assign(residual, books[block], config.similarity)]
     return books
 
 

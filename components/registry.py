@@ -218,6 +218,11 @@ class ModelRegistry:
             batch_metrics, metrics = metrics[:room], metrics[room:]
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Scalar metrics on an existing run (e.g. quantized retrieval at each code length)."""
+        timestamp = self.client.get_run(run_id).info.start_time
+        self._log_batch(run_id, None, [Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+
     def log_training_run(
         self,
         model: EmbeddingModel,
@@ -258,6 +263,32 @@ class ModelRegistry:
             logged += [Metric(key, float(value), timestamp, 0) for key, value in (metrics or {}).items()]
             self._log_batch(run_id, all_params, logged)
             self._log_files(run_id, MODEL_DIR, model_to_bytes(model))
+        except BaseException:
+            self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.client.set_terminated(run_id)
+        return run_id
+
+    def log_record_run(
+        self,
+        kind: str,
+        run_name: str,
+        files: Mapping[str, bytes],
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        directory: str | None = None,
+    ) -> str:
+        """A finished run that only carries a record (an audit, a decision): files, metrics, tags."""
+        run_tags = {key: mask_secret(key, _tag_value(value)) for key, value in (tags or {}).items()}
+        run_tags.update({TAG_KIND: kind, TAG_MODEL_NAME: self.model_name})
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
+        run_id = run.info.run_id
+        try:
+            timestamp = run.info.start_time
+            self._log_batch(
+                run_id, None, [Metric(k, float(v), timestamp, 0) for k, v in (metrics or {}).items()]
+            )
+            self._log_files(run_id, directory, files)
         except BaseException:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
             raise

@@ -6,7 +6,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="hotswap: upgrade a retrieval model without re-extracting the gallery.", no_args_is_help=True)
+app = typer.Typer(
+    help="hotswap: upgrade a retrieval model without re-extracting the gallery.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -37,12 +39,16 @@ def demo(
     old_classes = range(5)
     train = data.split("train").with_classes(old_classes)
     test = data.split("test").with_classes(old_classes)
-    spec = BackboneSpec(arch=settings.training.old_arch, embedding_dim=settings.training.embedding_dim, num_classes=5)
+    spec = BackboneSpec(
+        arch=settings.training.old_arch, embedding_dim=settings.training.embedding_dim, num_classes=5
+    )
     model = build_model(spec, seed=seed)
     console.print(f"training a '{spec.arch}' model on {len(train)} digits 0-4 for {epochs} epochs")
     config = TrainConfig(epochs=epochs, seed=seed, device=settings.torch_device)
     history = train_model(model, train, config)
-    result = retrieval_metrics(extract_features(model, test.images, device=settings.torch_device), test.labels)
+    result = retrieval_metrics(
+        extract_features(model, test.images, device=settings.torch_device), test.labels
+    )
     table = Table(title=f"leave-one-out retrieval on {len(test)} held-out digits 0-4")
     for column in ("mAP", "top-1", "top-5", "chance mAP"):
         table.add_column(column, justify="right")

@@ -29,7 +29,10 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
 
 def publish_report(report: CompatibilityReport, model_name: str) -> None:
     """The compatibility table (old/old, new/new, new/old, old/new) and the full report."""
-    rows = [{"pair": pair, **{k: round(v, 4) for k, v in values.items()}} for pair, values in report.matrix.items()]
+    rows = [
+        {"pair": pair, **{k: round(v, 4) for k, v in values.items()}}
+        for pair, values in report.matrix.items()
+    ]
     verdict = "blessed" if report.blessed else "NOT blessed"
     publish_table(
         f"compat-{model_name}-v{report.new_version}",

@@ -58,7 +58,9 @@ def train_first_model(settings: HotswapSettings) -> str:
         model, params=params, history=history, dataset_version=data.version, run_name="bootstrap"
     )
     version = reg.register(run_id, tags={"hotswap.role": "bootstrap"})
-    get_run_logger().info("registered first model as version %s (%.1f s of training)", version, history.seconds)
+    get_run_logger().info(
+        "registered first model as version %s (%.1f s of training)", version, history.seconds
+    )
     return version
 
 

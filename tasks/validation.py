@@ -8,11 +8,12 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from components.audit import audit_models
 from components.cross_eval import compatibility_matrix
 from components.report import CompatibilityReport, CompatThresholds, build_report
 from components.settings import HotswapSettings
 from tasks.context import dataset, registry
-from tasks.reporting import publish_report
+from tasks.reporting import publish_markdown, publish_report, publish_table
 
 
 def _report_cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -52,7 +53,9 @@ def validate_compatibility(settings: HotswapSettings, old_version: str, new_vers
     reg.log_report(report)
     publish_report(report, settings.model_name)
     logger = get_run_logger()
-    logger.info("v%s %s: %s", new_version, "blessed" if report.blessed else "NOT blessed", "; ".join(report.reasons))
+    logger.info(
+        "v%s %s: %s", new_version, "blessed" if report.blessed else "NOT blessed", "; ".join(report.reasons)
+    )
     return report.model_dump(mode="json")
 
 
@@ -83,3 +86,46 @@ def rubber_stamp(settings: HotswapSettings, version: str) -> dict[str, Any]:
 
 def report_from(payload: dict[str, Any]) -> CompatibilityReport:
     return CompatibilityReport.model_validate(payload)
+
+
+@task(name="load-report", task_run_name="load the report of v{version}", retries=2, cache_policy=NONE)
+def load_report(settings: HotswapSettings, version: str) -> CompatibilityReport:
+    """The report as logged at validation time: read back, never recomputed."""
+    return registry(settings).load_report(version)
+
+
+@task(name="audit-versions", task_run_name="audit all versions", cache_policy=NONE)
+def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
+    """C[i][j] for every registered version pair on held-out data; AC/AM; markdown, CSV, HTML."""
+    reg = registry(settings)
+    versions = [info.version for info in reg.list_versions()]
+    data = dataset(settings)
+    held_out = data.split(settings.data.validation_split)
+    result = audit_models({v: reg.load_model(v) for v in versions}, held_out, device=settings.torch_device)
+    table = result.long_table()
+    markdown = result.to_markdown()
+    files = {
+        "audit.md": markdown.encode(),
+        "audit.csv": table.to_csv(index=False).encode(),
+        "audit.html": table.to_html(index=False, float_format="{:.4f}".format).encode(),
+    }
+    metrics = {
+        f"{name}.{row.metric}": value
+        for _, row in result.summary().iterrows()
+        for name, value in (("ac", row.AC), ("am", row.AM))
+        if value == value
+    }
+    run_id = reg.log_record_run("audit", "audit", files, metrics=metrics, directory="audit")
+    publish_table(
+        f"audit-{settings.model_name}",
+        table.round(4).to_dict(orient="records"),
+        f"Compatibility audit of {len(versions)} versions (query version vs gallery version)",
+    )
+    publish_markdown(f"audit-report-{settings.model_name}", markdown, "Compatibility audit")
+    return {
+        "versions": versions,
+        "run_id": run_id,
+        "ac": {m: result.ac(m) for m in ("map", "top1", "top5")},
+        "am": {m: result.am(m) for m in ("map", "top1", "top5")},
+        "markdown": markdown,
+    }

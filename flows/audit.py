@@ -1,0 +1,17 @@
+"""audit: every registered version against every other, written where auditors look."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.context import settings_from
+from tasks.validation import audit_versions
+
+
+@flow(name="audit", log_prints=True)
+def audit(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The lower-triangular compatibility matrix of all versions, AC/AM, as markdown, CSV and HTML."""
+    settings = settings_from(overrides)
+    return audit_versions(settings)

@@ -1,0 +1,58 @@
+"""DPQ codebook tasks: train on the model's feature space, evaluate every prefix, store beside the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
+from components.settings import HotswapSettings
+from components.training import extract_features
+from tasks.context import dataset, registry
+from tasks.reporting import publish_table
+
+CODEBOOK_DIR = "codebooks"
+
+
+@task(name="train-codebooks", task_run_name="train DPQ codebooks for v{version}", cache_policy=NONE)
+def train_codebooks(settings: HotswapSettings, version: str) -> dict[str, Any]:
+    """Train DPQ on the model's training features (label-guided through its head); log and store."""
+    reg = registry(settings)
+    info = reg.resolve(version)
+    model = reg.load_model(version)
+    data = dataset(settings)
+    train = data.split("train")
+    classes = settings.data.bootstrap_classes if info.tags.get("hotswap.role") == "bootstrap" else None
+    if classes is not None:
+        train = train.with_classes(classes)
+    features = extract_features(model, train.images, device=settings.torch_device)
+    config = settings.dpq.model_copy(update={"seed": settings.seed})
+    codebooks = train_dpq(features, train.labels, classifier=model.head, config=config)
+
+    held_out = data.split(settings.data.validation_split)
+    if classes is not None:
+        held_out = held_out.with_classes(classes)
+    held_feats = extract_features(model, held_out.images, device=settings.torch_device)
+    by_prefix = prefix_retrieval(codebooks, held_feats, held_out.labels)
+    for name, data_bytes in codebooks.to_files().items():
+        reg.log_artifact_bytes(info.run_id, f"{CODEBOOK_DIR}/{name}", data_bytes)
+    reg.log_metrics(
+        info.run_id,
+        {f"dpq.{bits}bit.{metric}": value for bits, m in by_prefix.items() for metric, value in m.items()},
+    )
+    reg.set_tags(version, {"codebooks.bits": codebooks.code_bits(), "codebooks.blocks": codebooks.n_blocks})
+    rows = [{"bits": bits, **{k: round(v, 4) for k, v in m.items()}} for bits, m in by_prefix.items()]
+    publish_table(f"dpq-{settings.model_name}-v{version}", rows, f"DPQ retrieval per code length, v{version}")
+    get_run_logger().info("DPQ for v%s: %s", version, rows)
+    return {"version": version, "bits": codebooks.code_bits(), "prefixes": rows}
+
+
+def load_codebooks(settings: HotswapSettings, version: str) -> DPQCodebooks:
+    """The DPQ codebooks stored beside a model version."""
+    reg = registry(settings)
+    files = {
+        name: reg.load_artifact_bytes(version, f"{CODEBOOK_DIR}/{name}") for name in DPQCodebooks.file_names()
+    }
+    return DPQCodebooks.from_files(files, source=f"codebooks of v{version}")
