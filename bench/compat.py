@@ -3,8 +3,8 @@
 Protocol (MNIST-5k, the bundled real digits; split seed 0, 60/20/20 per class):
 - old model: the "small" backbone (2 conv blocks, d = 64) trained on digits 0-4 of the train split;
 - new model: the "large" backbone (3 conv blocks, same d) trained on all ten digits of the train
-  split with each method: independent, L2, BCT, Dual-Tuning (tuned default and paper preset) and
-  Dual-Tuning with each of its terms removed in turn;
+  split with each method: independent, L2, BCT, Dual-Tuning (tuned default, the tuned softmax-prototype
+  preset and the paper's preset) and the default with each of its terms removed in turn;
 - evaluation: leave-one-out retrieval on the held-out split covering all ten digits (test for the
   reported numbers, val for tuning): mAP, top-1, top-5 for old/old, new/new, new/old and old/new;
   BCT's criterion (new/old > old/old; new/new at most 1 point below independent training) and the

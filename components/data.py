@@ -11,6 +11,7 @@ import hashlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -241,7 +242,8 @@ def validate_manifest(
     return frame.reset_index(drop=True)
 
 
-def _decode_image(data: bytes, image_size: int, where: str) -> np.ndarray:
+def decode_image(data: bytes, image_size: int, where: str = "image") -> np.ndarray:
+    """PNG/JPEG bytes → grayscale float32 [image_size, image_size] in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -286,7 +288,7 @@ def load_manifest_images(
                 data = path.read_bytes()
             except OSError as exc:
                 raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
-        images[row, 0] = _decode_image(data, image_size, where)
+        images[row, 0] = decode_image(data, image_size, where)
     return ImageDataset(
         images=images,
         labels=np.array([index[label] for label in frame["label"]], dtype=np.int64),
@@ -324,8 +326,12 @@ def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0) -> 
     return load_manifest_images(frame, base_dir=root, image_size=image_size, name=f"image folder {root}")
 
 
+@lru_cache(maxsize=4)
 def load_dataset(source: str, seed: int = 0, image_size: int = 28) -> ImageDataset:
     """Resolve a data source string from the settings into an :class:`ImageDataset`.
+
+    Cached per process (decoding a folder of images is the slow part); treat the arrays as
+    read-only.
 
     ``mnist5k`` (bundled digits), ``synthetic:<items>:<classes>`` (procedural), a manifest file
     (``.csv``/``.parquet``; relative URIs resolve against its folder) or an image folder.
@@ -337,11 +343,15 @@ def load_dataset(source: str, seed: int = 0, image_size: int = 28) -> ImageDatas
             _, items, classes = source.split(":")
             return make_synthetic(int(items), int(classes), image_size=image_size, seed=seed)
         except ValueError as exc:
-            raise DataError(f"data source {source!r}: expected 'synthetic:<items>:<classes>' ({exc})") from exc
+            raise DataError(
+                f"data source {source!r}: expected 'synthetic:<items>:<classes>' ({exc})"
+            ) from exc
     path = Path(source)
     if path.suffix in (".csv", ".parquet"):
         frame = read_manifest(path)
         return load_manifest_images(frame, base_dir=path.parent, image_size=image_size, name=str(path))
     if path.is_dir():
         return load_image_folder(path, image_size=image_size, seed=seed)
-    raise DataError(f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder")
+    raise DataError(
+        f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder"
+    )

@@ -229,7 +229,8 @@ def backfill_curve(
     leave_one_out = gallery_labels is None
     if leave_one_out and len(q) != len(old):
         raise ValueError(
-            f"without gallery_labels the queries must be the gallery items: {len(q)} queries, {len(old)} items"
+            f"without gallery_labels the queries must be the gallery items: "
+            f"{len(q)} queries, {len(old)} items"
         )
     labels_g = query_labels if leave_one_out else gallery_labels
     if transform is not None:

@@ -1,6 +1,17 @@
-"""The ``hotswap`` command line."""
+"""The ``hotswap`` command line: one command per flow, plus search and status.
+
+Prefect needs an API; without ``PREFECT_API_URL`` each command runs on a temporary local one
+whose database lives under ``<hotswap home>/prefect`` (set before Prefect is imported).
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -11,50 +22,206 @@ app = typer.Typer(
 )
 console = Console()
 
+HomeOption = typer.Option(None, "--home", help="hotswap home (default: HOTSWAP_HOME or ~/.hotswap)")
 
-@app.callback()
-def main() -> None:
-    """hotswap: upgrade a retrieval model without re-extracting the gallery."""
+
+def _prepare(home: Path | None) -> dict[str, Any]:
+    """Settings overrides for the flows, and Prefect pointed at the home before it is imported."""
+    from components.settings import load_settings
+
+    overrides: dict[str, Any] = {"home": str(home)} if home else {}
+    settings = load_settings(**overrides)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return overrides
+
+
+def _print_report(payload: dict[str, Any]) -> None:
+    from components.report import CompatibilityReport
+
+    report = CompatibilityReport.model_validate(payload)
+    table = Table(title=f"compatibility: v{report.new_version} vs v{report.old_version} (held-out data)")
+    for column in ("pair", "mAP", "top-1", "top-5"):
+        table.add_column(column, justify="right")
+    for pair in ("old/old", "new/new", "new/old", "old/new"):
+        if pair in report.matrix:
+            m = report.matrix[pair]
+            table.add_row(pair, f"{m['map']:.3f}", f"{m['top1']:.3f}", f"{m['top5']:.3f}")
+    console.print(table)
+    verdict = "[green]blessed[/green]" if report.blessed else "[red]NOT blessed[/red]"
+    console.print(f"verdict: {verdict} — " + "; ".join(report.reasons))
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+@app.command()
+def bootstrap(home: Path | None = HomeOption) -> None:
+    """Train the first model, bless it (rubber stamp) and build the first live gallery."""
+    overrides = _prepare(home)
+    from flows.bootstrap import bootstrap as bootstrap_flow
+
+    _print_json(bootstrap_flow(overrides=overrides))
+
+
+@app.command()
+def refresh(
+    home: Path | None = HomeOption,
+    auto_promote: bool = typer.Option(None, "--auto-promote/--no-auto-promote", help="default: settings"),
+) -> None:
+    """Run the lifecycle: compatible training, validation, DPQ, decision, staged backfill."""
+    overrides = _prepare(home)
+    from flows.refresh import refresh as refresh_flow
+
+    _print_json(refresh_flow(overrides=overrides, auto_promote=auto_promote))
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument("challenger", help="version number or alias"),
+    approve: bool = typer.Option(None, "--approve/--reject", help="decide now instead of pausing for the UI"),
+    reason: str = typer.Option("", help="why (recorded on the model version)"),
+    backfill_mode: str = typer.Option("as-decided", help="as-decided, skip, requantize, partial or full"),
+    fraction: float = typer.Option(None, help="fraction for a partial backfill"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Promote a challenger; without --approve/--reject the run pauses for a decision in the Prefect UI."""
+    overrides = _prepare(home)
+    from flows.promote import PromotionInput
+    from flows.promote import promote as promote_flow
+
+    answer = None
+    if approve is not None:
+        answer = PromotionInput(
+            approve=approve, reason=reason, backfill_mode=backfill_mode, fraction=fraction
+        )
+    _print_json(promote_flow(overrides=overrides, version=version, answer=answer))
+
+
+@app.command()
+def backfill(
+    mode: str = typer.Option("full", help="requantize, partial or full"),
+    fraction: float = typer.Option(None, help="fraction re-extracted by a partial backfill"),
+    version: str = typer.Option("challenger", help="model version (or alias) the gallery is rebuilt for"),
+    publish: bool = typer.Option(False, help="switch the live gallery to the result (no alias change)"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
+    overrides = _prepare(home)
+    from flows.backfill import backfill as backfill_flow
+
+    _print_json(
+        backfill_flow(overrides=overrides, mode=mode, fraction=fraction, version=version, publish=publish)
+    )
+
+
+@app.command()
+def audit(home: Path | None = HomeOption) -> None:
+    """Every registered version against every other: matrix, AC/AM, markdown/CSV/HTML in MLflow."""
+    overrides = _prepare(home)
+    from flows.audit import audit as audit_flow
+
+    result = audit_flow(overrides=overrides)
+    console.print(result["markdown"])
+
+
+@app.command()
+def search(
+    image: Path = typer.Option(None, help="a query image file (PNG/JPEG)"),
+    item_id: str = typer.Option(None, help="or: the id of an item of the configured dataset"),
+    k: int = typer.Option(5, min=1, help="how many results"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Top-k of a query image against the live gallery, with the champion model."""
+    overrides = _prepare(home)
+    from components.search import search_live
+
+    if (image is None) == (item_id is None):
+        raise typer.BadParameter("give exactly one of --image or --item-id")
+    hits = search_live(overrides, image=image, item_id=item_id, k=k)
+    table = Table(title=f"top-{k} in gallery {hits.gallery_version} (model v{hits.model_version})")
+    for column in ("rank", "item id", "label", "score"):
+        table.add_column(column, justify="right")
+    for rank, hit in enumerate(hits.results, start=1):
+        table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
+    console.print(table)
+
+
+@app.command()
+def status(home: Path | None = HomeOption) -> None:
+    """Champion, challenger, live gallery version and the last decision."""
+    overrides = _prepare(home)
+    from components.status import system_status
+
+    _print_json(system_status(overrides))
 
 
 @app.command()
 def demo(
-    epochs: int = typer.Option(None, help="training epochs (default: settings)"),
-    seed: int = typer.Option(None, help="random seed (default: settings)"),
+    home: Path | None = typer.Option(None, help="where the demo keeps its state (default: <home>/demo)"),
+    keep: bool = typer.Option(False, help="keep an earlier demo's state instead of starting fresh"),
 ) -> None:
-    """Train an old model on digits 0-4 of MNIST-5k and print its retrieval metrics."""
-    import torch
-
-    from components.backbones import BackboneSpec, build_model
-    from components.data import load_mnist5k
-    from components.metrics import retrieval_metrics
+    """Bootstrap v1 on digits 0-4, refresh to v2 on all digits, promote it, and answer a search."""
     from components.settings import load_settings
-    from components.training import TrainConfig, extract_features, train_model
 
-    settings = load_settings()
-    torch.set_num_threads(settings.torch_threads)
-    seed = settings.seed if seed is None else seed
-    epochs = settings.training.epochs if epochs is None else epochs
-    data = load_mnist5k(seed=seed)
-    old_classes = range(5)
-    train = data.split("train").with_classes(old_classes)
-    test = data.split("test").with_classes(old_classes)
-    spec = BackboneSpec(
-        arch=settings.training.old_arch, embedding_dim=settings.training.embedding_dim, num_classes=5
-    )
-    model = build_model(spec, seed=seed)
-    console.print(f"training a '{spec.arch}' model on {len(train)} digits 0-4 for {epochs} epochs")
-    config = TrainConfig(epochs=epochs, seed=seed, device=settings.torch_device)
-    history = train_model(model, train, config)
-    result = retrieval_metrics(
-        extract_features(model, test.images, device=settings.torch_device), test.labels
-    )
-    table = Table(title=f"leave-one-out retrieval on {len(test)} held-out digits 0-4")
-    for column in ("mAP", "top-1", "top-5", "chance mAP"):
+    home = home or load_settings().home / "demo"
+    if home.exists() and not keep:
+        console.print(f"starting fresh: removing the previous demo state in {home}")
+        shutil.rmtree(home)
+    overrides = _prepare(home)
+    overrides["auto_promote"] = True
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    console.rule("1/3 bootstrap: v1 on digits 0-4 (rubber-stamped)")
+    from flows.bootstrap import bootstrap as bootstrap_flow
+    from flows.refresh import refresh as refresh_flow
+
+    first = bootstrap_flow(overrides=overrides)
+    timings["bootstrap"] = time.perf_counter() - start
+    console.print(f"v{first['version']} is champion; live gallery {first['gallery_version']}")
+
+    console.rule("2/3 refresh: v2 on all digits with Dual-Tuning, validation, DPQ, decision")
+    start = time.perf_counter()
+    second = refresh_flow(overrides=overrides, auto_promote=True)
+    timings["refresh"] = time.perf_counter() - start
+
+    from components.status import system_status
+
+    state = system_status(overrides)
+    _print_report(state["champion_report"])
+    console.print(state["last_decision_markdown"])
+
+    console.rule("3/3 search the live gallery")
+    from components.search import search_live
+
+    hits = search_live(overrides, item_id=state["example_item"], k=5)
+    table = Table(title=f"top-5 for item {state['example_item']} in gallery {hits.gallery_version}")
+    for column in ("rank", "item id", "label", "score"):
         table.add_column(column, justify="right")
-    table.add_row(f"{result.map:.3f}", f"{result.top1:.3f}", f"{result.top5:.3f}", f"{1 / 5:.3f}")
+    for rank, hit in enumerate(hits.results, start=1):
+        table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
     console.print(table)
-    console.print(f"trained in {history.seconds:.1f} s ({history.images_per_second:.0f} img/s)")
+
+    settings = load_settings(**{k: v for k, v in overrides.items() if k != "auto_promote"})
+    console.rule("done")
+    console.print(
+        f"champion v{second['challenger']} promoted: {second['promoted']}; decision: {second['decision']}"
+    )
+    console.print("wall time: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in timings.items()))
+    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
+    console.print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
+
+
+@app.callback()
+def main() -> None:
+    """hotswap: upgrade a retrieval model without re-extracting the gallery."""
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ by its ids or run on another worker.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import os
 from typing import Any
 
 import torch
@@ -21,6 +21,8 @@ from components.store import open_store
 
 def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
     """Settings from file + environment, with a flow's parameter overrides on top."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     settings = HotswapSettings(**(overrides or {}))
     torch.set_num_threads(settings.torch_threads)
     return settings
@@ -34,11 +36,8 @@ def gallery_store(settings: HotswapSettings) -> GalleryStore:
     return GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
 
 
-@lru_cache(maxsize=4)
-def _dataset(source: str, seed: int, image_size: int) -> ImageDataset:
-    return load_dataset(source, seed=seed, image_size=image_size)
-
-
 def dataset(settings: HotswapSettings) -> ImageDataset:
     """The configured dataset (decoded once per process)."""
-    return _dataset(settings.data.source, settings.data.split_seed, settings.data.image_size)
+    return load_dataset(
+        settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
+    )

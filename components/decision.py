@@ -1,0 +1,544 @@
+"""The skip-or-backfill decision: estimate every option's quality and cost, pick the cheapest good one.
+
+DESIGN.md §7. Options, cheapest first:
+
+- ``skip``: new-model queries search the gallery as it is (old features, old DPQ codes);
+- ``requantize``: the stored old features re-encoded with the new codebooks (no forward pass);
+- ``partial(f)``: the first f of the gallery in the configured ordering re-extracted with the new
+  model, everything re-encoded with the new codebooks (a mixed gallery);
+- ``full``: every item re-extracted and re-encoded.
+
+Quality is estimated on *validation* data (never test), leave-one-out over the validation items
+with new-model queries, searching what would be served: DPQ codes decoded (asymmetric search; the
+query is not quantized). So skip = new→old cross-test through the old codebooks, requantize = the
+requantized cross-test, partial(f) = the backfill curve at f, full = new/new through the new
+codebooks. Float (unquantized) numbers are recorded beside them. An option's *relative quality* is
+its metric divided by full's, the quality a full backfill would reach, so full always meets the
+target and is the fallback.
+
+Cost = items to extract × measured seconds per extracted item + items to encode × measured seconds
+per encoded item (+ an optional per-item overhead for I/O), measured on a sample of validation
+images with the new model and codebooks on this machine (``measure_costs``).
+
+Policy: skip needs a blessing (the compatibility report says new queries may search old
+features). Without a blessing no option that leaves old features in the gallery is safe, so the
+decision is ``full`` or ``reject`` (configurable). With one, the cheapest option meeting
+``quality_target`` wins (ties go to the simpler option). The record keeps the whole table with each
+row's reason, so a person can see with numbers why re-extraction was or was not needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from components.backbones import EmbeddingModel, require_same_dim
+from components.data import ImageDataset
+from components.metrics import retrieval_metrics
+from components.ordering import (
+    DEFAULT_SCORE,
+    Ordering,
+    UncertaintyScore,
+    backfill_curve,
+    backfill_fractions,
+    backfill_order,
+    backfilled_count,
+)
+from components.quantization import DPQCodebooks
+from components.training import extract_features
+
+Choice = Literal["skip", "requantize", "partial", "full", "reject"]
+OptionMode = Literal["skip", "requantize", "partial", "full"]
+Metric = Literal["map", "top1", "top5"]
+MODE_ORDER = {"skip": 0, "requantize": 1, "partial": 2, "full": 3}
+SCHEMA_VERSION = 1
+
+
+class DecisionError(ValueError):
+    """Inputs the decision cannot work with, or a stored record that does not parse."""
+
+
+class DecisionConfig(BaseModel):
+    """Every knob of the decision, with its documented default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quality_target: float = Field(
+        0.95, gt=0, le=1, description="an option must reach this share of full backfill's metric"
+    )
+    metric: Metric = Field("map", description="the metric the target applies to")
+    quantized: bool = Field(True, description="judge options as served (DPQ codes); False = float features")
+    ordering: Ordering = Field(
+        "random", description="which items a partial backfill re-extracts first (random won on MNIST val)"
+    )
+    uncertainty_score: UncertaintyScore = DEFAULT_SCORE
+    partial_fractions: tuple[float, ...] | None = Field(
+        None, description="candidate fractions; None = the 20 inner points of the 22-point backfill curve"
+    )
+    unblessed_action: Literal["full", "reject"] = Field(
+        "full", description="what an unblessed model gets: a full backfill, or no upgrade at all"
+    )
+    timing_sample: int = Field(256, ge=8, description="validation images timed to estimate per-item cost")
+    timing_repeats: int = Field(3, ge=1, description="timing runs; the fastest is kept (least disturbed)")
+    batch_size: int = Field(256, ge=1)
+    overhead_seconds_per_item: float = Field(0.0, ge=0, description="I/O per written item, if known")
+    seed: int = 0
+
+    @field_validator("partial_fractions")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and (not value or any(not 0 < f < 1 for f in value)):
+            raise ValueError(f"partial_fractions must be non-empty and strictly between 0 and 1, got {value}")
+        return value
+
+    def fractions(self) -> tuple[float, ...]:
+        if self.partial_fractions is not None:
+            return tuple(sorted(self.partial_fractions))
+        return tuple(float(f) for f in backfill_fractions()[1:-1])
+
+
+class CostModel(BaseModel):
+    """Measured seconds per item on the machine that will run the backfill."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extract_seconds_per_item: float = Field(ge=0)
+    encode_seconds_per_item: float = Field(ge=0)
+    overhead_seconds_per_item: float = Field(0.0, ge=0)
+    sample_size: int = Field(0, ge=0)
+    device: str = "cpu"
+
+    def seconds(self, extract: int, encode: int, touched: int) -> float:
+        return (
+            extract * self.extract_seconds_per_item
+            + encode * self.encode_seconds_per_item
+            + touched * self.overhead_seconds_per_item
+        )
+
+
+class BackfillOption(BaseModel):
+    """One row of the decision table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: OptionMode
+    fraction: float = Field(ge=0, le=1, description="share of the gallery re-extracted")
+    quality: dict[str, float] = Field(description="estimated metrics as served (validation data)")
+    float_quality: dict[str, float] = Field(description="the same with float features (no quantization)")
+    relative_quality: float = Field(description="quality[metric] / full's quality[metric]")
+    items_to_extract: int = Field(ge=0)
+    items_to_encode: int = Field(ge=0)
+    estimated_seconds: float = Field(ge=0)
+    meets_target: bool
+    eligible: bool = Field(description="allowed at all (skip and mixed galleries need a blessing)")
+    reason: str
+
+
+class DecisionRecord(BaseModel):
+    """The decision with the evidence behind it; stored beside the model version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    mode: Choice = Field(description="the chosen option: skip, requantize, partial, full, or reject")
+    fraction: float | None = Field(description="share re-extracted by the chosen option (None for reject)")
+    blessed: bool
+    config: DecisionConfig
+    reference_quality: float = Field(description="full backfill's metric: the 100 % of relative quality")
+    gallery_items: int = Field(ge=0)
+    options: list[BackfillOption]
+    reasons: list[str]
+    cost: CostModel
+    curve: dict[str, list[float]] = Field(default_factory=dict, description="backfill curve as served")
+    old_model_version: str | None = None
+    new_model_version: str | None = None
+    old_codebook_version: str | None = None
+    new_codebook_version: str | None = None
+    source_gallery_version: str | None = Field(None, description="the live gallery version decided on")
+    gallery_version: str | None = Field(None, description="the version the decision was executed into")
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def chosen_option(self) -> BackfillOption | None:
+        for option in self.options:
+            if option.mode == self.mode and option.fraction == self.fraction:
+                return option
+        return None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "decision record") -> DecisionRecord:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise DecisionError(
+                f"{source} is not a valid decision record: {exc.errors()[0]['msg']}"
+            ) from None
+
+    def to_markdown(self) -> str:
+        return decision_markdown(self)
+
+
+# --------------------------------------------------------------------------- quality estimation
+
+
+class QualityEstimate(BaseModel):
+    """Served and float metrics of every option on validation data (before costs and policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    skip: dict[str, float]
+    requantize: dict[str, float]
+    full: dict[str, float]
+    partial: dict[float, dict[str, float]]
+    float_skip: dict[str, float]
+    float_full: dict[str, float]
+    float_partial: dict[float, dict[str, float]]
+    curve: dict[str, list[float]] = Field(default_factory=dict)
+
+
+def _roundtrip(codebooks: DPQCodebooks | None):
+    if codebooks is None:
+        return None
+    return lambda feats: codebooks.decode(codebooks.encode(feats))
+
+
+def estimate_quality(
+    old_features: np.ndarray,
+    new_features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    old_codebooks: DPQCodebooks | None,
+    new_codebooks: DPQCodebooks | None,
+    prototypes: np.ndarray | None,
+    config: DecisionConfig,
+) -> QualityEstimate:
+    """Every option's quality on validation items (leave-one-out, new-model queries).
+
+    ``old_features``/``new_features`` are the same validation items embedded by each model;
+    ``prototypes`` the old model's class prototypes (needed for the 'uncertainty' ordering).
+    Without codebooks the served view is the float one.
+    """
+    old = np.asarray(old_features, dtype=np.float32)
+    new = np.asarray(new_features, dtype=np.float32)
+    if old.shape != new.shape or old.ndim != 2:
+        raise DecisionError(f"old features {old.shape} and new features {new.shape} must be the same items")
+    if len(labels) != len(old):
+        raise DecisionError(f"{len(old)} validation items but {len(labels)} labels")
+    fractions = config.fractions()
+    order = backfill_order(
+        config.ordering, old, prototypes=prototypes, score=config.uncertainty_score, seed=config.seed
+    )
+    curve_points = np.concatenate([[0.0], fractions, [1.0]])
+
+    def metrics(gallery: np.ndarray) -> dict[str, float]:
+        return retrieval_metrics(new, labels, gallery, labels, exclude_self=True).as_dict()
+
+    served_old = _roundtrip(old_codebooks)
+    served_new = _roundtrip(new_codebooks)
+    float_curve = backfill_curve(new, labels, old, new, order, fractions=curve_points, name=config.ordering)
+    served_curve = (
+        backfill_curve(
+            new, labels, old, new, order, fractions=curve_points, transform=served_new, name=config.ordering
+        )
+        if served_new is not None
+        else float_curve
+    )
+    skip = metrics(served_old(old)) if served_old is not None else float_curve.points[0]
+    by_fraction = dict(zip(curve_points.tolist(), served_curve.points, strict=True))
+    float_by_fraction = dict(zip(curve_points.tolist(), float_curve.points, strict=True))
+    return QualityEstimate(
+        skip=skip,
+        requantize=served_curve.points[0],
+        full=served_curve.points[-1],
+        partial={f: by_fraction[f] for f in fractions},
+        float_skip=float_curve.points[0],
+        float_full=float_curve.points[-1],
+        float_partial={f: float_by_fraction[f] for f in fractions},
+        curve={"fractions": served_curve.fractions, **{m: served_curve.values(m) for m in ("map", "top1")}},
+    )
+
+
+# --------------------------------------------------------------------------- cost measurement
+
+
+def measure_costs(
+    new_model: EmbeddingModel,
+    new_codebooks: DPQCodebooks | None,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    repeats: int = 3,
+    overhead_seconds_per_item: float = 0.0,
+) -> CostModel:
+    """Seconds per item of extraction and of DPQ encoding, timed on ``images`` (a sample).
+
+    One warm-up pass first (allocations, lazy initialisation), then the fastest of ``repeats``
+    runs: on a shared machine the fastest run is the one least disturbed by other load.
+    """
+    if len(images) == 0:
+        raise DecisionError("measure_costs needs at least one image to time")
+    extract_features(new_model, images[: min(len(images), 8)], batch_size=batch_size, device=device)
+    best_extract, feats = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        feats = extract_features(new_model, images, batch_size=batch_size, device=device)
+        best_extract = min(best_extract, time.perf_counter() - start)
+    best_encode = 0.0
+    if new_codebooks is not None:
+        best_encode = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            new_codebooks.encode(feats)
+            best_encode = min(best_encode, time.perf_counter() - start)
+    return CostModel(
+        extract_seconds_per_item=best_extract / len(images),
+        encode_seconds_per_item=best_encode / len(images),
+        overhead_seconds_per_item=overhead_seconds_per_item,
+        sample_size=len(images),
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def build_options(
+    quality: QualityEstimate, cost: CostModel, gallery_items: int, blessed: bool, config: DecisionConfig
+) -> tuple[list[BackfillOption], float]:
+    """The table of options with costs, relative quality and eligibility; returns it and the reference."""
+    metric = config.metric
+    if not config.quantized:  # judge on float features: the served columns become the float ones
+        quality = quality.model_copy(
+            update={
+                "skip": quality.float_skip,
+                "requantize": quality.float_skip,
+                "full": quality.float_full,
+                "partial": quality.float_partial,
+            }
+        )
+    reference = quality.full[metric]
+    if not reference > 0:
+        raise DecisionError(f"full backfill's {metric} is {reference}; cannot express relative quality")
+    n = gallery_items
+    rows: list[tuple[OptionMode, float, dict[str, float], dict[str, float], int, int]] = [
+        ("skip", 0.0, quality.skip, quality.float_skip, 0, 0),
+        ("requantize", 0.0, quality.requantize, quality.float_skip, 0, n),
+    ]
+    rows += [
+        ("partial", f, quality.partial[f], quality.float_partial[f], backfilled_count(n, f), n)
+        for f in config.fractions()
+    ]
+    rows.append(("full", 1.0, quality.full, quality.float_full, n, n))
+    options = []
+    for mode, fraction, served, floats, extract, encode in rows:
+        relative = served[metric] / reference
+        meets = relative >= config.quality_target - 1e-12
+        eligible = blessed or mode == "full"
+        verdict = "meets" if meets else "below"
+        reason = f"{metric} {served[metric]:.4f} = {_pct(relative)} of full, {verdict} the target"
+        if not eligible:
+            reason = "not blessed: new-model queries may not search old features; " + reason
+        options.append(
+            BackfillOption(
+                mode=mode,
+                fraction=fraction,
+                quality=served,
+                float_quality=floats,
+                relative_quality=relative,
+                items_to_extract=extract,
+                items_to_encode=encode,
+                estimated_seconds=cost.seconds(extract, encode, 0 if mode == "skip" else n),
+                meets_target=meets,
+                eligible=eligible,
+                reason=reason,
+            )
+        )
+    return options, reference
+
+
+def choose(
+    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig
+) -> tuple[Choice, float | None, list[str]]:
+    """The policy: cheapest eligible option meeting the target; unblessed ⇒ full or reject."""
+    if not blessed:
+        if config.unblessed_action == "reject":
+            return "reject", None, [
+                "the model is not blessed (compatibility checks failed) and unblessed_action='reject': "
+                "no backfill, the upgrade is refused"
+            ]  # fmt: skip
+        return "full", 1.0, [
+            "the model is not blessed (compatibility checks failed): its queries cannot search old "
+            "features, so every item must be re-extracted (full backfill)"
+        ]  # fmt: skip
+    candidates = [o for o in options if o.eligible and o.meets_target]
+    best = min(candidates, key=lambda o: (o.estimated_seconds, MODE_ORDER[o.mode], o.fraction))
+    reasons = [
+        f"blessed; target: {config.metric} ≥ {_pct(config.quality_target)} of a full backfill's",
+        f"cheapest option meeting it: {best.mode}"
+        + (f" at f = {best.fraction:.3f}" if best.mode == "partial" else "")
+        + f" ({_pct(best.relative_quality)} of full, est. {best.estimated_seconds:.1f} s)",
+    ]
+    cheaper = [o for o in options if o.estimated_seconds < best.estimated_seconds and not o.meets_target]
+    if cheaper:
+        worst = max(cheaper, key=lambda o: o.relative_quality)
+        reasons.append(
+            f"cheaper options fall short: best of them is {worst.mode}"
+            + (f" f = {worst.fraction:.3f}" if worst.mode == "partial" else "")
+            + f" at {_pct(worst.relative_quality)}"
+        )
+    return best.mode, best.fraction, reasons
+
+
+def decide_from_features(
+    old_features: np.ndarray,
+    new_features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    gallery_items: int,
+    blessed: bool,
+    cost: CostModel,
+    old_codebooks: DPQCodebooks | None = None,
+    new_codebooks: DPQCodebooks | None = None,
+    prototypes: np.ndarray | None = None,
+    config: DecisionConfig | None = None,
+    versions: dict[str, str | None] | None = None,
+) -> DecisionRecord:
+    """The decision from precomputed validation features and a cost model (pure; no models)."""
+    config = config or DecisionConfig()
+    if gallery_items < 1:
+        raise DecisionError(f"gallery_items must be at least 1, got {gallery_items}")
+    quality = estimate_quality(
+        old_features,
+        new_features,
+        labels,
+        old_codebooks=old_codebooks,
+        new_codebooks=new_codebooks,
+        prototypes=prototypes,
+        config=config,
+    )
+    options, reference = build_options(quality, cost, gallery_items, blessed, config)
+    chosen, fraction, reasons = choose(options, blessed, config)
+    return DecisionRecord(
+        mode=chosen,
+        fraction=fraction,
+        blessed=blessed,
+        config=config,
+        reference_quality=reference,
+        gallery_items=gallery_items,
+        options=options,
+        reasons=reasons,
+        cost=cost,
+        curve=quality.curve,
+        **(versions or {}),
+    )
+
+
+def decide(
+    *,
+    old_model: EmbeddingModel,
+    new_model: EmbeddingModel,
+    validation: ImageDataset,
+    gallery_items: int,
+    blessed: bool,
+    old_codebooks: DPQCodebooks | None = None,
+    new_codebooks: DPQCodebooks | None = None,
+    config: DecisionConfig | None = None,
+    device: str = "cpu",
+    old_model_version: str | None = None,
+    new_model_version: str | None = None,
+    old_codebook_version: str | None = None,
+    new_codebook_version: str | None = None,
+    source_gallery_version: str | None = None,
+) -> DecisionRecord:
+    """Embed the validation split with both models, measure costs, and decide (see module doc).
+
+    ``blessed`` is the compatibility report's verdict (downstream steps never recompute it);
+    ``gallery_items`` is the size of the live gallery the costs scale to.
+    """
+    config = config or DecisionConfig()
+    require_same_dim(old_model, new_model)
+    if len(validation) < 2:
+        raise DecisionError(f"{validation.name}: the decision needs validation items, got {len(validation)}")
+    old_feats = extract_features(old_model, validation.images, batch_size=config.batch_size, device=device)
+    new_feats = extract_features(new_model, validation.images, batch_size=config.batch_size, device=device)
+    sample = np.random.default_rng(config.seed).permutation(len(validation))[: config.timing_sample]
+    cost = measure_costs(
+        new_model,
+        new_codebooks,
+        validation.images[np.sort(sample)],
+        batch_size=config.batch_size,
+        device=device,
+        repeats=config.timing_repeats,
+        overhead_seconds_per_item=config.overhead_seconds_per_item,
+    )
+    return decide_from_features(
+        old_feats,
+        new_feats,
+        validation.labels,
+        gallery_items=gallery_items,
+        blessed=blessed,
+        cost=cost,
+        old_codebooks=old_codebooks,
+        new_codebooks=new_codebooks,
+        prototypes=old_model.head.weight.detach().cpu().numpy(),
+        config=config,
+        versions={
+            "old_model_version": old_model_version,
+            "new_model_version": new_model_version,
+            "old_codebook_version": old_codebook_version,
+            "new_codebook_version": new_codebook_version,
+            "source_gallery_version": source_gallery_version,
+        },
+    )
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def decision_markdown(record: DecisionRecord) -> str:
+    """A human-readable report: the verdict, its reasons, and the table of options."""
+    cfg = record.config
+    chosen = record.mode + (f" (f = {record.fraction:.3f})" if record.mode == "partial" else "")
+    lines = [
+        f"# Backfill decision: **{chosen}**",
+        "",
+        f"- models: {record.old_model_version or '?'} → {record.new_model_version or '?'}; "
+        f"codebooks: {record.old_codebook_version or '?'} → {record.new_codebook_version or '?'}",
+        f"- blessed: {'yes' if record.blessed else 'no'}; target: {cfg.metric} ≥ {_pct(cfg.quality_target)} "
+        f"of full backfill ({record.reference_quality:.4f}); quality judged "
+        f"{'as served (DPQ codes)' if cfg.quantized else 'on float features'}, validation split",
+        f"- gallery: {record.gallery_items} items; measured cost per item: extract "
+        f"{1e3 * record.cost.extract_seconds_per_item:.3f} ms, "
+        f"encode {1e3 * record.cost.encode_seconds_per_item:.4f} ms "
+        f"({record.cost.device}, sample {record.cost.sample_size})",
+        "",
+        "Reasons:",
+        *[f"- {reason}" for reason in record.reasons],
+        "",
+        f"| option | fraction | {cfg.metric} | float {cfg.metric} | top1 | relative | extract | encode "
+        "| est. seconds | meets target | chosen | reason |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|---|",
+    ]
+    for o in record.options:
+        is_chosen = o.mode == record.mode and o.fraction == record.fraction
+        lines.append(
+            f"| {o.mode} | {o.fraction:.3f} | {o.quality[cfg.metric]:.4f} "
+            f"| {o.float_quality[cfg.metric]:.4f} | {o.quality.get('top1', float('nan')):.4f} "
+            f"| {_pct(o.relative_quality)} | {o.items_to_extract} "
+            f"| {o.items_to_encode} | {o.estimated_seconds:.2f} | {'yes' if o.meets_target else 'no'} "
+            f"| {'**←**' if is_chosen else ''} | {o.reason} |"
+        )
+    return "\n".join(lines) + "\n"

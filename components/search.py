@@ -1,0 +1,96 @@
+"""Answer a query against the live gallery: champion model for the query, live index for the gallery.
+
+This is the serving path in miniature. The query is always embedded by the *champion*; the
+gallery is whatever CURRENT names — possibly features of an older, compatible model, encoded
+with that version's DPQ codebooks. The faiss index stores gallery row numbers as ids, which map
+back to item ids through the version's shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.data import DataError, decode_image, load_dataset
+from components.gallery import GalleryStore
+from components.index import index_from_bytes, search
+from components.registry import CHAMPION, ModelRegistry
+from components.settings import HotswapSettings
+from components.store import open_store
+
+
+class NoLiveGalleryError(RuntimeError):
+    """Nothing is live yet: bootstrap first."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float
+    label: str | None
+
+
+@dataclass(frozen=True)
+class SearchHits:
+    model_version: str
+    gallery_version: str
+    results: list[Hit]
+
+
+def _query_image(settings: HotswapSettings, image: Path | None, item_id: str | None) -> np.ndarray:
+    size = settings.data.image_size
+    if image is not None:
+        try:
+            data = Path(image).read_bytes()
+        except OSError as exc:
+            raise DataError(f"query image {image}: cannot be read ({exc.strerror or exc})") from exc
+        return decode_image(data, size, where=f"query image {image}")[None, None]
+    dataset = load_dataset(settings.data.source, seed=settings.data.split_seed, image_size=size)
+    rows = np.flatnonzero(dataset.item_ids == item_id)
+    if len(rows) == 0:
+        raise DataError(f"item id {item_id!r} is not in data source {settings.data.source!r}")
+    return dataset.images[rows[:1]]
+
+
+def search_live(
+    settings: HotswapSettings, image: Path | None = None, item_id: str | None = None, k: int = 5
+) -> SearchHits:
+    """Top-``k`` live gallery items for one query image (a file, or an item of the dataset)."""
+    registry = ModelRegistry.from_settings(settings)
+    info = registry.resolve(CHAMPION)
+    model = registry.load_model(info)
+    galleries = GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
+    version = galleries.read_current(settings.gallery_name)
+    if version is None:
+        raise NoLiveGalleryError(
+            f"gallery {settings.gallery_name!r} has no live version: run `hotswap bootstrap`"
+        )
+    index_bytes = galleries.load_index(settings.gallery_name, version)
+    if index_bytes is None:
+        raise NoLiveGalleryError(f"gallery {settings.gallery_name!r} version {version} has no index")
+    arrays = galleries.load_arrays(settings.gallery_name, version)
+    with torch.no_grad():
+        query = model.eval().embed(torch.from_numpy(_query_image(settings, image, item_id))).numpy()
+    found = search(index_from_bytes(index_bytes), query, k=min(k, len(arrays.ids)))
+    labels = _labels_by_id(settings)
+    results = [
+        Hit(item_id=str(arrays.ids[row]), score=float(score), label=labels.get(str(arrays.ids[row])))
+        for row, score in zip(found.ids[0], found.scores[0], strict=True)
+        if row >= 0
+    ]
+    return SearchHits(model_version=info.version, gallery_version=version, results=results)
+
+
+def _labels_by_id(settings: HotswapSettings) -> dict[str, str]:
+    """Class names of gallery items when the configured dataset knows them (for display only)."""
+    try:
+        data = load_dataset(
+            settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
+        )
+    except DataError:
+        return {}
+    names = data.class_names or tuple(str(i) for i in range(data.num_classes))
+    return {str(i): names[label] for i, label in zip(data.item_ids, data.labels, strict=True)}
