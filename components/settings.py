@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from components.compatibility import DEFAULT_CONFIG, CompatConfig
+from components.decision import DecisionConfig
 from components.quantization import DPQConfig
 
 
@@ -66,18 +67,11 @@ class DataSettings(BaseModel):
 
 
 class BackfillSettings(BaseModel):
-    """How the skip-or-backfill decision is made and carried out."""
+    """How a decided backfill is carried out (the decision's own knobs are ``decision``)."""
 
-    quality_target: float = Field(
-        0.97, gt=0, le=1, description="an option must reach this share of full-backfill (new/new) mAP"
-    )
-    unblessed_action: Literal["full", "reject"] = "full"
-    fractions: list[float] = Field(
-        default_factory=lambda: [0.1, 0.25, 0.5], description="partial(f) candidates"
-    )
-    ordering: Literal["random", "uncertainty"] = "uncertainty"
-    shard_size: int = Field(256, ge=1)
+    shard_size: int = Field(256, ge=1, description="gallery items per shard (the unit of resume)")
     workers: int = Field(1, ge=1, description="parallel shard workers on one machine")
+    batch_size: int = Field(256, ge=1)
 
 
 def _config_file() -> Path:
@@ -106,6 +100,7 @@ class HotswapSettings(BaseSettings):
     dpq: DPQConfig = Field(default_factory=DPQConfig)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
 
     @field_validator("model_name", "gallery_name")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from tasks.gallery import build_first_gallery
 
 from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
+from tasks.gallery import build_first_gallery
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import train_first_model

@@ -141,10 +141,11 @@ def search(
     """Top-k of a query image against the live gallery, with the champion model."""
     overrides = _prepare(home)
     from components.search import search_live
+    from components.settings import load_settings
 
     if (image is None) == (item_id is None):
         raise typer.BadParameter("give exactly one of --image or --item-id")
-    hits = search_live(overrides, image=image, item_id=item_id, k=k)
+    hits = search_live(load_settings(**overrides), image=image, item_id=item_id, k=k)
     table = Table(title=f"top-{k} in gallery {hits.gallery_version} (model v{hits.model_version})")
     for column in ("rank", "item id", "label", "score"):
         table.add_column(column, justify="right")
@@ -157,9 +158,10 @@ def search(
 def status(home: Path | None = HomeOption) -> None:
     """Champion, challenger, live gallery version and the last decision."""
     overrides = _prepare(home)
+    from components.settings import load_settings
     from components.status import system_status
 
-    _print_json(system_status(overrides))
+    _print_json(system_status(load_settings(**overrides)))
 
 
 @app.command()
@@ -194,14 +196,14 @@ def demo(
 
     from components.status import system_status
 
-    state = system_status(overrides)
+    state = system_status(load_settings(**overrides))
     _print_report(state["champion_report"])
     console.print(state["last_decision_markdown"])
 
     console.rule("3/3 search the live gallery")
     from components.search import search_live
 
-    hits = search_live(overrides, item_id=state["example_item"], k=5)
+    hits = search_live(load_settings(**overrides), item_id=state["example_item"], k=5)
     table = Table(title=f"top-5 for item {state['example_item']} in gallery {hits.gallery_version}")
     for column in ("rank", "item id", "label", "score"):
         table.add_column(column, justify="right")
@@ -209,7 +211,7 @@ def demo(
         table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
     console.print(table)
 
-    settings = load_settings(**{k: v for k, v in overrides.items() if k != "auto_promote"})
+    settings = load_settings(**overrides)
     console.rule("done")
     console.print(
         f"champion v{second['challenger']} promoted: {second['promoted']}; decision: {second['decision']}"

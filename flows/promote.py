@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from prefect import flow, pause_flow_run
 from prefect.input import RunInput
-from tasks.gallery import execute_decision, load_decision, override_decision
 
 from components.registry import CHALLENGER
 from flows.switch import switch_live
 from tasks.context import settings_from
+from tasks.gallery import execute_decision, load_decision, override_decision
 from tasks.registry import resolve_alias, tag_version
 from tasks.reporting import publish_markdown
 from tasks.validation import load_report

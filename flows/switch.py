@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.transactions import transaction
-from tasks.gallery import check_live_gallery, publish_gallery
 
 from components.settings import HotswapSettings
+from tasks.gallery import check_live_gallery, publish_gallery
 from tasks.registry import promote_model
 
 

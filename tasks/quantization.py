@@ -7,7 +7,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
+from components.code_eval import prefix_retrieval
+from components.quantization import DPQCodebooks, train_dpq
 from components.settings import HotswapSettings
 from components.training import extract_features
 from tasks.context import dataset, registry
@@ -40,10 +41,16 @@ def train_codebooks(settings: HotswapSettings, version: str) -> dict[str, Any]:
         reg.log_artifact_bytes(info.run_id, f"{CODEBOOK_DIR}/{name}", data_bytes)
     reg.log_metrics(
         info.run_id,
-        {f"dpq.{bits}bit.{metric}": value for bits, m in by_prefix.items() for metric, value in m.items()},
+        {
+            f"dpq.{bits}bit.{metric}" if bits else f"dpq.float.{metric}": value
+            for bits, m in by_prefix.items()
+            for metric, value in m.items()
+        },
     )
     reg.set_tags(version, {"codebooks.bits": codebooks.code_bits(), "codebooks.blocks": codebooks.n_blocks})
-    rows = [{"bits": bits, **{k: round(v, 4) for k, v in m.items()}} for bits, m in by_prefix.items()]
+    rows = [
+        {"bits": bits or "float", **{k: round(v, 4) for k, v in m.items()}} for bits, m in by_prefix.items()
+    ]
     publish_table(f"dpq-{settings.model_name}-v{version}", rows, f"DPQ retrieval per code length, v{version}")
     get_run_logger().info("DPQ for v%s: %s", version, rows)
     return {"version": version, "bits": codebooks.code_bits(), "prefixes": rows}

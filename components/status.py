@@ -1,0 +1,56 @@
+"""What is live right now: aliases, the live gallery, the last decision and its report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.decision import DecisionRecord
+from components.gallery import GalleryStore
+from components.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, RegistryError
+from components.settings import HotswapSettings
+from components.store import open_store
+
+DECISION_PATH = "decision/decision.json"
+
+
+def system_status(settings: HotswapSettings) -> dict[str, Any]:
+    """A JSON-able summary for ``hotswap status`` (and the demo's closing screen)."""
+    registry = ModelRegistry.from_settings(settings)
+    aliases = registry.aliases()
+    galleries = GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
+    live = galleries.read_current(settings.gallery_name)
+    status: dict[str, Any] = {
+        "model": settings.model_name,
+        "champion": aliases.get(CHAMPION),
+        "challenger": aliases.get(CHALLENGER),
+        "previous": aliases.get(PREVIOUS),
+        "gallery": settings.gallery_name,
+        "live_gallery_version": live,
+    }
+    if live is not None:
+        manifest = galleries.load_manifest(settings.gallery_name, live)
+        arrays = galleries.load_shard(settings.gallery_name, live, 0)
+        status["live_gallery"] = {
+            "items": manifest.num_items,
+            "built_with_model": manifest.model_version,
+            "codebooks_of": manifest.codebook_version,
+            "backfill": manifest.metadata.get("backfill"),
+        }
+        status["example_item"] = str(arrays.ids[0])
+    latest = aliases.get(CHALLENGER) or aliases.get(CHAMPION)
+    if latest is not None:
+        info = registry.resolve(latest)
+        status["latest_version_tags"] = {k: v for k, v in info.tags.items() if "." in k}
+        try:
+            record = DecisionRecord.from_json(registry.load_artifact_bytes(latest, DECISION_PATH))
+            status["last_decision"] = {"version": latest, "mode": record.mode, "reasons": record.reasons}
+            status["last_decision_markdown"] = record.to_markdown()
+        except RegistryError:
+            status["last_decision"] = None
+            status["last_decision_markdown"] = "no backfill decision recorded yet"
+    if aliases.get(CHAMPION) is not None:
+        try:
+            status["champion_report"] = registry.load_report(aliases[CHAMPION]).model_dump(mode="json")
+        except RegistryError:
+            status["champion_report"] = None
+    return status

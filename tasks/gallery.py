@@ -1,0 +1,360 @@
+"""Gallery tasks: build the first gallery, decide on a backfill, carry it out, switch CURRENT.
+
+The decision record is stored beside the new model version (MLflow artifacts ``decision/``) and
+summarised in the version's tags (``backfill.decision``, ``backfill.gallery_version``), so the
+promote flow and ``hotswap status`` read it back instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NONE
+from prefect.transactions import Transaction, get_transaction
+
+from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
+from components.decision import DecisionConfig, DecisionRecord, decide
+from components.index import build_flat_index, index_from_bytes, index_to_bytes, search
+from components.quantization import DPQCodebooks
+from components.registry import TAG_BACKFILL
+from components.settings import HotswapSettings
+from components.training import extract_features
+from tasks.context import dataset, gallery_store, registry
+from tasks.quantization import load_codebooks
+from tasks.reporting import publish_markdown, publish_table
+
+DECISION_DIR = "decision"
+TAG_GALLERY_VERSION = "backfill.gallery_version"
+
+
+def _index_builder(codebooks: DPQCodebooks):
+    """faiss ids are gallery row numbers; the version's shards map them back to item ids."""
+
+    def build(codes: np.ndarray, ids: np.ndarray) -> bytes:
+        return index_to_bytes(
+            build_flat_index(codebooks.codebooks, codes, np.arange(len(ids), dtype=np.int64))
+        )
+
+    return build
+
+
+def _progress(description: str, total_shards: int):
+    """A Prefect progress artifact updated after every finished (or verified-and-skipped) shard."""
+    artifact_id = create_progress_artifact(progress=0.0, description=description)
+    lock = threading.Lock()
+    done = [0]
+
+    def on_shard(result: ShardResult) -> None:
+        with lock:
+            done[0] += 1
+            progress = min(100.0, 100.0 * done[0] / max(total_shards, 1))
+        update_progress_artifact(artifact_id=artifact_id, progress=progress)
+
+    return on_shard
+
+
+def _shards(items: int, shard_size: int) -> int:
+    return -(-items // shard_size)
+
+
+@task(name="build-first-gallery", task_run_name="build the first gallery with v{version}", cache_policy=NONE)
+def build_first_gallery(settings: HotswapSettings, version: str) -> str:
+    """Embed and encode every gallery item with the first model; a staged (unpublished) version."""
+    reg = registry(settings)
+    model = reg.load_model(version)
+    codebooks = load_codebooks(settings, version)
+    data = dataset(settings)
+    items = data.split(settings.data.gallery_split).item_ids
+    manifest = build_gallery_version(
+        gallery_store(settings),
+        settings.gallery_name,
+        model,
+        codebooks,
+        DatasetItemSource(data),
+        items,
+        model_version=version,
+        codebook_version=version,
+        version=f"v{version}-bootstrap",
+        shard_size=settings.backfill.shard_size,
+        workers=settings.backfill.workers,
+        batch_size=settings.backfill.batch_size,
+        device=settings.torch_device,
+        index_builder=_index_builder(codebooks),
+        on_shard=_progress(
+            f"first gallery ({len(items)} items)", _shards(len(items), settings.backfill.shard_size)
+        ),
+    )
+    reg.set_tags(version, {TAG_GALLERY_VERSION: manifest.version})
+    return manifest.version
+
+
+def store_decision(settings: HotswapSettings, version: str, record: DecisionRecord) -> None:
+    reg = registry(settings)
+    run_id = reg.resolve(version).run_id
+    reg.log_artifact_bytes(run_id, f"{DECISION_DIR}/decision.json", record.to_json().encode())
+    reg.log_artifact_bytes(run_id, f"{DECISION_DIR}/decision.md", record.to_markdown().encode())
+    tags = {TAG_BACKFILL: record.mode}
+    if record.gallery_version:
+        tags[TAG_GALLERY_VERSION] = record.gallery_version
+    reg.set_tags(version, tags)
+
+
+@task(name="decide-backfill", task_run_name="decide the backfill for v{new_version}", cache_policy=NONE)
+def decide_backfill(
+    settings: HotswapSettings, old_version: str, new_version: str, report: dict[str, Any]
+) -> dict[str, Any]:
+    """Estimate every option's quality (validation data) and cost, pick one, record why."""
+    reg = registry(settings)
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    if live is None:
+        raise RuntimeError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap`")
+    manifest = galleries.load_manifest(settings.gallery_name, live)
+    old_codebook_version = manifest.codebook_version or old_version
+    data = dataset(settings)
+    record = decide(
+        old_model=reg.load_model(old_version),
+        new_model=reg.load_model(new_version),
+        validation=data.split(settings.data.validation_split),
+        gallery_items=manifest.num_items,
+        blessed=bool(report["blessed"]),
+        old_codebooks=load_codebooks(settings, old_codebook_version),
+        new_codebooks=load_codebooks(settings, new_version),
+        config=settings.decision,
+        device=settings.torch_device,
+        old_model_version=old_version,
+        new_model_version=new_version,
+        old_codebook_version=old_codebook_version,
+        new_codebook_version=new_version,
+        source_gallery_version=live,
+    )
+    store_decision(settings, new_version, record)
+    publish_table(
+        f"decision-{settings.model_name}-v{new_version}",
+        [
+            {
+                "mode": o.mode,
+                "fraction": round(o.fraction, 3),
+                "relative quality": round(o.relative_quality, 4),
+                "est. seconds": round(o.estimated_seconds, 2),
+                "meets target": o.meets_target,
+                "eligible": o.eligible,
+            }
+            for o in record.options
+        ],
+        f"Backfill options for v{new_version}; chosen: {record.mode}",
+    )
+    publish_markdown(
+        f"decision-report-{settings.model_name}-v{new_version}", record.to_markdown(), "Backfill decision"
+    )
+    get_run_logger().info("decision for v%s: %s — %s", new_version, record.mode, "; ".join(record.reasons))
+    return record.model_dump(mode="json")
+
+
+def _target_version_id(new_version: str, mode: str, fraction: float | None) -> str:
+    """Deterministic, so rerunning an interrupted backfill resumes the same staged version."""
+    suffix = f"-{round(1000 * fraction):04d}" if mode == "partial" and fraction is not None else ""
+    return f"v{new_version}-{mode}{suffix}"
+
+
+def _backfill(
+    settings: HotswapSettings,
+    new_version: str,
+    source_version: str,
+    mode: str,
+    fraction: float | None,
+    config: DecisionConfig,
+    old_version: str | None,
+    gallery_items: int,
+    executor: Any | None = None,
+) -> str:
+    """Write the target gallery version for ``new_version`` (resumes an interrupted run)."""
+    reg = registry(settings)
+    old_model = reg.load_model(old_version) if old_version else None
+    codebooks = load_codebooks(settings, new_version)
+    manifest = run_backfill(
+        gallery_store(settings),
+        settings.gallery_name,
+        source_version,
+        mode,
+        reg.load_model(new_version),
+        codebooks,
+        DatasetItemSource(dataset(settings)),
+        fraction=fraction,
+        ordering=config.ordering,
+        shard_size=settings.backfill.shard_size,
+        executor=executor,
+        on_shard=_progress(
+            f"{mode} backfill for v{new_version}", _shards(gallery_items, settings.backfill.shard_size)
+        ),
+        model_version=new_version,
+        codebook_version=new_version,
+        version=_target_version_id(new_version, mode, fraction),
+        prototypes=old_model.head.weight.detach().cpu().numpy() if old_model is not None else None,
+        score=config.uncertainty_score,
+        seed=config.seed,
+        workers=settings.backfill.workers,
+        batch_size=settings.backfill.batch_size,
+        device=settings.torch_device,
+        index_builder=_index_builder(codebooks),
+    )
+    return manifest.version
+
+
+@task(
+    name="execute-backfill",
+    task_run_name="carry out the backfill for v{new_version}",
+    cache_policy=NONE,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def execute_decision(settings: HotswapSettings, new_version: str, decision: dict[str, Any]) -> str | None:
+    """Write the gallery version the decision asks for (resumable); returns it, unpublished.
+
+    skip keeps the live version (returned as is); reject returns None.
+    """
+    record = DecisionRecord.model_validate(decision)
+    if record.mode == "reject":
+        return None
+    if record.mode == "skip":
+        target = record.source_gallery_version
+    else:
+        target = _backfill(
+            settings,
+            new_version,
+            record.source_gallery_version,
+            record.mode,
+            record.fraction,
+            record.config,
+            record.old_model_version,
+            record.gallery_items,
+        )
+    store_decision(settings, new_version, record.model_copy(update={"gallery_version": target}))
+    return target
+
+
+@task(
+    name="backfill-gallery",
+    task_run_name="{mode} backfill of the live gallery for v{new_version}",
+    cache_policy=NONE,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def backfill_gallery(
+    settings: HotswapSettings,
+    new_version: str,
+    mode: str,
+    fraction: float | None = None,
+    old_version: str | None = None,
+    use_dask: bool = False,
+) -> str:
+    """A standalone backfill from the live gallery (no decision needed); resumable by rerunning.
+
+    With ``use_dask`` (the flow runs on prefect-dask's DaskTaskRunner) the shards fan out over
+    the same Dask cluster through its client.
+    """
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    if live is None:
+        raise RuntimeError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap`")
+    items = galleries.load_manifest(settings.gallery_name, live).num_items
+    if not use_dask:
+        return _backfill(settings, new_version, live, mode, fraction, settings.decision, old_version, items)
+    from prefect_dask import get_dask_client
+
+    with get_dask_client() as client:
+        return _backfill(
+            settings, new_version, live, mode, fraction, settings.decision, old_version, items, client
+        )
+
+
+@task(name="load-decision", task_run_name="load the decision of v{version}", retries=2, cache_policy=NONE)
+def load_decision(settings: HotswapSettings, version: str) -> DecisionRecord:
+    data = registry(settings).load_artifact_bytes(version, f"{DECISION_DIR}/decision.json")
+    return DecisionRecord.from_json(data, source=f"decision of v{version}")
+
+
+@task(
+    name="override-decision",
+    task_run_name="record the reviewer's backfill choice for v{version}",
+    cache_policy=NONE,
+)
+def override_decision(
+    settings: HotswapSettings, version: str, record: DecisionRecord, mode: str, fraction: float | None
+) -> DecisionRecord:
+    """A reviewer chose another mode: keep the evidence, change the choice, say who and why."""
+    if mode == "partial" and fraction is None:
+        raise ValueError("a partial backfill needs a fraction (0 < f < 1)")
+    new_fraction = {"skip": 0.0, "requantize": 0.0, "full": 1.0}.get(mode, fraction)
+    updated = record.model_copy(
+        update={
+            "mode": mode,
+            "fraction": new_fraction,
+            "gallery_version": None,
+            "reasons": [*record.reasons, f"overridden by the reviewer: {mode} instead of {record.mode}"],
+        }
+    )
+    store_decision(settings, version, updated)
+    return updated
+
+
+_PREVIOUS = "previous_gallery"
+_SETTINGS = "settings"
+
+
+@task(name="publish-gallery", task_run_name="switch the live gallery to {gallery_version}", cache_policy=NONE)
+def publish_gallery(settings: HotswapSettings, gallery_version: str) -> str | None:
+    """Point CURRENT at ``gallery_version`` (written last, checksums verified); undone on rollback."""
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    txn = get_transaction()
+    if txn is not None:
+        txn.set(_PREVIOUS, live)
+        txn.set(_SETTINGS, settings.model_dump(mode="json"))
+    if live != gallery_version:
+        galleries.publish(
+            settings.gallery_name, gallery_version, expected_current=live, verify_checksums=True
+        )
+    return live
+
+
+@publish_gallery.on_rollback
+def _restore_gallery(transaction: Transaction) -> None:
+    settings = HotswapSettings.model_validate(transaction.get(_SETTINGS))
+    gallery_store(settings).set_current(settings.gallery_name, transaction.get(_PREVIOUS))
+
+
+@task(
+    name="check-live-gallery", task_run_name="health-check v{version} on {gallery_version}", cache_policy=NONE
+)
+def check_live_gallery(settings: HotswapSettings, version: str, gallery_version: str) -> dict[str, Any]:
+    """After a switch: the champion and CURRENT are what we set, and the live index answers."""
+    reg = registry(settings)
+    galleries = gallery_store(settings)
+    champion = reg.resolve("champion").version
+    live = galleries.read_current(settings.gallery_name)
+    if champion != version or live != gallery_version:
+        raise RuntimeError(
+            f"switch did not take: champion is v{champion} (expected v{version}), "
+            f"CURRENT is {live} (expected {gallery_version})"
+        )
+    manifest = galleries.load_manifest(settings.gallery_name, live)
+    index_bytes = galleries.load_index(settings.gallery_name, live)
+    if index_bytes is None:
+        raise RuntimeError(f"live gallery {live} has no index")
+    index = index_from_bytes(index_bytes)
+    if index.ntotal != manifest.num_items:
+        raise RuntimeError(f"live index holds {index.ntotal} items, the manifest {manifest.num_items}")
+    model = reg.load_model(version)
+    data = dataset(settings)
+    probe = extract_features(
+        model, data.split(settings.data.gallery_split).images[:8], device=settings.torch_device
+    )
+    found = search(index, probe, k=min(5, index.ntotal))
+    if (found.ids < 0).any():
+        raise RuntimeError(f"live index {live} returned empty results")
+    return {"champion": champion, "gallery_version": live, "items": int(index.ntotal)}
