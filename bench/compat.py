@@ -263,8 +263,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{metric} (leave-one-out, MNIST-5k test)")
         ax.set_ylim(0.0, 1.0)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

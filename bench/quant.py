@@ -500,6 +500,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    try:  # numpy's OpenBLAS threads stall on a busy machine just like torch's OpenMP threads
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        print("threadpoolctl not installed: numpy BLAS threads are not limited")
     args.out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
     config = DPQConfig(seed=args.seed)

@@ -7,6 +7,7 @@ whose database lives under ``<hotswap home>/prefect`` (set before Prefect is imp
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -38,6 +39,7 @@ def _prepare(home: Path | None) -> dict[str, Any]:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     return overrides
 
 
@@ -55,6 +57,33 @@ def _print_report(payload: dict[str, Any]) -> None:
     console.print(table)
     verdict = "[green]blessed[/green]" if report.blessed else "[red]NOT blessed[/red]"
     console.print(f"verdict: {verdict} — " + "; ".join(report.reasons))
+
+
+def _print_decision(settings: Any, version: str) -> None:
+    """The decision's verdict, reasons and a compact view of its options table."""
+    from components.decision import DecisionRecord
+    from components.registry import ModelRegistry
+    from components.status import DECISION_PATH
+
+    record = DecisionRecord.from_json(
+        ModelRegistry.from_settings(settings).load_artifact_bytes(version, DECISION_PATH)
+    )
+    shown = [o for o in record.options if o.mode != "partial" or round(o.fraction * 21) in (2, 5, 10, 15)]
+    table = Table(title=f"backfill options for v{version} (quality on held-out data, as served by DPQ codes)")
+    for column in ("option", "re-extracted", "mAP", "of full", "est. seconds", "meets target"):
+        table.add_column(column, justify="right")
+    for o in shown:
+        chosen = " ←" if (o.mode, o.fraction) == (record.mode, record.fraction) else ""
+        table.add_row(
+            o.mode + chosen,
+            f"{o.fraction:.0%}",
+            f"{o.quality[record.config.metric]:.3f}",
+            f"{o.relative_quality:.1%}",
+            f"{o.estimated_seconds:.2f}",
+            "yes" if o.meets_target and o.eligible else "no",
+        )
+    console.print(table)
+    console.print(f"decision: [bold]{record.mode}[/bold] — " + "; ".join(record.reasons))
 
 
 def _print_json(data: Any) -> None:
@@ -194,11 +223,14 @@ def demo(
     second = refresh_flow(overrides=overrides, auto_promote=True)
     timings["refresh"] = time.perf_counter() - start
 
+    from components.registry import ModelRegistry
     from components.status import system_status
 
-    state = system_status(load_settings(**overrides))
-    _print_report(state["champion_report"])
-    console.print(state["last_decision_markdown"])
+    settings = load_settings(**overrides)
+    registry = ModelRegistry.from_settings(settings)
+    _print_report(registry.load_report(second["challenger"]).model_dump(mode="json"))
+    _print_decision(settings, second["challenger"])
+    state = system_status(settings)
 
     console.rule("3/3 search the live gallery")
     from components.search import search_live
@@ -211,7 +243,6 @@ def demo(
         table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
     console.print(table)
 
-    settings = load_settings(**overrides)
     console.rule("done")
     console.print(
         f"champion v{second['challenger']} promoted: {second['promoted']}; decision: {second['decision']}"

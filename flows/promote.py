@@ -37,6 +37,7 @@ def promote(
     version: str = CHALLENGER,
     answer: PromotionInput | None = None,
     timeout_seconds: int = 24 * 3600,
+    poll_interval_seconds: int = 10,
 ) -> dict[str, Any]:
     """Publish the report, pause for a human decision (unless ``answer`` is given), then switch.
 
@@ -57,6 +58,7 @@ def promote(
         answer = pause_flow_run(
             wait_for_input=PromotionInput.with_initial_data(description=description),
             timeout=timeout_seconds,
+            poll_interval=poll_interval_seconds,
         )
     if not answer.approve:
         tag_version(settings, resolved, {"promotion.status": "rejected", "promotion.reason": answer.reason})

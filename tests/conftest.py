@@ -27,4 +27,5 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.mlflow",
     "tests.fixtures.prefect",
+    "tests.fixtures.lifecycle",
 ]

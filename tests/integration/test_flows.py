@@ -1,0 +1,163 @@
+"""The lifecycle on the real Prefect engine, real SQLite MLflow, real moto S3 and real training.
+
+One module-scoped lifecycle (bootstrap → refresh) is shared by the tests below, which then
+exercise the manual promotion (rejected, rolled back, approved) and the audit in that order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from prefect import task
+
+from components.registry import ModelRegistry
+from components.settings import HotswapSettings
+from tasks.context import gallery_store
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def lifecycle(prefect_harness, lifecycle_overrides: dict[str, Any]) -> dict[str, Any]:
+    from flows.bootstrap import bootstrap
+    from flows.refresh import refresh
+
+    first = bootstrap(overrides=lifecycle_overrides)
+    second = refresh(overrides=lifecycle_overrides, auto_promote=False)
+    return {"first": first, "second": second, "settings": HotswapSettings(**lifecycle_overrides)}
+
+
+def _registry(settings: HotswapSettings) -> ModelRegistry:
+    return ModelRegistry.from_settings(settings)
+
+
+def test_bootstrap_then_refresh_stages_a_decided_challenger(lifecycle):
+    settings, first, second = lifecycle["settings"], lifecycle["first"], lifecycle["second"]
+    registry = _registry(settings)
+    # bootstrap: v1 is champion, rubber-stamped, and its gallery is live on S3
+    assert first["version"] == "1" and first["blessed"] is True
+    assert registry.load_report("1").rubber_stamp is True
+    galleries = gallery_store(settings)
+    assert galleries.read_current(settings.gallery_name) == first["gallery_version"]
+    # refresh without auto-promotion: v2 is the challenger, nothing live has moved
+    assert second["challenger"] == "2" and second["promoted"] is False
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}
+    assert galleries.read_current(settings.gallery_name) == first["gallery_version"]
+    # the report and the decision were recorded with the version, and the decision was staged
+    report = registry.load_report("2")
+    assert report.old_version == "1" and report.blessed == second["blessed"]
+    tags = registry.get_tags("2")
+    assert tags["backfill.decision"] == second["decision"]
+    assert tags["compat.blessed"] == str(second["blessed"]).lower()
+    if second["decision"] in ("requantize", "partial", "full"):
+        assert second["gallery_version"] in galleries.list_versions(
+            settings.gallery_name, include_staged=True
+        )
+    if not second["blessed"]:
+        assert second["decision"] in ("full", "reject")
+
+
+@task(name="check-live-gallery")
+def _failing_health_check(settings, version, gallery_version):
+    raise RuntimeError("injected failure after the alias move and the gallery switch")
+
+
+def test_a_failure_after_the_switch_rolls_back_aliases_and_gallery(lifecycle, monkeypatch):
+    import flows.switch as switch_module
+
+    settings, second = lifecycle["settings"], lifecycle["second"]
+    registry, galleries = _registry(settings), gallery_store(settings)
+    live_before = galleries.read_current(settings.gallery_name)
+    aliases_before = registry.aliases()
+    monkeypatch.setattr(switch_module, "check_live_gallery", _failing_health_check)
+    target = second["gallery_version"] or live_before
+    with pytest.raises(RuntimeError, match="injected failure"):
+        switch_module.switch_live(settings, second["challenger"], target)
+    assert registry.aliases() == aliases_before
+    assert galleries.read_current(settings.gallery_name) == live_before
+
+
+def _run_paused_promotion(overrides: dict[str, Any], run_input: dict[str, Any]) -> dict[str, Any]:
+    """Start `promote` in a thread, wait until it is Paused, answer its form, collect its result."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.promote import promote
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = promote(overrides=overrides, poll_interval_seconds=1)
+        except BaseException as exc:  # surfaced by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    paused = None
+    deadline = time.monotonic() + 300  # a readiness wait for the thread, not a performance limit
+    with get_client(sync_client=True) as client:
+        while paused is None and time.monotonic() < deadline and thread.is_alive():
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
+                )
+            )
+            paused = next((r for r in runs if r.name and r.state and r.state.is_paused()), None)
+            time.sleep(0.5)
+    assert paused is not None, f"promote never paused: {outcome}"
+    resume_flow_run(paused.id, run_input=run_input)
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    return outcome["result"]
+
+
+def test_promotion_rejected_through_the_form_changes_nothing(lifecycle, lifecycle_overrides):
+    settings = lifecycle["settings"]
+    registry, galleries = _registry(settings), gallery_store(settings)
+    live_before = galleries.read_current(settings.gallery_name)
+    result = _run_paused_promotion(lifecycle_overrides, {"approve": False, "reason": "not this week"})
+    assert result == {"version": "2", "promoted": False, "reason": "not this week"}
+    assert registry.aliases()["champion"] == "1"
+    assert galleries.read_current(settings.gallery_name) == live_before
+    assert registry.get_tags("2")["promotion.status"] == "rejected"
+
+
+def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycle, lifecycle_overrides):
+    settings, second = lifecycle["settings"], lifecycle["second"]
+    registry, galleries = _registry(settings), gallery_store(settings)
+    result = _run_paused_promotion(
+        lifecycle_overrides, {"approve": True, "reason": "report reviewed", "backfill_mode": "full"}
+    )
+    assert result["promoted"] is True
+    assert registry.aliases() == {"champion": "2", "previous": "1"}
+    live = galleries.read_current(settings.gallery_name)
+    assert live == result["gallery_version"] == registry.get_tags("2")["backfill.gallery_version"]
+    manifest = galleries.load_manifest(settings.gallery_name, live)
+    assert manifest.model_version == "2" and manifest.metadata["backfill"]["mode"] == "full"
+    # the live pair answers a query
+    from components.search import search_live
+
+    hits = search_live(settings, item_id=str(galleries.load_arrays(settings.gallery_name, live).ids[0]), k=3)
+    assert hits.model_version == "2" and len(hits.results) == 3
+    assert second["challenger"] == "2"
+
+
+def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
+    from flows.audit import audit
+
+    settings = lifecycle["settings"]
+    result = audit(overrides=lifecycle_overrides)
+    assert result["versions"] == ["1", "2"]
+    assert 0.0 <= result["ac"]["top1"] <= 1.0 and result["am"]["map"] > 0.1
+    files = {
+        name: _registry(settings).run_artifact_bytes(result["run_id"], f"audit/{name}")
+        for name in ("audit.md", "audit.csv", "audit.html")
+    }
+    assert b"query v2" in files["audit.md"]
+    assert files["audit.csv"].decode().splitlines()[0].startswith("query,gallery,map")
+    assert b"<table" in files["audit.html"]
