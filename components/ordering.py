@@ -38,7 +38,7 @@ Ordering = Literal["random", "uncertainty"]
 UncertaintyScore = Literal["margin", "max_similarity", "entropy"]
 ORDERINGS: tuple[str, ...] = ("random", "uncertainty")
 UNCERTAINTY_SCORES: tuple[str, ...] = ("margin", "max_similarity", "entropy")
-DEFAULT_SCORE: UncertaintyScore = "margin"
+DEFAULT_SCORE: UncertaintyScore = "entropy"
 CURVE_POINTS = 22
 Transform = Callable[[np.ndarray], np.ndarray]
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -257,5 +258,53 @@ def main() -> None:
     """hotswap: upgrade a retrieval model without re-extracting the gallery."""
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input or state: shown as one clear line, not a traceback."""
+    from pydantic import ValidationError
+
+    from components.backbones import ModelFormatError
+    from components.backfill import BackfillError
+    from components.data import DataError
+    from components.decision import DecisionError
+    from components.gallery import GalleryError
+    from components.registry import RegistryError
+    from components.report import ReportFormatError
+    from components.search import NoLiveGalleryError
+    from components.store import InvalidKeyError, ObjectNotFoundError
+
+    return (
+        ValidationError,
+        ModelFormatError,
+        BackfillError,
+        DataError,
+        DecisionError,
+        GalleryError,
+        RegistryError,
+        ReportFormatError,
+        NoLiveGalleryError,
+        InvalidKeyError,
+        ObjectNotFoundError,
+        LookupError,
+    )
+
+
+def run() -> None:
+    """Console-script entry point: the Typer app, with known errors reported without a traceback."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if isinstance(exc, _expected_errors()) or type(exc).__module__.startswith(("flows.", "components.")):
+            console.print(f"[red]error:[/red] {exc}")
+            raise SystemExit(2) from None
+        raise
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -23,6 +23,7 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="hotswap-test-prefect-")
 
 pytest_plugins = [
     "tests.fixtures.data",
+    "tests.fixtures.models",
     "tests.fixtures.s3",
     "tests.fixtures.stores",
     "tests.fixtures.mlflow",

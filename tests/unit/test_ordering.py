@@ -37,12 +37,12 @@ def test_uncertainty_ranks_ambiguous_items_before_clear_ones() -> None:
         values = uncertainty_scores(feats, PROTOS, score)
         assert values[0] < values[2] < values[1] < values[3]
     # Scores depend on directions only: stored features and head weights need not be unit-norm.
-    np.testing.assert_allclose(uncertainty_scores(5 * feats, 3 * PROTOS), margin, rtol=1e-6)
+    np.testing.assert_allclose(uncertainty_scores(5 * feats, 3 * PROTOS, "margin"), margin, rtol=1e-6)
 
 
 def test_uncertainty_order_is_reproducible_and_stable_on_ties() -> None:
     feats = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 1, 0]], dtype=np.float32)
-    order = backfill_order("uncertainty", feats, prototypes=PROTOS)
+    order = backfill_order("uncertainty", feats, prototypes=PROTOS, score="margin")
     assert order.tolist() == [0, 2, 1, 3]  # two tied ambiguous rows keep their stored order
     np.testing.assert_array_equal(order_by_scores(np.zeros(5)), np.arange(5))
 
