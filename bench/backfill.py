@@ -39,7 +39,7 @@ import torch
 
 from components.backbones import BackboneSpec, build_model
 from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
-from components.compatibility import train_compatible
+from components.compatibility import DEFAULT_CONFIG, CompatConfig, train_compatible
 from components.data import load_mnist5k, make_synthetic
 from components.decision import measure_costs
 from components.ordering import (
@@ -67,7 +67,14 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- part 1: curves
 
 
-def train_mnist_models(epochs: int, dpq_epochs: int, seed: int) -> dict[str, Any]:
+# Dual-Tuning with the weights the project used before tuning (prototype weight 1, O2N 0.2, softmax
+# prototypes): a less well calibrated compatible model, to show how the orderings depend on it.
+LESS_CALIBRATED = CompatConfig(proto_variant="softmax", proto_weight=1.0, proto_scale=16.0, o2n_weight=0.2)
+
+
+def train_mnist_models(
+    epochs: int, dpq_epochs: int, seed: int, compat: CompatConfig = DEFAULT_CONFIG, codebooks: bool = True
+) -> dict[str, Any]:
     data = load_mnist5k(seed=0)
     train = data.split("train")
     old_train = train.with_classes(OLD_CLASSES)
@@ -80,12 +87,15 @@ def train_mnist_models(epochs: int, dpq_epochs: int, seed: int) -> dict[str, Any
         old,
         BackboneSpec(arch="large", embedding_dim=EMBEDDING_DIM, num_classes=10),
         train,
+        compat,
         train_config=TrainConfig(epochs=epochs, seed=seed + 1),
         progress=False,
     )
-    dpq = DPQConfig(epochs=dpq_epochs, seed=seed)
-    old_books = train_dpq(extract_features(old, old_train.images), old_train.labels, old.head, dpq)
-    new_books = train_dpq(extract_features(new, train.images), train.labels, new.head, dpq)
+    old_books = new_books = None
+    if codebooks:
+        dpq = DPQConfig(epochs=dpq_epochs, seed=seed)
+        old_books = train_dpq(extract_features(old, old_train.images), old_train.labels, old.head, dpq)
+        new_books = train_dpq(extract_features(new, train.images), train.labels, new.head, dpq)
     shift = fit_shift_predictor(extract_features(old, train.images), extract_features(new, train.images))
     log(f"  trained old/new models and codebooks in {time.perf_counter() - start:.0f} s")
     return {
@@ -158,6 +168,24 @@ def curves_on_split(models: dict[str, Any], split: str, seeds: int, served: bool
         "all items": float(np.mean(labels >= len(OLD_CLASSES))),
     }
     return out
+
+
+def pair_similarity(models: dict[str, Any], split: str) -> dict[str, float]:
+    """Mean cosine of same-class (positive) and other-class (negative) pairs, new query against
+    new and against old gallery features: the calibration gap that shapes a mixed gallery."""
+    part = models["data"].split(split)
+    old_f = extract_features(models["old"], part.images)
+    new_f = extract_features(models["new"], part.images)
+    same = part.labels[:, None] == part.labels[None, :]
+    np.fill_diagonal(same, False)
+    other = part.labels[:, None] != part.labels[None, :]
+    nn, no = new_f @ new_f.T, new_f @ old_f.T
+    return {
+        "new/new positive": float(nn[same].mean()),
+        "new/new negative": float(nn[other].mean()),
+        "new/old positive": float(no[same].mean()),
+        "new/old negative": float(no[other].mean()),
+    }
 
 
 def summarise_aucs(result: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
@@ -336,6 +364,42 @@ def markdown(result: dict[str, Any]) -> str:
                     )
                     lines.append(f"| {name} | {cells} |")
                 lines.append("")
+        if "less_calibrated" in c:
+            weak = c["less_calibrated"]["val"]["views"]["float"]["summary"]
+            lines += [
+                "**val split, float, less calibrated compatible model** (Dual-Tuning with prototype "
+                "weight 1, O2N 0.2, softmax prototypes)",
+                "",
+                "| ordering | AUC mAP | AUC top-1 | AUC top-5 |",
+                "|---|---:|---:|---:|",
+            ]
+            for name, row in weak.items():
+                cells = " | ".join(
+                    f"{row[m]['mean']:.4f}" + (f" ± {row[m]['std']:.4f}" if row[m]["std"] else "")
+                    for m in METRICS
+                )
+                lines.append(f"| {name} | {cells} |")
+            lines.append("")
+        sims = {"default": c["pair_similarity"]}
+        if "less_calibrated" in c:
+            sims["less calibrated"] = c["less_calibrated"]["pair_similarity"]
+        lines += [
+            "Mean cosine similarity of a new-model query to gallery items (val):",
+            "",
+            "| compatible model | new/new positive | new/new negative | new/old positive "
+            "| new/old negative |",
+            "|---|---:|---:|---:|---:|",
+            *[
+                f"| {name} | "
+                + " | ".join(
+                    f"{v[k]:.3f}"
+                    for k in ("new/new positive", "new/new negative", "new/old positive", "new/old negative")
+                )
+                + " |"
+                for name, v in sims.items()
+            ],
+            "",
+        ]
         lines += [
             f"Best uncertainty score on val (AUC mAP): `{c['chosen_score']}`. Rows in parentheses are "
             "diagnostics, not pipeline orderings (the oracle uses every item's new feature; the learned "
@@ -353,10 +417,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"## Throughput, {t['items']} synthetic items "
             f"(shards of {t['shard_size']}, batch {t['batch_size']})",
             "",
-            "| run | items/s | share of raw inference | read | fetch | extract | encode | write "
-            "| outside jobs |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| raw inference | {raw:.0f} | 100 % | | | | | | |",
+            "| run | items/s | share of raw inference | overhead (1 − extract/wall) | read | fetch "
+            "| extract | encode | write | outside jobs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| raw inference (mean of {len(t['raw_inference']['runs_items_per_second'])} runs: "
+            + ", ".join(f"{r:.0f}" for r in t["raw_inference"]["runs_items_per_second"])
+            + f") | {raw:.0f} | 100 % | | | | | | | |",
         ]
         for name, run in t["backfill"].items():
             p = run["phases"]
@@ -364,7 +430,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{p.get(k, 0.0):.1f} s" for k in ("read", "fetch", "extract", "encode", "write")
             )
             lines.append(
-                f"| full backfill, {name} | {run['items_per_second']:.0f} | {run['vs_raw']:.1%} | {phase} "
+                f"| full backfill, {name} | {run['items_per_second']:.0f} | {run['vs_raw']:.1%} "
+                f"| {run['overhead_share']:.1%} | {phase} "
                 f"| {run['outside_shard_jobs']:.1f} s |"
             )
         o = t["options"]
@@ -398,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-curves", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument("--no-weak", action="store_true", help="skip the less calibrated compat model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     items = args.items or (10_000 if args.quick else 100_000)
@@ -419,6 +487,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen = max(UNCERTAINTY_SCORES, key=lambda s: scores[f"uncertainty:{s}"]["map"]["mean"])
         result["curves"] = {"val": val, "test": curves_on_split(models, "test", seeds, served=True)}
         result["curves"]["chosen_score"] = chosen
+        result["curves"]["pair_similarity"] = pair_similarity(models, "val")
+        if not args.no_weak:
+            log("part 1b: the same on val with a less calibrated compatible model")
+            weak = train_mnist_models(epochs, dpq_epochs, seed=0, compat=LESS_CALIBRATED, codebooks=False)
+            result["curves"]["less_calibrated"] = {
+                "compat": LESS_CALIBRATED.model_dump(),
+                "val": curves_on_split(weak, "val", seeds, served=False),
+                "pair_similarity": pair_similarity(weak, "val"),
+            }
     if not args.no_throughput:
         log("part 2/3: throughput and option costs")
         result["throughput"] = throughput(items, args.shard_size, args.batch_size, s3=not args.no_s3)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -291,14 +290,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def run() -> None:
     """Console-script entry point: the Typer app, with known errors reported without a traceback."""
     try:
-        app(standalone_mode=False)
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
+        app()
     except Exception as exc:
         if isinstance(exc, _expected_errors()) or type(exc).__module__.startswith(("flows.", "components.")):
             console.print(f"[red]error:[/red] {exc}")
