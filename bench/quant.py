@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -529,13 +530,14 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     result = {
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), "
+        "machine": f"{platform.machine()} CPU with {os.cpu_count()} cores (shared), "
+        f"{torch.get_num_threads()} torch thread(s), "
         f"faiss {faiss.__version__}, torch {torch.__version__}",
         "threads": args.threads,
         "split": args.split,
         "dim": args.dim,
         "bits": args.bits,
-        "dpq_config": config.model_dump(),
+        "dpq_config": config.model_copy(update={"n_blocks": max(args.bits) // 8}).model_dump(),
         "feature_sets": {fs.name: fs.description for fs in sets},
         "sizes": {fs.name: {"train": len(fs.train_x), "test": len(fs.test_x)} for fs in sets},
         "rows": rows,

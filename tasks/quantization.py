@@ -7,7 +7,6 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from components.code_eval import prefix_retrieval
 from components.quantization import DPQCodebooks, train_dpq
 from components.settings import HotswapSettings
 from components.training import extract_features
@@ -36,7 +35,8 @@ def train_codebooks(settings: HotswapSettings, version: str) -> dict[str, Any]:
     if classes is not None:
         held_out = held_out.with_classes(classes)
     held_feats = extract_features(model, held_out.images, device=settings.torch_device)
-    by_prefix = prefix_retrieval(codebooks, held_feats, held_out.labels)
+    by_prefix = {0: retrieval_metrics(held_feats, held_out.labels).as_dict()}  # 0 bits: the float ceiling
+    by_prefix.update(prefix_retrieval(codebooks, held_feats, held_out.labels))
     for name, data_bytes in codebooks.to_files().items():
         reg.log_artifact_bytes(info.run_id, f"{CODEBOOK_DIR}/{name}", data_bytes)
     reg.log_metrics(
