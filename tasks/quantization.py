@@ -7,7 +7,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from components.quantization import DPQCodebooks, train_dpq
+from components.metrics import retrieval_metrics
+from components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
 from components.settings import HotswapSettings
 from components.training import extract_features
 from tasks.context import dataset, registry
