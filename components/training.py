@@ -60,7 +60,9 @@ def resolve_device(device: str) -> torch.device:
 def cross_entropy_objective(label_smoothing: float = 0.1) -> Objective:
     """L_ce: label-smoothed cross-entropy of the model's own head."""
 
-    def objective(model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def objective(
+        model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         _, logits = model(images)
         return {"ce": F.cross_entropy(logits, labels, label_smoothing=label_smoothing)}
 

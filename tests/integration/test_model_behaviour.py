@@ -16,7 +16,9 @@ OLD_CLASSES = range(5)
 @pytest.fixture(scope="module")
 def old_model_and_history(mnist):
     model = build_model(BackboneSpec(arch="small", embedding_dim=32, num_classes=5))
-    history = train_model(model, mnist.split("train").with_classes(OLD_CLASSES), TrainConfig(epochs=3), progress=False)
+    history = train_model(
+        model, mnist.split("train").with_classes(OLD_CLASSES), TrainConfig(epochs=3), progress=False
+    )
     return model, history
 
 

@@ -40,7 +40,10 @@ def test_audit_fills_the_lower_triangle_and_renders(mnist):
 
 
 def test_audit_versions_sort_numerically():
-    models = {v: build_model(BackboneSpec(arch="small", embedding_dim=4, num_classes=2), seed=1) for v in ("10", "9")}
+    models = {
+        v: build_model(BackboneSpec(arch="small", embedding_dim=4, num_classes=2), seed=1)
+        for v in ("10", "9")
+    }
     data_images = np.zeros((4, 1, 28, 28), dtype=np.float32)
     from components.data import ImageDataset
 
