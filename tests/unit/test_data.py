@@ -19,7 +19,7 @@ from components.data import (
 
 def test_mnist5k_split_is_stratified_and_seeded(mnist):
     assert mnist.images.shape == (5000, 1, 28, 28)
-    assert 0.0 <= mnist.images.min() and mnist.images.max() <= 1.0
+    assert mnist.images.min() >= 0.0 and mnist.images.max() <= 1.0
     for split, per_class in {"train": 300, "val": 100, "test": 100}.items():
         counts = np.bincount(mnist.split(split).labels, minlength=10)
         assert (counts == per_class).all(), split

@@ -18,7 +18,10 @@ def test_toml_file_then_environment_override(tmp_path, monkeypatch):
     assert settings.model_name == "from-file"
     assert settings.seed == 7
     assert settings.training.epochs == 2 and settings.training.batch_size == 16
-    assert settings.resolved_tracking_uri.startswith("sqlite:///") and "mlflow.db" in settings.resolved_tracking_uri
+    assert (
+        settings.resolved_tracking_uri.startswith("sqlite:///")
+        and "mlflow.db" in settings.resolved_tracking_uri
+    )
 
 
 def test_invalid_values_name_the_field(monkeypatch):
