@@ -32,9 +32,10 @@ shared context once per worker and is driven with ``distributed.as_completed``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -125,6 +126,9 @@ class BackfillContext:
     """Everything a shard job needs besides the job; shipped once per worker process.
 
     The version writer is opened lazily (``open_version``) in each process that runs jobs.
+    ``compute_slots`` caps how many jobs of one process embed and encode at the same time (None:
+    no cap). With more workers than slots, one shard's reads and writes overlap another shard's
+    forward pass while the model still runs on a fixed number of cores: I/O hides behind compute.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class BackfillContext:
         batch_size: int,
         device: str,
         writer: VersionWriter | None = None,
+        compute_slots: int | None = None,
     ) -> None:
         self.galleries = galleries
         self.gallery = gallery
@@ -152,17 +157,35 @@ class BackfillContext:
         self.batch_size = batch_size
         self.device = device
         self._writer = writer
+        if compute_slots is not None and compute_slots < 1:
+            raise BackfillError(f"compute_slots must be at least 1 (or None), got {compute_slots}")
+        self.compute_slots = compute_slots
+        self._init_locks()
+
+    def _init_locks(self) -> None:
         self._lock = threading.Lock()
+        slots = self.compute_slots
+        self._compute = threading.BoundedSemaphore(slots) if slots is not None else contextlib.nullcontext()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_writer"] = None
-        del state["_lock"]
+        del state["_lock"], state["_compute"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._init_locks()
+
+    @contextlib.contextmanager
+    def compute(self, timer: _Timer) -> Iterator[None]:
+        """Hold one compute slot (time spent waiting for it is recorded as 'wait')."""
+        with timer("wait"):
+            self._compute.__enter__()
+        try:
+            yield
+        finally:
+            self._compute.__exit__(None, None, None)
 
     def writer(self) -> VersionWriter:
         with self._lock:
@@ -183,17 +206,20 @@ def process_shard(ctx: BackfillContext, job: ShardJob) -> ShardResult:
         dim = ctx.model.embedding_dim if ctx.model is not None else 0
         features = np.zeros((count, dim), dtype=np.float32)
     extract = np.asarray(job.extract, dtype=bool)
+    images = None
     if extract.any():
         with timer("fetch"):
             images = ctx.item_source.images(ids[extract])
-        with timer("extract"):
-            features[extract] = extract_features(
-                ctx.model, images, batch_size=ctx.batch_size, device=ctx.device
-            )
     codes = None
-    if ctx.codebooks is not None:
-        with timer("encode"):
-            codes = ctx.codebooks.encode(features)
+    with ctx.compute(timer):
+        if images is not None:
+            with timer("extract"):
+                features[extract] = extract_features(
+                    ctx.model, images, batch_size=ctx.batch_size, device=ctx.device
+                )
+        if ctx.codebooks is not None:
+            with timer("encode"):
+                codes = ctx.codebooks.encode(features)
     with timer("write"):
         writer.write_shard(job.shard, ids, features, codes)
     return ShardResult(job.shard, count, int(extract.sum()), False, timer.seconds)
@@ -536,6 +562,7 @@ def run_backfill(
     score: UncertaintyScore = DEFAULT_SCORE,
     seed: int = 0,
     workers: int = 2,
+    compute_slots: int | None = None,
     batch_size: int = 256,
     device: str = "cpu",
     index_builder: IndexBuilder | None = None,
@@ -551,6 +578,8 @@ def run_backfill(
     prototypes, e.g. ``old_model.head.weight``) drive the 'uncertainty' ordering. The index is
     built with ``index_builder(codes, ids)`` when given. The version is published (CURRENT
     switched, expecting CURRENT unchanged since the start) only with ``publish=True``.
+    ``workers`` threads run shard jobs (when no ``executor`` is given); ``compute_slots`` caps how
+    many of them run the model at once (e.g. workers=2, compute_slots=1 overlaps I/O with compute).
     """
     if mode not in MODES:
         raise BackfillError(f"mode {mode!r} is unknown; expected one of {MODES}")
@@ -624,7 +653,7 @@ def run_backfill(
         new_model.eval()
     ctx = BackfillContext(
         galleries, gallery, version, source_version, source, new_model, new_codebooks,
-        item_source, batch_size, device, writer,
+        item_source, batch_size, device, writer, compute_slots,
     )  # fmt: skip
     run_shard_jobs(ctx, plan.jobs, executor=executor, workers=workers, on_shard=on_shard)
     return _finish(writer, galleries, index_builder, publish, expected_current)
@@ -645,6 +674,7 @@ def build_gallery_version(
     executor: Any | None = None,
     on_shard: ShardCallback | None = None,
     workers: int = 2,
+    compute_slots: int | None = None,
     batch_size: int = 256,
     device: str = "cpu",
     index_builder: IndexBuilder | None = None,
@@ -694,7 +724,8 @@ def build_gallery_version(
     _write_provenance(writer, provenance)
     model.eval()
     ctx = BackfillContext(
-        galleries, gallery, version, None, None, model, codebooks, item_source, batch_size, device, writer
-    )
+        galleries, gallery, version, None, None, model, codebooks, item_source, batch_size, device, writer,
+        compute_slots,
+    )  # fmt: skip
     run_shard_jobs(ctx, jobs, executor=executor, workers=workers, on_shard=on_shard)
     return _finish(writer, galleries, index_builder, publish, expected_current)

@@ -279,13 +279,15 @@ def measure_costs(
     repeats: int = 3,
     overhead_seconds_per_item: float = 0.0,
     encode_items: int = 8192,
+    encode_chunk: int = 1024,
 ) -> CostModel:
     """Seconds per item of extraction and of DPQ encoding, timed on ``images`` (a sample).
 
     One warm-up pass first (allocations, lazy initialisation), then the fastest of ``repeats``
     runs: on a shared machine the fastest run is the one least disturbed by other load. Encoding
-    is timed on the sample's features repeated to ``encode_items`` rows: it is so cheap per item
-    that a few hundred rows measure mostly per-call overhead (5x too high in bench/backfill.py).
+    is timed on the sample's features repeated to ``encode_items`` rows, in calls of
+    ``encode_chunk`` rows (a shard's worth, as the backfill encodes): it is so cheap per item that
+    a few hundred rows would measure mostly per-call overhead.
     """
     if len(images) == 0:
         raise DecisionError("measure_costs needs at least one image to time")
@@ -302,7 +304,8 @@ def measure_costs(
         best_encode = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            new_codebooks.encode(rows)
+            for begin in range(0, len(rows), max(1, encode_chunk)):
+                new_codebooks.encode(rows[begin : begin + encode_chunk])
             best_encode = min(best_encode, time.perf_counter() - start)
         per_item_encode = best_encode / len(rows)
     return CostModel(
