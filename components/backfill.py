@@ -302,7 +302,9 @@ def _is_dask_client(executor: Any) -> bool:
     return hasattr(executor, "scatter") and hasattr(executor, "gather") and hasattr(executor, "submit")
 
 
-def _drive(executor: Any, ctx: BackfillContext, jobs: Sequence[ShardJob], on_shard: ShardCallback | None):
+def _drive(
+    executor: Any, ctx: BackfillContext, jobs: Sequence[ShardJob], on_shard: ShardCallback | None
+) -> list[ShardResult]:
     if _is_dask_client(executor):
         from distributed import as_completed as dask_as_completed
 
@@ -625,6 +627,7 @@ def run_backfill(
             "score": score if mode == "partial" and ordering == "uncertainty" else None,
             "seed": seed if mode == "partial" and ordering == "random" else None,
             "source_version": source_version,
+            "shard_size": shard_size,  # None = the source's layout; a resume must cut shards the same way
             "reextracted": plan.extracted,
             "already_new": plan.already_new,
         },
@@ -695,7 +698,13 @@ def build_gallery_version(
     galleries = _as_galleries(store)
     provenance = npy_bytes(np.zeros(len(ids), dtype=np.uint16))
     metadata: dict[str, JsonValue] = {
-        "backfill": {"mode": "bootstrap", "fraction": 1.0, "source_version": None, "reextracted": len(ids)},
+        "backfill": {
+            "mode": "bootstrap",
+            "fraction": 1.0,
+            "source_version": None,
+            "shard_size": shard_size,
+            "reextracted": len(ids),
+        },
         "feature_models": [model_version],
         "provenance": {"path": PROVENANCE_FILE, "sha256": sha256_hex(provenance), "size": len(provenance)},
     }

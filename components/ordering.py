@@ -11,12 +11,17 @@ it picks matters: an ordering is good when quality rises fast at small f. Two or
   higher = more uncertain, from the cosine similarities s_k = ⟨f_o, p_k⟩ of a stored old feature
   to the K old prototypes:
 
-  * ``margin`` (default): −(s_(1) − s_(2)), a small gap between the two nearest prototypes means
-    the old model could not decide; chosen on MNIST-5k *validation* data (bench/backfill.py),
-    where it gave the highest AUC of the three;
+  * ``margin``: −(s_(1) − s_(2)), a small gap between the two nearest prototypes means the old
+    model could not decide;
   * ``max_similarity``: −s_(1), far from every old class (typical of classes the old model never
     saw);
-  * ``entropy``: the entropy of softmax(scale·s), the old classifier's own confidence.
+  * ``entropy`` (default): the entropy of softmax(scale·s), the old classifier's own confidence.
+
+  On MNIST-5k (bench/backfill.py) all three beat random with the project's default Dual-Tuning
+  model, entropy by a hair on the *validation* split, hence the default. With a less calibrated
+  compatible model (new/old similarities far below new/new ones) every uncertainty score lost to
+  random: a mixed gallery then first gets worse than both ends, and re-extracted boundary items
+  intrude into neighbouring classes' rankings. docs/backfill.md has the numbers.
 
 Backfill curve (Jaeckle et al., FastFill, following Apple's ml-fct evaluation): with an ordering π
 of the n gallery items, for i = 0 … B+1 (B = 20, so 22 points) the first ⌊i·n/(B+1)⌋ items of π

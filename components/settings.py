@@ -70,7 +70,10 @@ class BackfillSettings(BaseModel):
     """How a decided backfill is carried out (the decision's own knobs are ``decision``)."""
 
     shard_size: int = Field(256, ge=1, description="gallery items per shard (the unit of resume)")
-    workers: int = Field(1, ge=1, description="parallel shard workers on one machine")
+    workers: int = Field(2, ge=1, description="parallel shard jobs on one machine (I/O overlaps compute)")
+    compute_slots: int | None = Field(
+        1, ge=1, description="shard jobs that may run the model at once (None = workers)"
+    )
     batch_size: int = Field(256, ge=1)
 
 

@@ -265,6 +265,19 @@ class S3ObjectStore(ObjectStore):
         self._session = boto3.session.Session()
         self._session_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without clients, session or lock (e.g. to ship to Dask worker processes)."""
+        state = self.__dict__.copy()
+        for name in ("_idle_clients", "_session", "_session_lock"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._idle_clients = deque()
+        self._session = boto3.session.Session()
+        self._session_lock = threading.Lock()
+
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"

@@ -6,6 +6,8 @@ which row), images are tiny procedural ones, so every test runs in about a secon
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -22,7 +24,7 @@ from components.backfill import (
     run_backfill,
 )
 from components.data import ImageDataset, make_synthetic
-from components.gallery import GalleryStore, ShardCorruptedError
+from components.gallery import GalleryError, GalleryStore, ShardCorruptedError
 from components.ordering import uncertainty_scores
 from components.quantization import DPQCodebooks
 from components.store import LocalObjectStore, ObjectStore
@@ -233,6 +235,35 @@ def test_uncertainty_partial_reextracts_the_least_certain_stored_items(data: Ima
     np.testing.assert_array_equal(galleries.load_arrays(GALLERY, "u25").ids, stored.ids)
 
 
+def test_compute_slots_cap_concurrent_forward_passes(data: ImageDataset, tmp_path) -> None:
+    galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
+    new = model(1, "large")
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def enter(_module, _inputs) -> None:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.01)  # widen the window in which a second forward pass could start
+
+    def leave(_module, _inputs, _output) -> None:
+        with lock:
+            state["now"] -= 1
+
+    new.trunk.register_forward_pre_hook(enter)
+    new.trunk.register_forward_hook(leave)
+    results: list[ShardResult] = []
+    run_backfill(
+        galleries, GALLERY, "v1", "full", new, codebooks(1), DatasetItemSource(data), model_version="m2",
+        version="slots", workers=3, compute_slots=1, on_shard=results.append,
+    )  # fmt: skip
+    assert state["max"] == 1 and len(results) == N_ITEMS // SHARD
+    np.testing.assert_allclose(
+        galleries.load_arrays(GALLERY, "slots").features, extract_features(new, data.images), atol=1e-5
+    )
+
+
 def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageDataset, tmp_path) -> None:
     distributed = pytest.importorskip("distributed")
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
@@ -271,6 +302,22 @@ def test_corrupted_source_shard_is_detected_by_its_checksum(
         run_backfill(
             galleries, GALLERY, "v1", "requantize", None, codebooks(1), None, model_version="m2", workers=1
         )
+
+
+def test_resuming_with_another_plan_is_refused(data: ImageDataset, tmp_path) -> None:
+    galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
+    args = (galleries, GALLERY, "v1", "partial", model(1), codebooks(1), DatasetItemSource(data))
+
+    def interrupt(_result: ShardResult) -> None:
+        raise Interrupted("stop after the first shard")
+
+    with pytest.raises(Interrupted):
+        run_backfill(*args, fraction=0.25, ordering="random", model_version="m2", version="p", workers=1,
+                     on_shard=interrupt)  # fmt: skip
+    for change in ({"fraction": 0.5}, {"shard_size": 32}):
+        kwargs = {"fraction": 0.25, "ordering": "random", "model_version": "m2", "version": "p"} | change
+        with pytest.raises(GalleryError, match="already staged with other parameters"):
+            run_backfill(*args, workers=1, **kwargs)
 
 
 def test_tampered_provenance_is_detected(data: ImageDataset, tmp_path) -> None:

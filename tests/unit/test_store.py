@@ -214,3 +214,15 @@ def test_open_store_rejects_bad_uris(uri: str, message: str) -> None:
 def test_endpoint_url_only_for_s3(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="only meaningful for s3"):
         open_store(str(tmp_path), endpoint_url="http://127.0.0.1:9")
+
+
+def test_s3_store_pickles_for_worker_processes(s3_endpoint, s3_bucket):
+    """Dask worker processes receive the store by pickle: clients are rebuilt on the other side."""
+    import pickle
+
+    store = open_store(f"s3://{s3_bucket}/pickled", endpoint_url=s3_endpoint)
+    store.put_bytes("a/b.bin", b"payload")
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.get_bytes("a/b.bin") == b"payload"
+    clone.put_bytes("a/c.bin", b"more")
+    assert store.list("a/") == ["a/b.bin", "a/c.bin"]
