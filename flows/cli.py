@@ -86,6 +86,17 @@ def _print_decision(settings: Any, version: str) -> None:
     console.print(f"decision: [bold]{record.mode}[/bold] — " + "; ".join(record.reasons))
 
 
+def _print_hits(hits: Any) -> None:
+    table = Table(
+        title=f"top-{len(hits.results)} in gallery {hits.gallery_version} (model v{hits.model_version})"
+    )
+    for column in ("rank", "item id", "label", "score"):
+        table.add_column(column, justify="right")
+    for rank, hit in enumerate(hits.results, start=1):
+        table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
+    console.print(table)
+
+
 def _print_json(data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
@@ -174,13 +185,7 @@ def search(
 
     if (image is None) == (item_id is None):
         raise typer.BadParameter("give exactly one of --image or --item-id")
-    hits = search_live(load_settings(**overrides), image=image, item_id=item_id, k=k)
-    table = Table(title=f"top-{k} in gallery {hits.gallery_version} (model v{hits.model_version})")
-    for column in ("rank", "item id", "label", "score"):
-        table.add_column(column, justify="right")
-    for rank, hit in enumerate(hits.results, start=1):
-        table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
-    console.print(table)
+    _print_hits(search_live(load_settings(**overrides), image=image, item_id=item_id, k=k))
 
 
 @app.command()
@@ -235,13 +240,8 @@ def demo(
     console.rule("3/3 search the live gallery")
     from components.search import search_live
 
-    hits = search_live(load_settings(**overrides), item_id=state["example_item"], k=5)
-    table = Table(title=f"top-5 for item {state['example_item']} in gallery {hits.gallery_version}")
-    for column in ("rank", "item id", "label", "score"):
-        table.add_column(column, justify="right")
-    for rank, hit in enumerate(hits.results, start=1):
-        table.add_row(str(rank), hit.item_id, hit.label or "", f"{hit.score:.4f}")
-    console.print(table)
+    console.print(f"query: item {state['example_item']} of the gallery")
+    _print_hits(search_live(settings, item_id=state["example_item"], k=5))
 
     console.rule("done")
     console.print(

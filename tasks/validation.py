@@ -30,6 +30,29 @@ def _report_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return "compat-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
+def _record_report(
+    settings: HotswapSettings,
+    matrix: dict[str, Any],
+    old_version: str | None,
+    new_version: str,
+    data_version: str,
+    rubber_stamp: bool = False,
+) -> CompatibilityReport:
+    """Apply the gate to a matrix, log the report to MLflow and publish it as Prefect artifacts."""
+    report = build_report(
+        {pair: m.as_dict() for pair, m in matrix.items()},
+        old_version=old_version,
+        new_version=new_version,
+        data_version=data_version,
+        thresholds=CompatThresholds.from_settings(settings.thresholds),
+        rubber_stamp=rubber_stamp,
+        model_name=settings.model_name,
+    )
+    registry(settings).log_report(report)
+    publish_report(report, settings.model_name)
+    return report
+
+
 @task(
     name="validate-compatibility",
     task_run_name="validate v{new_version} against v{old_version}",
@@ -42,16 +65,7 @@ def validate_compatibility(settings: HotswapSettings, old_version: str, new_vers
     data = dataset(settings)
     held_out = data.split(settings.data.validation_split)
     matrix = compatibility_matrix(reg.load_model(old_version), reg.load_model(new_version), held_out)
-    report = build_report(
-        {pair: m.as_dict() for pair, m in matrix.items()},
-        old_version=old_version,
-        new_version=new_version,
-        data_version=data.version,
-        thresholds=CompatThresholds.from_settings(settings.thresholds),
-        model_name=settings.model_name,
-    )
-    reg.log_report(report)
-    publish_report(report, settings.model_name)
+    report = _record_report(settings, matrix, old_version, new_version, data.version)
     logger = get_run_logger()
     logger.info(
         "v%s %s: %s", new_version, "blessed" if report.blessed else "NOT blessed", "; ".join(report.reasons)
@@ -70,22 +84,8 @@ def rubber_stamp(settings: HotswapSettings, version: str) -> dict[str, Any]:
     if classes is not None:
         held_out = held_out.with_classes(classes)
     matrix = compatibility_matrix(model, model, held_out, pairs=("new/new",))
-    report = build_report(
-        {pair: m.as_dict() for pair, m in matrix.items()},
-        old_version=None,
-        new_version=version,
-        data_version=data.version,
-        thresholds=CompatThresholds.from_settings(settings.thresholds),
-        rubber_stamp=True,
-        model_name=settings.model_name,
-    )
-    reg.log_report(report)
-    publish_report(report, settings.model_name)
+    report = _record_report(settings, matrix, None, version, data.version, rubber_stamp=True)
     return report.model_dump(mode="json")
-
-
-def report_from(payload: dict[str, Any]) -> CompatibilityReport:
-    return CompatibilityReport.model_validate(payload)
 
 
 @task(name="load-report", task_run_name="load the report of v{version}", retries=2, cache_policy=NONE)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import torch
@@ -30,7 +29,7 @@ from components.registry import (
 )
 from components.report import build_report
 from tests.fixtures.mlflow import tiny_model
-from tests.fixtures.s3 import S3_KEY, S3_REGION
+from tests.fixtures.s3 import s3_client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = torch.linspace(0, 1, 2 * 16 * 16).reshape(2, 1, 16, 16)
@@ -234,13 +233,7 @@ def test_named_arrays_beside_a_model_version(model_registry: ModelRegistry, regi
 def test_server_keeps_artifacts_on_s3(mlflow_server, s3_endpoint: str) -> None:
     registry = ModelRegistry(mlflow_server.uri, "s3-check-model")
     version = _register(registry, 1)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name=S3_REGION,
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_KEY,
-    )
+    s3 = s3_client(s3_endpoint)
     keys = [
         o["Key"]
         for o in s3.list_objects_v2(Bucket=mlflow_server.bucket, Prefix="mlflow/").get("Contents", [])
