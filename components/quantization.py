@@ -23,7 +23,7 @@ What is a reconstruction here, not the released code (reference/dpq-and-faiss.md
 - the label-guided term L_label is the cross-entropy of a frozen classifier (the new model's
   cosine head; else a nearest-class-mean classifier built from the training features) on the
   hard reconstruction of every prefix, averaged over prefixes. The released code classifies fc7
-  instead and never lets labels reach the codebooks; the issue asks for guidance through W_n.
+  instead and never lets labels reach the codebooks; the design asks for guidance through W_n.
 - distortions are ‖·‖² summed over dimensions and averaged over the batch (the code also averages
   over dimensions, which only rescales the weights).
 
