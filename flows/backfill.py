@@ -38,7 +38,12 @@ def backfill(
         raise UnknownVersionError(f"model {settings.model_name!r} has no version or alias {version!r}")
     champion = resolve_alias(settings, CHAMPION)
     old_version = champion if champion != resolved else None
-    gallery_version = backfill_gallery(settings, resolved, mode, fraction, old_version, use_dask)
+    if use_dask:  # submitted, so it runs on the flow's DaskTaskRunner and can reach the cluster
+        gallery_version = backfill_gallery.submit(
+            settings, resolved, mode, fraction, old_version, True
+        ).result()
+    else:
+        gallery_version = backfill_gallery(settings, resolved, mode, fraction, old_version)
     if publish:
         publish_gallery(settings, gallery_version)
     return {"version": resolved, "mode": mode, "gallery_version": gallery_version, "published": publish}

@@ -161,3 +161,27 @@ def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
     assert b"query v2" in files["audit.md"]
     assert files["audit.csv"].decode().splitlines()[0].startswith("query,gallery,map")
     assert b"<table" in files["audit.html"]
+
+
+def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, lifecycle_overrides):
+    from distributed import LocalCluster
+
+    from components.backfill import feature_models
+    from flows.backfill import backfill_on_dask
+
+    settings = lifecycle["settings"]
+    galleries = gallery_store(settings)
+    live_before = galleries.read_current(settings.gallery_name)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        result = backfill_on_dask(
+            cluster.scheduler_address, overrides=lifecycle_overrides, mode="requantize", version="2"
+        )
+    assert result["gallery_version"] == "v2-requantize" and result["published"] is False
+    manifest = galleries.load_manifest(settings.gallery_name, "v2-requantize")
+    assert manifest.metadata["backfill"]["mode"] == "requantize"
+    assert manifest.num_items == galleries.load_manifest(settings.gallery_name, live_before).num_items
+    # requantize re-encodes stored features: provenance is the live version's, not a new forward pass
+    before = feature_models(galleries, settings.gallery_name, live_before)
+    after = feature_models(galleries, settings.gallery_name, "v2-requantize")
+    assert (before == after).all()
+    assert galleries.read_current(settings.gallery_name) == live_before
