@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python -m bench.compat
 	$(BIN)/python -m bench.quant
 	$(BIN)/python -m bench.backfill
+	$(BIN)/python -m bench.metrics
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
