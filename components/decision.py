@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -551,3 +551,22 @@ def decision_markdown(record: DecisionRecord) -> str:
             f"| {'**←**' if is_chosen else ''} | {o.reason} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- storage beside a model version
+
+DECISION_JSON = "decision/decision.json"
+DECISION_MD = "decision/decision.md"
+
+
+def save_decision(registry: Any, version: str, record: DecisionRecord) -> None:
+    """Store the record (JSON for machines, markdown for people) in the version's MLflow run."""
+    run_id = registry.resolve(version).run_id
+    registry.log_artifact_bytes(run_id, DECISION_JSON, record.to_json().encode())
+    registry.log_artifact_bytes(run_id, DECISION_MD, record.to_markdown().encode())
+
+
+def load_decision(registry: Any, version: str) -> DecisionRecord:
+    """The decision recorded for ``version``, read back (never recomputed)."""
+    data = registry.load_artifact_bytes(version, DECISION_JSON)
+    return DecisionRecord.from_json(data, source=f"decision of v{version}")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.decision import DecisionRecord
+from components.decision import load_decision
 from components.gallery import GalleryStore
 from components.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 from components.settings import HotswapSettings
 from components.store import open_store
-
-DECISION_PATH = "decision/decision.json"
 
 
 def system_status(settings: HotswapSettings) -> dict[str, Any]:
@@ -42,7 +40,7 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
         info = registry.resolve(latest)
         status["latest_version_tags"] = {k: v for k, v in info.tags.items() if "." in k}
         try:
-            record = DecisionRecord.from_json(registry.load_artifact_bytes(latest, DECISION_PATH))
+            record = load_decision(registry, latest)
             status["last_decision"] = {"version": latest, "mode": record.mode, "reasons": record.reasons}
             status["last_decision_markdown"] = record.to_markdown()
         except RegistryError:

@@ -61,13 +61,10 @@ def _print_report(payload: dict[str, Any]) -> None:
 
 def _print_decision(settings: Any, version: str) -> None:
     """The decision's verdict, reasons and a compact view of its options table."""
-    from components.decision import DecisionRecord
+    from components.decision import load_decision
     from components.registry import ModelRegistry
-    from components.status import DECISION_PATH
 
-    record = DecisionRecord.from_json(
-        ModelRegistry.from_settings(settings).load_artifact_bytes(version, DECISION_PATH)
-    )
+    record = load_decision(ModelRegistry.from_settings(settings), version)
     shown = [o for o in record.options if o.mode != "partial" or round(o.fraction * 21) in (2, 5, 10, 15)]
     table = Table(title=f"backfill options for v{version} (quality on held-out data, as served by DPQ codes)")
     for column in ("option", "re-extracted", "mAP", "of full", "est. seconds", "meets target"):

@@ -17,7 +17,8 @@ from prefect.cache_policies import NONE
 from prefect.transactions import Transaction, get_transaction
 
 from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
-from components.decision import DecisionConfig, DecisionRecord, decide
+from components.decision import DecisionConfig, DecisionRecord, decide, save_decision
+from components.decision import load_decision as read_decision
 from components.index import build_flat_index, index_from_bytes, index_to_bytes, search
 from components.quantization import DPQCodebooks
 from components.registry import TAG_BACKFILL
@@ -27,7 +28,6 @@ from tasks.context import dataset, gallery_store, registry
 from tasks.quantization import load_codebooks
 from tasks.reporting import publish_markdown, publish_table
 
-DECISION_DIR = "decision"
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 
 
@@ -95,9 +95,7 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
 
 def store_decision(settings: HotswapSettings, version: str, record: DecisionRecord) -> None:
     reg = registry(settings)
-    run_id = reg.resolve(version).run_id
-    reg.log_artifact_bytes(run_id, f"{DECISION_DIR}/decision.json", record.to_json().encode())
-    reg.log_artifact_bytes(run_id, f"{DECISION_DIR}/decision.md", record.to_markdown().encode())
+    save_decision(reg, version, record)
     tags = {TAG_BACKFILL: record.mode}
     if record.gallery_version:
         tags[TAG_GALLERY_VERSION] = record.gallery_version
@@ -276,8 +274,7 @@ def backfill_gallery(
 
 @task(name="load-decision", task_run_name="load the decision of v{version}", retries=2, cache_policy=NONE)
 def load_decision(settings: HotswapSettings, version: str) -> DecisionRecord:
-    data = registry(settings).load_artifact_bytes(version, f"{DECISION_DIR}/decision.json")
-    return DecisionRecord.from_json(data, source=f"decision of v{version}")
+    return read_decision(registry(settings), version)
 
 
 @task(
