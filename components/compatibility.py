@@ -27,7 +27,8 @@ its BatchNorm statistics and its gallery features never move.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -81,6 +82,21 @@ class CompatConfig(BaseModel):
         True, description="unit-normalise prototypes (cosine logits); False keeps raw class means"
     )
     margin: float = Field(0.15, ge=0, description="margin m of the prototype-triplet variant")
+    targets: Literal["live", "champion"] = Field(
+        "live",
+        description="which frozen models a refresh regularises towards: 'live' = the champion plus "
+        "every model version holding at least target_min_share of the live gallery, weighted by "
+        "its share; 'champion' = the champion alone (the single-old-model behaviour)",
+    )
+    target_min_share: float = Field(
+        0.1, gt=0, le=1, description="share of live gallery items a model version needs to become a target"
+    )
+    champion_floor_weight: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="the champion's weight never falls below this, even when few live items are its own",
+    )
 
     def without(self, term: str) -> CompatConfig:
         """The same config with one Dual-Tuning term switched off (for ablations)."""
@@ -237,46 +253,131 @@ def bct_influence_loss(
 # --------------------------------------------------------------------------- objective
 
 
-class CompatObjective:
-    """One batch → named, weighted loss terms, for ``train_model(objective=...)``.
+@dataclass
+class CompatTarget:
+    """One frozen model the new model must stay compatible with, and how hard it pulls.
 
-    Holds the frozen old model and the constants derived from it (prototypes, class map,
-    synthesised classifier). Old features are computed under ``no_grad`` in eval mode.
+    ``class_map`` maps new head rows to this model's head rows (classes both know); None means
+    the identity over the smaller head (today's assumption for a single old model). ``weight``
+    multiplies every structural term of this target (w_v in DESIGN.md §11).
     """
+
+    model: EmbeddingModel
+    weight: float = 1.0
+    class_map: Mapping[int, int] | None = None
+    name: str = "old"
+
+
+class _TargetState:
+    """A target's constants: frozen model, label lookup, prototypes, synthesised classifier."""
 
     def __init__(
         self,
-        old_model: EmbeddingModel,
-        config: CompatConfig,
-        prototypes: torch.Tensor | None,
+        model: EmbeddingModel,
+        weight: float,
         lookup: torch.Tensor,
-        label_smoothing: float = 0.1,
+        prototypes: torch.Tensor | None,
+        config: CompatConfig,
+        name: str,
     ) -> None:
-        self.old_model = old_model
-        self.config = config
-        self.lookup = lookup
-        self.label_smoothing = label_smoothing
         needs_protos = config.method == "bct" or (config.method == "dual_tuning" and config.proto_weight > 0)
         if needs_protos and prototypes is None:
-            raise CompatibilityError(f"method {config.method!r} needs old prototypes")
-        self.prototypes = prototypes
+            raise CompatibilityError(f"method {config.method!r} needs old prototypes (target {name})")
+        self.model, self.weight, self.lookup, self.prototypes, self.name = (
+            model,
+            weight,
+            lookup,
+            prototypes,
+            name,
+        )
         self.bct_classifier = (
-            synthesised_classifier(old_model, prototypes, lookup) if config.method == "bct" else None
+            synthesised_classifier(model, prototypes, lookup) if config.method == "bct" else None
         )
 
-    def to(self, device: torch.device) -> CompatObjective:
-        self.old_model.to(device)
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
         self.lookup = self.lookup.to(device)
         if self.prototypes is not None:
             self.prototypes = self.prototypes.to(device)
         if self.bct_classifier is not None:
             self.bct_classifier = self.bct_classifier.to(device)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()  # never let a stray .train() update the old BatchNorm statistics
+        with torch.no_grad():
+            return self.model.embed(images)
+
+
+class CompatObjective:
+    """One batch → named, weighted loss terms, for ``train_model(objective=...)``.
+
+    L = L_ce + Σ_v w_v·(λ_p L_proto(v) + λ_n2o L_n2o(v) + λ_o2n L_o2n(v)) over the frozen target
+    models v (DESIGN.md §11); each term is logged once, summed over the targets. With one target
+    of weight 1 this is exactly the single-old-model loss. Old features are computed under
+    ``no_grad`` in eval mode.
+    """
+
+    def __init__(
+        self,
+        old_model: EmbeddingModel | None,
+        config: CompatConfig,
+        prototypes: torch.Tensor | None = None,
+        lookup: torch.Tensor | None = None,
+        label_smoothing: float = 0.1,
+        targets: Sequence[_TargetState] | None = None,
+    ) -> None:
+        self.config = config
+        self.label_smoothing = label_smoothing
+        if targets is None:
+            if old_model is None or lookup is None:
+                raise CompatibilityError(
+                    "CompatObjective needs an old model and its class lookup, or targets"
+                )
+            targets = [_TargetState(old_model, 1.0, lookup, prototypes, config, "old")]
+        if not targets:
+            raise CompatibilityError("compatible training needs at least one target model")
+        self.targets = list(targets)
+
+    @property
+    def old_model(self) -> EmbeddingModel:
+        return self.targets[0].model
+
+    def to(self, device: torch.device) -> CompatObjective:
+        for target in self.targets:
+            target.to(device)
         return self
 
-    def _old_features(self, images: torch.Tensor) -> torch.Tensor:
-        self.old_model.eval()  # never let a stray .train() update the old BatchNorm statistics
-        with torch.no_grad():
-            return self.old_model.embed(images)
+    def _target_terms(
+        self,
+        model: EmbeddingModel,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        features: torch.Tensor,
+        t: _TargetState,
+    ) -> dict[str, torch.Tensor]:
+        cfg, w = self.config, t.weight
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.method == "l2" and cfg.l2_weight > 0:
+            terms["l2"] = cfg.l2_weight * w * l2_loss(features, t.features(images))
+        elif cfg.method == "bct" and cfg.bct_weight > 0:
+            scale = t.model.head.scale
+            terms["bct"] = cfg.bct_weight * w * bct_influence_loss(features, labels, t.bct_classifier, scale)
+        elif cfg.method == "dual_tuning":
+            if cfg.proto_weight > 0:
+                if cfg.proto_variant == "softmax":
+                    proto = prototype_softmax_loss(
+                        features, labels, t.prototypes, cfg.proto_scale, cfg.proto_normalize
+                    )
+                else:
+                    proto = prototype_triplet_loss(
+                        features, labels, t.prototypes, cfg.margin, cfg.proto_normalize
+                    )
+                terms["proto"] = cfg.proto_weight * w * proto
+            if cfg.n2o_weight > 0:
+                terms["n2o"] = cfg.n2o_weight * w * n2o_loss(features, labels, t.model, t.lookup)
+            if cfg.o2n_weight > 0:
+                terms["o2n"] = cfg.o2n_weight * w * o2n_loss(t.features(images), labels, model)
+        return terms
 
     def __call__(
         self, model: EmbeddingModel, images: torch.Tensor, labels: torch.Tensor
@@ -284,26 +385,9 @@ class CompatObjective:
         cfg = self.config
         features, logits = model(images)
         terms = {"ce": cfg.ce_weight * F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
-        if cfg.method == "l2" and cfg.l2_weight > 0:
-            terms["l2"] = cfg.l2_weight * l2_loss(features, self._old_features(images))
-        elif cfg.method == "bct" and cfg.bct_weight > 0:
-            scale = self.old_model.head.scale
-            terms["bct"] = cfg.bct_weight * bct_influence_loss(features, labels, self.bct_classifier, scale)
-        elif cfg.method == "dual_tuning":
-            if cfg.proto_weight > 0:
-                if cfg.proto_variant == "softmax":
-                    proto = prototype_softmax_loss(
-                        features, labels, self.prototypes, cfg.proto_scale, cfg.proto_normalize
-                    )
-                else:
-                    proto = prototype_triplet_loss(
-                        features, labels, self.prototypes, cfg.margin, cfg.proto_normalize
-                    )
-                terms["proto"] = cfg.proto_weight * proto
-            if cfg.n2o_weight > 0:
-                terms["n2o"] = cfg.n2o_weight * n2o_loss(features, labels, self.old_model, self.lookup)
-            if cfg.o2n_weight > 0:
-                terms["o2n"] = cfg.o2n_weight * o2n_loss(self._old_features(images), labels, model)
+        for target in self.targets:
+            for name, value in self._target_terms(model, images, labels, features, target).items():
+                terms[name] = terms[name] + value if name in terms else value
         return terms
 
 
@@ -321,8 +405,30 @@ def check_compatible_pair(old_model: EmbeddingModel, new_model: EmbeddingModel) 
         )
 
 
+TargetSpec = CompatTarget | tuple[EmbeddingModel, float, Mapping[int, int] | None]
+
+
+def _as_targets(
+    old: EmbeddingModel | Sequence[TargetSpec], class_map: Mapping[int, int] | None
+) -> list[CompatTarget]:
+    if isinstance(old, EmbeddingModel):
+        return [CompatTarget(old, 1.0, class_map, "old")]
+    targets = [
+        t if isinstance(t, CompatTarget) else CompatTarget(t[0], float(t[1]), t[2], f"target{i}")
+        for i, t in enumerate(old)
+    ]
+    if not targets:
+        raise CompatibilityError("compatible training needs at least one target model")
+    for t in targets:
+        if not t.weight >= 0:
+            raise CompatibilityError(f"target {t.name}: weight must be >= 0, got {t.weight}")
+    if len({id(t.model) for t in targets}) != len(targets):
+        raise CompatibilityError("the same model object is listed twice as a target")
+    return targets
+
+
 def train_compatible(
-    old_model: EmbeddingModel,
+    old_model: EmbeddingModel | Sequence[TargetSpec],
     new_spec: BackboneSpec | EmbeddingModel,
     train_data: ImageDataset,
     config: CompatConfig = DEFAULT_CONFIG,
@@ -331,36 +437,45 @@ def train_compatible(
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
 ) -> tuple[EmbeddingModel, TrainHistory]:
-    """Train a new model (any architecture, the old model's d) compatible with ``old_model``.
+    """Train a new model (any architecture, the old models' d) compatible with frozen models.
 
-    ``new_spec`` is built with the training seed (or an already built model is trained in
-    place). ``class_map`` maps new labels to old labels; by default the old model's classes keep
-    their numbers (new label k = old label k for k below the old class count). The old model is
-    frozen and in eval mode during training; its ``requires_grad`` flags are restored afterwards.
+    ``old_model`` is one frozen model (weight 1, ``class_map``) or a list of targets:
+    :class:`CompatTarget` or ``(model, weight, class_map)`` tuples, where ``class_map`` maps new
+    head rows to that model's head rows (None = the identity over the smaller head). Labels of
+    ``train_data`` must be new head rows 0..K−1. ``new_spec`` is built with the training seed (or
+    an already built model is trained in place). Every target is frozen and in eval mode during
+    training; its ``requires_grad`` flags are restored afterwards.
     """
     train_config = train_config or TrainConfig()
+    targets = _as_targets(old_model, class_map)
     if isinstance(new_spec, BackboneSpec):
         torch.manual_seed(train_config.seed)
         new_model = build_model(new_spec)
     else:
         new_model = new_spec
-    check_compatible_pair(old_model, new_model)
-    num_new, num_old = new_model.spec.num_classes, old_model.spec.num_classes
-    class_map = identity_class_map(min(num_old, num_new)) if class_map is None else class_map
-    lookup = class_map_lookup(class_map, num_new, num_old)
+    for target in targets:
+        check_compatible_pair(target.model, new_model)
+    num_new = new_model.spec.num_classes
 
     device = resolve_device(train_config.device)
-    flags = [p.requires_grad for p in old_model.parameters()]
-    old_model.to(device).eval().requires_grad_(False)
+    flags = [[p.requires_grad for p in t.model.parameters()] for t in targets]
+    for t in targets:
+        t.model.to(device).eval().requires_grad_(False)
     try:
         needs_protos = config.method == "bct" or (config.method == "dual_tuning" and config.proto_weight > 0)
-        prototypes = (
-            old_prototypes(old_model, train_data, num_new, device=train_config.device)
-            if needs_protos
-            else None
-        )
+        states = []
+        for t in targets:
+            num_old = t.model.spec.num_classes
+            cmap = identity_class_map(min(num_old, num_new)) if t.class_map is None else t.class_map
+            lookup = class_map_lookup(cmap, num_new, num_old)
+            prototypes = (
+                old_prototypes(t.model, train_data, num_new, device=train_config.device)
+                if needs_protos
+                else None
+            )
+            states.append(_TargetState(t.model, t.weight, lookup, prototypes, config, t.name))
         objective: Objective = CompatObjective(
-            old_model, config, prototypes, lookup, label_smoothing=train_config.label_smoothing
+            None, config, label_smoothing=train_config.label_smoothing, targets=states
         ).to(device)
         history = train_model(
             new_model,
@@ -371,7 +486,8 @@ def train_compatible(
             on_epoch_end=on_epoch_end,
         )
     finally:
-        for param, flag in zip(old_model.parameters(), flags, strict=True):
-            param.requires_grad_(flag)
-        old_model.eval()
+        for t, model_flags in zip(targets, flags, strict=True):
+            for param, flag in zip(t.model.parameters(), model_flags, strict=True):
+                param.requires_grad_(flag)
+            t.model.eval()
     return new_model, history

@@ -326,16 +326,29 @@ def load_image_folder(root: str | Path, image_size: int = 28, seed: int = 0) -> 
     return load_manifest_images(frame, base_dir=root, image_size=image_size, name=f"image folder {root}")
 
 
-@lru_cache(maxsize=4)
+def _source_stamp(source: str) -> tuple:
+    """What changes when a manifest or image folder changes on disk (size and mtime of its entries)."""
+    path = Path(source)
+    if source == "mnist5k" or source.startswith("synthetic:") or not path.exists():
+        return ()
+    entries = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
+
+
 def load_dataset(source: str, seed: int = 0, image_size: int = 28) -> ImageDataset:
     """Resolve a data source string from the settings into an :class:`ImageDataset`.
 
-    Cached per process (decoding a folder of images is the slow part); treat the arrays as
-    read-only.
+    Cached per process (decoding a folder of images is the slow part), keyed also on the
+    manifest's or folder's file sizes and times, so a long-lived worker reads the latest
+    version of a growing manifest; treat the arrays as read-only.
 
     ``mnist5k`` (bundled digits), ``synthetic:<items>:<classes>`` (procedural), a manifest file
     (``.csv``/``.parquet``; relative URIs resolve against its folder) or an image folder.
     """
+    return _load_dataset(source, seed, image_size, _source_stamp(source))
+
+
+def _resolve_source(source: str, seed: int, image_size: int) -> ImageDataset:
     if source == "mnist5k":
         return load_mnist5k(seed=seed)
     if source.startswith("synthetic:"):
@@ -355,3 +368,8 @@ def load_dataset(source: str, seed: int = 0, image_size: int = 28) -> ImageDatas
     raise DataError(
         f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder"
     )
+
+
+@lru_cache(maxsize=4)
+def _load_dataset(source: str, seed: int, image_size: int, stamp: tuple) -> ImageDataset:
+    return _resolve_source(source, seed, image_size)

@@ -25,6 +25,15 @@ features). Without a blessing no option that leaves old features in the gallery 
 decision is ``full`` or ``reject`` (configurable). With one, the cheapest option meeting
 ``quality_target`` wins (ties go to the simpler option). The record keeps the whole table with each
 row's reason, so a person can see with numbers why re-extraction was or was not needed.
+
+Against the live system (DESIGN.md §11; when the live gallery's composition is given, as every
+refresh does): the "old" gallery is the validation split composed like the live gallery (each
+item embedded by a model version drawn with the live shares, components/served.py), and the
+*live baseline* is the champion's queries against it, as served. An option *beats live* when its
+metric exceeds that baseline by more than ``min_gain_over_live``. No option beats live ⇒
+``reject`` (no backfill, no promotion). Not blessed but a full backfill beats live ⇒ ``full``
+(better but incompatible). ``policy='full'|'skip'`` forces an option (benchmark baselines); the
+numbers are recorded all the same.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.backbones import EmbeddingModel, require_same_dim
 from components.data import ImageDataset
+from components.live import LiveComposition
 from components.metrics import retrieval_metrics
 from components.ordering import (
     DEFAULT_SCORE,
@@ -50,6 +60,7 @@ from components.ordering import (
     backfilled_count,
 )
 from components.quantization import DPQCodebooks
+from components.served import assign_gallery_models, compose_gallery, served_metrics
 from components.training import extract_features
 
 Choice = Literal["skip", "requantize", "partial", "full", "reject"]
@@ -81,7 +92,19 @@ class DecisionConfig(BaseModel):
         None, description="candidate fractions; None = the 20 inner points of the 22-point backfill curve"
     )
     unblessed_action: Literal["full", "reject"] = Field(
-        "full", description="what an unblessed model gets: a full backfill, or no upgrade at all"
+        "full",
+        description="what an unblessed model gets when a full backfill beats the live system: a full "
+        "backfill, or no upgrade at all",
+    )
+    policy: Literal["auto", "full", "skip"] = Field(
+        "auto",
+        description="'auto' = the rules below; 'full' / 'skip' force that option whatever the numbers "
+        "(baselines for benchmarks; the as-served numbers are still recorded)",
+    )
+    min_gain_over_live: float = Field(
+        0.0,
+        ge=0,
+        description="an option beats the live system when its served metric exceeds live by more than this",
     )
     timing_sample: int = Field(256, ge=8, description="validation images timed to estimate per-item cost")
     timing_repeats: int = Field(3, ge=1, description="timing runs; the fastest is kept (least disturbed)")
@@ -137,6 +160,7 @@ class BackfillOption(BaseModel):
     meets_target: bool
     eligible: bool = Field(description="allowed at all (skip and mixed galleries need a blessing)")
     reason: str
+    beats_live: bool | None = Field(None, description="beats the live system as served (None: not compared)")
 
 
 class DecisionRecord(BaseModel):
@@ -155,6 +179,11 @@ class DecisionRecord(BaseModel):
     reasons: list[str]
     cost: CostModel
     curve: dict[str, list[float]] = Field(default_factory=dict, description="backfill curve as served")
+    live_quality: dict[str, float] | None = Field(
+        None, description="the live system as served: champion queries vs the composed gallery"
+    )
+    float_live_quality: dict[str, float] | None = Field(None, description="the same with float features")
+    live_shares: dict[str, float] | None = Field(None, description="π_v of the live gallery decided on")
     old_model_version: str | None = None
     new_model_version: str | None = None
     old_codebook_version: str | None = None
@@ -202,6 +231,8 @@ class QualityEstimate(BaseModel):
     float_full: dict[str, float]
     float_partial: dict[float, dict[str, float]]
     curve: dict[str, list[float]] = Field(default_factory=dict)
+    live: dict[str, float] | None = None
+    float_live: dict[str, float] | None = None
 
 
 def _roundtrip(codebooks: DPQCodebooks | None):
@@ -219,12 +250,16 @@ def estimate_quality(
     new_codebooks: DPQCodebooks | None,
     prototypes: np.ndarray | None,
     config: DecisionConfig,
+    live_query_features: np.ndarray | None = None,
+    gallery_models: np.ndarray | None = None,
 ) -> QualityEstimate:
     """Every option's quality on validation items (leave-one-out, new-model queries).
 
     ``old_features``/``new_features`` are the same validation items embedded by each model;
-    ``prototypes`` the old model's class prototypes (needed for the 'uncertainty' ordering).
-    Without codebooks the served view is the float one.
+    ``old_features`` may be a composed gallery (each row by its own model version, named in
+    ``gallery_models``). ``prototypes`` the old model's class prototypes (needed for the
+    'uncertainty' ordering). ``live_query_features`` (the champion's queries) add the live
+    baseline. Without codebooks the served view is the float one.
     """
     old = np.asarray(old_features, dtype=np.float32)
     new = np.asarray(new_features, dtype=np.float32)
@@ -252,6 +287,18 @@ def estimate_quality(
         else float_curve
     )
     skip = metrics(served_old(old)) if served_old is not None else float_curve.points[0]
+    live = float_live = None
+    if live_query_features is not None:
+        models = np.full(len(old), "old") if gallery_models is None else np.asarray(gallery_models)
+        champion = np.asarray(live_query_features, dtype=np.float32)
+        if champion.shape != old.shape:
+            raise DecisionError(f"live query features {champion.shape} must match the gallery {old.shape}")
+        float_live = served_metrics(champion, labels, old, labels, models, exclude_self=True)
+        live = (
+            served_metrics(champion, labels, served_old(old), labels, models, exclude_self=True)
+            if served_old is not None
+            else float_live
+        )
     by_fraction = dict(zip(curve_points.tolist(), served_curve.points, strict=True))
     float_by_fraction = dict(zip(curve_points.tolist(), float_curve.points, strict=True))
     return QualityEstimate(
@@ -263,6 +310,8 @@ def estimate_quality(
         float_full=float_curve.points[-1],
         float_partial={f: float_by_fraction[f] for f in fractions},
         curve={"fractions": served_curve.fractions, **{m: served_curve.values(m) for m in ("map", "top1")}},
+        live=live,
+        float_live=float_live,
     )
 
 
@@ -336,6 +385,7 @@ def build_options(
                 "requantize": quality.float_skip,
                 "full": quality.float_full,
                 "partial": quality.float_partial,
+                "live": quality.float_live,
             }
         )
     reference = quality.full[metric]
@@ -352,12 +402,16 @@ def build_options(
     ]
     rows.append(("full", 1.0, quality.full, quality.float_full, n, n))
     options = []
+    live = None if quality.live is None else quality.live[metric]
     for mode, fraction, served, floats, extract, encode in rows:
         relative = served[metric] / reference
         meets = relative >= config.quality_target - 1e-12
         eligible = blessed or mode == "full"
         verdict = "meets" if meets else "below"
         reason = f"{metric} {served[metric]:.4f} = {_pct(relative)} of full, {verdict} the target"
+        beats = None if live is None else bool(served[metric] > live + config.min_gain_over_live)
+        if beats is not None:
+            reason += f"; {'beats' if beats else 'does not beat'} live {live:.4f}"
         if not eligible:
             reason = "not blessed: new-model queries may not search old features; " + reason
         options.append(
@@ -373,15 +427,75 @@ def build_options(
                 meets_target=meets,
                 eligible=eligible,
                 reason=reason,
+                beats_live=beats,
             )
         )
     return options, reference
 
 
-def choose(
-    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig
+def _forced(options: Sequence[BackfillOption], config: DecisionConfig) -> tuple[Choice, float, list[str]]:
+    mode = config.policy
+    option = next(o for o in options if o.mode == mode)
+    return mode, option.fraction, [
+        f"decision.policy={mode!r} forces this option ({config.metric} {option.quality[config.metric]:.4f} "
+        f"as served); the automatic rules were not applied"
+    ]  # fmt: skip
+
+
+def _against_live(
+    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig, live: float
 ) -> tuple[Choice, float | None, list[str]]:
-    """The policy: cheapest eligible option meeting the target; unblessed ⇒ full or reject."""
+    """The rules when the live system's served quality is known (see the module doc)."""
+    metric = config.metric
+    beating = [o for o in options if o.beats_live]
+    best = max(options, key=lambda o: o.quality[metric])
+    if not beating:
+        return "reject", None, [
+            f"no option beats the live system as served ({metric} {live:.4f}): the best, {best.mode}"
+            + (f" f = {best.fraction:.3f}" if best.mode == "partial" else "")
+            + f", reaches {best.quality[metric]:.4f}; no backfill, no promotion"
+        ]  # fmt: skip
+    full = next(o for o in options if o.mode == "full")
+    if not blessed:
+        if full.beats_live and config.unblessed_action == "full":
+            return "full", 1.0, [
+                f"better but incompatible: not blessed, and a full backfill ({metric} "
+                f"{full.quality[metric]:.4f}) beats the live system ({live:.4f}): re-extract every item"
+            ]  # fmt: skip
+        why = (
+            "unblessed_action='reject'"
+            if full.beats_live
+            else f"a full backfill ({full.quality[metric]:.4f}) does not beat live ({live:.4f})"
+        )
+        return (
+            "reject",
+            None,
+            [f"not blessed (compatibility checks failed) and {why}: the upgrade is refused"],
+        )
+    candidates = [o for o in beating if o.eligible and o.meets_target] or [o for o in beating if o.eligible]
+    chosen = min(candidates, key=lambda o: (o.estimated_seconds, MODE_ORDER[o.mode], o.fraction))
+    reasons = [
+        f"blessed; live system as served: {metric} {live:.4f}; "
+        f"target: {metric} ≥ {_pct(config.quality_target)} of a full backfill's and above live",
+        f"cheapest option meeting it: {chosen.mode}"
+        + (f" at f = {chosen.fraction:.3f}" if chosen.mode == "partial" else "")
+        + f" ({chosen.quality[metric]:.4f}, {_pct(chosen.relative_quality)} of full, "
+        f"est. {chosen.estimated_seconds:.1f} s)",
+    ]
+    return chosen.mode, chosen.fraction, reasons
+
+
+def choose(
+    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig, live: float | None = None
+) -> tuple[Choice, float | None, list[str]]:
+    """The policy: cheapest eligible option meeting the target; unblessed ⇒ full or reject.
+
+    With the ``live`` system's served metric, only options beating it count (module doc).
+    """
+    if config.policy != "auto":
+        return _forced(options, config)
+    if live is not None:
+        return _against_live(options, blessed, config, live)
     if not blessed:
         if config.unblessed_action == "reject":
             return "reject", None, [
@@ -424,8 +538,15 @@ def decide_from_features(
     prototypes: np.ndarray | None = None,
     config: DecisionConfig | None = None,
     versions: dict[str, str | None] | None = None,
+    live_query_features: np.ndarray | None = None,
+    gallery_models: np.ndarray | None = None,
+    live_shares: dict[str, float] | None = None,
 ) -> DecisionRecord:
-    """The decision from precomputed validation features and a cost model (pure; no models)."""
+    """The decision from precomputed validation features and a cost model (pure; no models).
+
+    With ``live_query_features`` (the champion's features of the same items) options are judged
+    against the live system; ``old_features`` may then be a composed gallery (``gallery_models``).
+    """
     config = config or DecisionConfig()
     if gallery_items < 1:
         raise DecisionError(f"gallery_items must be at least 1, got {gallery_items}")
@@ -437,9 +558,14 @@ def decide_from_features(
         new_codebooks=new_codebooks,
         prototypes=prototypes,
         config=config,
+        live_query_features=live_query_features,
+        gallery_models=gallery_models,
     )
     options, reference = build_options(quality, cost, gallery_items, blessed, config)
-    chosen, fraction, reasons = choose(options, blessed, config)
+    live = quality.live if config.quantized else quality.float_live
+    chosen, fraction, reasons = choose(
+        options, blessed, config, None if live is None else live[config.metric]
+    )
     return DecisionRecord(
         mode=chosen,
         fraction=fraction,
@@ -451,6 +577,9 @@ def decide_from_features(
         reasons=reasons,
         cost=cost,
         curve=quality.curve,
+        live_quality=quality.live,
+        float_live_quality=quality.float_live,
+        live_shares=live_shares,
         **(versions or {}),
     )
 
@@ -471,11 +600,16 @@ def decide(
     old_codebook_version: str | None = None,
     new_codebook_version: str | None = None,
     source_gallery_version: str | None = None,
+    composition: LiveComposition | None = None,
+    gallery_models: dict[str, EmbeddingModel] | None = None,
 ) -> DecisionRecord:
     """Embed the validation split with both models, measure costs, and decide (see module doc).
 
     ``blessed`` is the compatibility report's verdict (downstream steps never recompute it);
-    ``gallery_items`` is the size of the live gallery the costs scale to.
+    ``gallery_items`` is the size of the live gallery the costs scale to. With the live gallery's
+    ``composition`` (and a loaded model for each of its versions other than the champion in
+    ``gallery_models``) the old gallery is composed like the live one and options are judged
+    against the live system.
     """
     config = config or DecisionConfig()
     require_same_dim(old_model, new_model)
@@ -483,6 +617,23 @@ def decide(
         raise DecisionError(f"{validation.name}: the decision needs validation items, got {len(validation)}")
     old_feats = extract_features(old_model, validation.images, batch_size=config.batch_size, device=device)
     new_feats = extract_features(new_model, validation.images, batch_size=config.batch_size, device=device)
+    champion_feats = gallery_feats = assignment = None
+    if composition is not None:
+        champion_feats = old_feats
+        assignment = assign_gallery_models(validation.labels, composition.shares, seed=config.seed)
+        per_model = {str(old_model_version): old_feats}
+        for version in sorted(set(assignment.tolist()) - {str(old_model_version)}):
+            if version == str(new_model_version):
+                per_model[version] = new_feats
+                continue
+            if not gallery_models or version not in gallery_models:
+                raise DecisionError(
+                    f"the live gallery holds items of v{version}, but no model v{version} was given"
+                )
+            per_model[version] = extract_features(
+                gallery_models[version], validation.images, batch_size=config.batch_size, device=device
+            )
+        gallery_feats = compose_gallery(per_model, assignment)
     sample = np.random.default_rng(config.seed).permutation(len(validation))[: config.timing_sample]
     cost = measure_costs(
         new_model,
@@ -494,7 +645,7 @@ def decide(
         overhead_seconds_per_item=config.overhead_seconds_per_item,
     )
     return decide_from_features(
-        old_feats,
+        old_feats if gallery_feats is None else gallery_feats,
         new_feats,
         validation.labels,
         gallery_items=gallery_items,
@@ -511,10 +662,19 @@ def decide(
             "new_codebook_version": new_codebook_version,
             "source_gallery_version": source_gallery_version,
         },
+        live_query_features=champion_feats,
+        gallery_models=assignment,
+        live_shares=None if composition is None else composition.shares,
     )
 
 
 # --------------------------------------------------------------------------- markdown
+
+
+def _shares(shares: dict[str, float] | None) -> str:
+    if not shares:
+        return ""
+    return ": " + ", ".join(f"v{v} {100 * x:.1f} %" for v, x in shares.items())
 
 
 def decision_markdown(record: DecisionRecord) -> str:
@@ -533,6 +693,15 @@ def decision_markdown(record: DecisionRecord) -> str:
         f"{1e3 * record.cost.extract_seconds_per_item:.3f} ms, "
         f"encode {1e3 * record.cost.encode_seconds_per_item:.4f} ms "
         f"({record.cost.device}, sample {record.cost.sample_size})",
+        *(
+            [
+                f"- live system as served (champion queries vs the validation gallery composed like the "
+                f"live one{_shares(record.live_shares)}): {cfg.metric} {record.live_quality[cfg.metric]:.4f}"
+                + (f"; policy forced: {cfg.policy}" if cfg.policy != "auto" else "")
+            ]
+            if record.live_quality
+            else []
+        ),
         "",
         "Reasons:",
         *[f"- {reason}" for reason in record.reasons],

@@ -19,7 +19,7 @@ Queries are scored in blocks, so a 50k x 50k evaluation never holds more than
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,13 +123,16 @@ def retrieval_metrics(
     topk: Sequence[int] = (1, 5),
     block_size: int = 256,
     exclude_self: bool = False,
+    score_adjust: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> RetrievalMetrics:
     """mAP and CMC top-k of queries against a gallery.
 
     With ``gallery_feats=None`` the evaluation is leave-one-out: every query searches all other
     query items (it is excluded from its own ranking). ``exclude_self=True`` is the same protocol
     across two models (e.g. new-model queries against the old model's features of the same items):
-    gallery row i is query i's own item and is excluded from its ranking.
+    gallery row i is query i's own item and is excluded from its ranking. ``score_adjust`` maps
+    each block of raw inner products [queries, all gallery items] to the scores that rank (e.g. a
+    per-provenance-model calibration of a mixed gallery); None ranks by the raw scores.
     """
     query_feats, query_labels = _check_inputs(query_feats, query_labels, "query")
     leave_one_out = gallery_feats is None
@@ -154,6 +157,10 @@ def retrieval_metrics(
     for begin in range(0, len(query_feats), block_size):
         stop = min(begin + block_size, len(query_feats))
         scores = query_feats[begin:stop] @ gallery_feats.T
+        if score_adjust is not None:
+            scores = np.array(score_adjust(scores), dtype=np.float32)
+            if scores.shape != (stop - begin, len(gallery_feats)):
+                raise ValueError(f"score_adjust changed the score block's shape to {scores.shape}")
         relevant = query_labels[begin:stop, None] == gallery_labels[None, :]
         if leave_one_out:
             rows = np.arange(stop - begin)

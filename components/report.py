@@ -11,6 +11,14 @@ of components/cross_eval.py — and applies the criteria of DESIGN.md §5:
 - update gain: (M(new→old) − M(old,old)) / (M(new,new) − M(old,old)), always reported; a gate
   only when ``min_update_gain`` is set (off by default: DESIGN.md names no default).
 
+With an as-served evaluation (``served``, components/served.py; what a refresh records) the
+cross-test is judged against the live system instead (DESIGN.md §11):
+
+- as served:   M(candidate vs composed live gallery) ≥ M(champion vs the same) + ``served_margin``
+- new model:   as above (old/old *is* the champion's new/new)
+
+and the pairwise cross-test rows stay in the report for audit, marked ``gating=False``.
+
 Pair keys read "query/gallery": "new/old" means new-model queries searching an old-model gallery.
 
 The threshold comparisons themselves are made by ``mlflow.validate_evaluation_results`` with
@@ -32,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from components.metrics import RetrievalMetrics, update_gain
+from components.served import ServedQuality
 
 PAIRS = ("old/old", "new/new", "new/old", "old/new")
 METRICS = ("top1", "top5", "map")
@@ -57,13 +66,16 @@ class CompatThresholds(BaseModel):
     cross_margin: float = Field(0.0, description="new/old must beat old/old by more than this")
     new_new_tolerance: float = Field(0.01, ge=0, description="new/new may sit at most this far below old/old")
     min_update_gain: float | None = Field(None, description="gate on update gain; None = report it only")
+    served_margin: float = Field(
+        0.0, description="as served, the candidate must reach the live system's metric plus this"
+    )
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> CompatThresholds:
         """Build from ``HotswapSettings.thresholds`` (or anything with the same attribute names)."""
         values = {
             name: getattr(settings, name)
-            for name in ("metrics", "cross_margin", "new_new_tolerance", "min_update_gain")
+            for name in ("metrics", "cross_margin", "new_new_tolerance", "min_update_gain", "served_margin")
             if hasattr(settings, name)
         }
         return cls(**{**values, **overrides})
@@ -84,6 +96,7 @@ class CompatCheck(BaseModel):
     comparison: Literal[">", ">="]
     passed: bool
     message: str
+    gating: bool = Field(True, description="False: recorded for audit, not part of the verdict")
 
 
 class CompatibilityReport(BaseModel):
@@ -103,6 +116,9 @@ class CompatibilityReport(BaseModel):
     checks: list[CompatCheck]
     blessed: bool
     rubber_stamp: bool = False
+    served: ServedQuality | None = Field(
+        None, description="the as-served evaluation against the live gallery's composition (refreshes)"
+    )
 
     @field_validator("matrix")
     @classmethod
@@ -114,7 +130,8 @@ class CompatibilityReport(BaseModel):
 
     @property
     def failed_checks(self) -> list[CompatCheck]:
-        return [check for check in self.checks if not check.passed]
+        """Gating checks that failed (audit-only rows never decide the verdict)."""
+        return [check for check in self.checks if check.gating and not check.passed]
 
     @property
     def reasons(self) -> list[str]:
@@ -124,7 +141,7 @@ class CompatibilityReport(BaseModel):
         failed = self.failed_checks
         if failed:
             return [check.message for check in failed]
-        return [f"all {len(self.checks)} checks passed"]
+        return [f"all {sum(c.gating for c in self.checks)} checks passed"]
 
     # ------------------------------------------------------------------ serialisation
 
@@ -153,6 +170,9 @@ class CompatibilityReport(BaseModel):
             for metric, value in values.items()
         }
         flat.update({f"update_gain.{m}": g for m, g in self.update_gain.items() if g is not None})
+        if self.served is not None:
+            for name in ("candidate", "live", "champion_only"):
+                flat.update({f"served.{name}.{m}": v for m, v in getattr(self.served, name).items()})
         flat["blessed"] = float(self.blessed)
         return flat
 
@@ -235,6 +255,7 @@ def _check(
     baseline: float | None,
     bound: float,
     strict: bool,
+    gating: bool = True,
 ) -> CompatCheck:
     comparison = ">" if strict else ">="
     if candidate is None:
@@ -245,6 +266,12 @@ def _check(
     label = METRIC_LABELS[metric]
     if candidate is None:
         message = f"{name}: {pair} {label} is undefined (new/new does not improve on old/old)"
+    elif passed and not gating:
+        message = f"{name} (audit): {pair} {label} {candidate:.4f} {comparison} {bound:.4f}"
+    elif not gating:
+        message = (
+            f"{name} (audit, not gating): {pair} {label} {candidate:.4f} is not {comparison} {bound:.4f}"
+        )
     elif passed:
         message = f"{name}: {pair} {label} {candidate:.4f} {comparison} {bound:.4f}"
     else:
@@ -263,6 +290,7 @@ def _check(
         comparison=comparison,
         passed=passed,
         message=message,
+        gating=gating,
     )
 
 
@@ -271,6 +299,8 @@ def _bound_origin(name: str, baseline: float | None) -> str:
         return " (configured minimum)"
     if name == "cross_test":
         return f" (old/old {baseline:.4f} + cross_margin)"
+    if name == "as_served":
+        return f" (live system {baseline:.4f} + served_margin)"
     return f" (old/old {baseline:.4f} - new_new_tolerance)"
 
 
@@ -282,11 +312,14 @@ def build_report(
     thresholds: CompatThresholds | Mapping[str, Any] | None = None,
     rubber_stamp: bool = False,
     model_name: str | None = None,
+    served: ServedQuality | None = None,
 ) -> CompatibilityReport:
     """Apply the compatibility criteria to a retrieval matrix and return the blessing.
 
     ``rubber_stamp=True`` is for the first model (no ``old_version``): it is blessed without
-    checks; the matrix may then hold only "new/new".
+    checks; the matrix may then hold only "new/new". With ``served`` (the as-served evaluation)
+    the gate compares the candidate with the live system as served; the pairwise cross-test is
+    kept as audit rows.
     """
     if not isinstance(thresholds, CompatThresholds):
         thresholds = CompatThresholds.model_validate(dict(thresholds or {}))
@@ -307,9 +340,29 @@ def build_report(
             old_old, new_new, new_old = (clean[p][metric] for p in ("old/old", "new/new", "new/old"))
             gain = update_gain(old_old, new_old, new_new)
             gains[metric] = None if math.isnan(gain) else gain
+            if served is not None:
+                live = _served_value(served.live, metric, "live")
+                checks.append(
+                    _check(
+                        "as_served",
+                        metric,
+                        "served",
+                        _served_value(served.candidate, metric, "candidate"),
+                        live,
+                        live + thresholds.served_margin,
+                        False,
+                    )
+                )
             checks.append(
                 _check(
-                    "cross_test", metric, "new/old", new_old, old_old, old_old + thresholds.cross_margin, True
+                    "cross_test",
+                    metric,
+                    "new/old",
+                    new_old,
+                    old_old,
+                    old_old + thresholds.cross_margin,
+                    True,
+                    gating=served is None,
                 )
             )
             checks.append(
@@ -344,9 +397,16 @@ def build_report(
         thresholds=thresholds,
         update_gain=gains,
         checks=checks,
-        blessed=rubber_stamp or all(check.passed for check in checks),
+        blessed=rubber_stamp or all(check.passed for check in checks if check.gating),
         rubber_stamp=rubber_stamp,
+        served=served,
     )
+
+
+def _served_value(values: Mapping[str, float], metric: str, role: str) -> float:
+    if metric not in values:
+        raise ReportFormatError(f"served.{role} has no {metric!r}, which the thresholds gate on")
+    return float(values[metric])
 
 
 # ---------------------------------------------------------------------- rendering
@@ -375,6 +435,8 @@ def report_markdown(report: CompatibilityReport) -> str:
     if report.update_gain:
         gains = ", ".join(f"{METRIC_LABELS[m]} {_pct(g)}%" for m, g in report.update_gain.items())
         lines += ["", f"Update gain: {gains}"]
+    if report.served is not None:
+        lines += ["", *served_markdown(report.served)]
     lines += ["", "## Checks", ""]
     if report.checks:
         lines += ["| Check | Metric | Value | Bound | Delta | Result |", "|---|---|---:|---:|---:|---|"]
@@ -383,7 +445,7 @@ def report_markdown(report: CompatibilityReport) -> str:
             delta = "n/a" if c.delta is None else f"{c.delta:+.4f}"
             lines.append(
                 f"| {c.name} ({c.pair}) | {METRIC_LABELS[c.metric]} | {value} | {c.comparison} {c.bound:.4f} "
-                f"| {delta} | {'pass' if c.passed else 'FAIL'} |"
+                f"| {delta} | {'pass' if c.passed else 'FAIL'}{'' if c.gating else ' (audit only)'} |"
             )
     else:
         lines.append("No checks ran.")
@@ -393,6 +455,33 @@ def report_markdown(report: CompatibilityReport) -> str:
     lines += ["", f"## Verdict: {verdict}", ""]
     lines += [f"- {reason}" for reason in report.reasons]
     return "\n".join(lines) + "\n"
+
+
+def served_markdown(served: ServedQuality) -> list[str]:
+    """The as-served section: live composition, targets, and the three served rows."""
+    shares = ", ".join(f"v{v} {100 * s:.1f} %" for v, s in served.live_shares.items())
+    counts = ", ".join(f"v{v} {c}" for v, c in served.composed_counts.items())
+    lines = [
+        "## As served",
+        "",
+        f"Live gallery `{served.gallery_version}` (codebooks v{served.codebook_version}): {shares}. "
+        f"Validation gallery ({served.split}, seed {served.seed}) composed as {counts}"
+        + ("; scores calibrated per model." if served.calibrated else "."),
+    ]
+    if served.targets:
+        targets = ", ".join(
+            f"v{t.version} (share {t.share:.2f}, weight {t.weight:.2f})" for t in served.targets
+        )
+        lines += ["", f"Training targets: {targets}"]
+    lines += ["", "| Queries → gallery | Top-1 (%) | Top-5 (%) | mAP (%) |", "|---|---:|---:|---:|"]
+    rows = (
+        (f"v{served.candidate_version} → live mix", served.candidate),
+        (f"v{served.champion_version} → live mix (today)", served.live),
+        (f"v{served.champion_version} → own gallery only", served.champion_only),
+    )
+    for name, values in rows:
+        lines.append(f"| {name} | " + " | ".join(_pct(values.get(m)) for m in METRICS) + " |")
+    return lines
 
 
 def report_heatmap_png(report: CompatibilityReport, dpi: int = 100) -> bytes:

@@ -47,6 +47,11 @@ class ThresholdSettings(BaseModel):
     new_new_tolerance: float = Field(0.01, ge=0, description="new/new may sit at most this far below old/old")
     cross_margin: float = Field(0.0, description="new->old must beat old/old by more than this")
     min_update_gain: float | None = Field(None, description="gate on update gain; None = report it only")
+    served_margin: float = Field(
+        0.0,
+        description="as served (candidate queries vs the validation gallery composed like the live "
+        "one), the candidate must reach the champion's served metric plus this",
+    )
 
 
 class DataSettings(BaseModel):
@@ -62,7 +67,20 @@ class DataSettings(BaseModel):
     bootstrap_classes: list[int] | None = Field(
         default_factory=lambda: [0, 1, 2, 3, 4], description="classes the first model is trained on"
     )
-    validation_split: Literal["train", "val", "test"] = "val"
+    classes: list[int] | None = Field(
+        None,
+        description="the classes the dataset currently holds (None = all its labels); a "
+        "class-incremental chain grows this list per refresh, which changes the dataset version",
+    )
+    validation_split: Literal["train", "val", "test"] = Field(
+        "val", description="split the decision (and the bootstrap self-test) estimates quality on"
+    )
+    gate_split: Literal["train", "val", "test"] = Field(
+        "test",
+        description="split the compatibility gate judges on. Must be one that model selection never "
+        "saw: selection (including any search over compatibility knobs) uses 'val', so the gate "
+        "uses 'test', which no training or selection reads",
+    )
     gallery_split: Literal["train", "val", "test"] = "test"
 
 

@@ -10,6 +10,7 @@ from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
 from tasks.gallery import decide_backfill, execute_decision
+from tasks.live import check_noop, live_composition, plan_targets, record_noop
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import train_challenger
@@ -24,6 +25,11 @@ class NoChampionError(RuntimeError):
 def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None = None) -> dict[str, Any]:
     """Train a compatible challenger, validate it, retrain codebooks, decide and stage the backfill.
 
+    Nothing is trained when the data, the settings and the champion are unchanged since the
+    champion (or another challenger against it) was trained: the run returns ``noop`` and why,
+    and records it in MLflow. Otherwise the live gallery's composition chooses the compatibility
+    targets and the as-served validation gallery.
+
     With ``auto_promote`` (default: the ``auto_promote`` setting) a blessed challenger goes live
     at once; otherwise it waits for the ``promote`` flow.
     """
@@ -33,15 +39,24 @@ def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None =
     if champion is None:
         raise NoChampionError(f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first")
 
-    challenger = train_challenger(settings, champion)
-    report = validate_compatibility(settings, champion, challenger)
+    reason = check_noop(settings, champion)
+    if reason is not None:
+        record_noop(settings, champion, reason)
+        return {"champion": champion, "noop": True, "reason": reason, "promoted": False}
+
+    composition = live_composition(settings)
+    targets = plan_targets(settings, champion, composition)
+    challenger = train_challenger(settings, champion, targets)
+    report = validate_compatibility(settings, champion, challenger, composition, targets)
     train_codebooks(settings, challenger)
-    decision = decide_backfill(settings, champion, challenger, report)
+    decision = decide_backfill(settings, champion, challenger, report, composition)
     gallery_version = execute_decision(settings, challenger, decision)
 
     summary: dict[str, Any] = {
         "champion": champion,
+        "noop": False,
         "challenger": challenger,
+        "targets": targets,
         "blessed": report["blessed"],
         "decision": decision["mode"],
         "gallery_version": gallery_version,

@@ -8,10 +8,13 @@ by its ids or run on another worker.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
+from components.classes import check_classes
 from components.data import ImageDataset, load_dataset
 from components.gallery import GalleryStore
 from components.registry import ModelRegistry
@@ -37,7 +40,13 @@ def gallery_store(settings: HotswapSettings) -> GalleryStore:
 
 
 def dataset(settings: HotswapSettings) -> ImageDataset:
-    """The configured dataset (decoded once per process)."""
-    return load_dataset(
+    """The configured dataset as it is now (decoded once per process per manifest version),
+    restricted to ``data.classes`` when set (the dataset version then names that subset)."""
+    data = load_dataset(
         settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
     )
+    classes = check_classes("data.classes", settings.data.classes, np.unique(data.labels))
+    if classes is None:
+        return data
+    restricted = data.with_classes(classes)
+    return replace(restricted, name=data.name)

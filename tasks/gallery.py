@@ -20,6 +20,7 @@ from components.backfill import DatasetItemSource, ShardResult, build_gallery_ve
 from components.decision import DecisionConfig, DecisionRecord, decide, save_decision
 from components.decision import load_decision as read_decision
 from components.index import build_flat_index, index_from_bytes, index_to_bytes, search
+from components.live import LiveComposition, read_composition
 from components.quantization import DPQCodebooks
 from components.registry import TAG_BACKFILL
 from components.settings import HotswapSettings
@@ -104,9 +105,17 @@ def store_decision(settings: HotswapSettings, version: str, record: DecisionReco
 
 @task(name="decide-backfill", task_run_name="decide the backfill for v{new_version}", cache_policy=NONE)
 def decide_backfill(
-    settings: HotswapSettings, old_version: str, new_version: str, report: dict[str, Any]
+    settings: HotswapSettings,
+    old_version: str,
+    new_version: str,
+    report: dict[str, Any],
+    composition: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Estimate every option's quality (validation data) and cost, pick one, record why."""
+    """Estimate every option's quality (validation data) and cost, pick one, record why.
+
+    The validation gallery is composed like the live one (its provenance) and every option is
+    judged against the live system as served; none beats it ⇒ reject.
+    """
     reg = registry(settings)
     galleries = gallery_store(settings)
     live = galleries.read_current(settings.gallery_name)
@@ -115,6 +124,12 @@ def decide_backfill(
     manifest = galleries.load_manifest(settings.gallery_name, live)
     old_codebook_version = manifest.codebook_version or old_version
     data = dataset(settings)
+    live_mix = (
+        LiveComposition.model_validate(composition)
+        if composition is not None
+        else read_composition(galleries, settings.gallery_name, live)
+    )
+    others = {v: reg.load_model(v) for v in live_mix.counts if v not in (str(old_version), str(new_version))}
     record = decide(
         old_model=reg.load_model(old_version),
         new_model=reg.load_model(new_version),
@@ -130,6 +145,8 @@ def decide_backfill(
         old_codebook_version=old_codebook_version,
         new_codebook_version=new_version,
         source_gallery_version=live,
+        composition=live_mix,
+        gallery_models=others,
     )
     store_decision(settings, new_version, record)
     publish_table(

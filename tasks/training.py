@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from prefect import get_run_logger, task
 
 from components.backbones import BackboneSpec, build_model
-from components.compatibility import train_compatible
-from components.data import ImageDataset
+from components.classes import (
+    TAG_CLASSES,
+    check_classes,
+    class_map_of,
+    cross_map,
+    load_class_map,
+    save_class_map,
+    to_head_labels,
+)
+from components.compatibility import CompatTarget, train_compatible
+from components.fingerprint import (
+    JOB_BOOTSTRAP,
+    JOB_REFRESH,
+    TAG_JOB,
+    TAG_SETTINGS_HASH,
+    TAG_TRAINED_AGAINST,
+    settings_hash,
+)
+from components.live import TargetWeight
 from components.registry import CHALLENGER
 from components.settings import HotswapSettings
 from components.training import TrainConfig, train_model
@@ -26,66 +46,109 @@ def _train_config(settings: HotswapSettings) -> TrainConfig:
     )
 
 
-def _bootstrap_train_split(settings: HotswapSettings, data: ImageDataset) -> ImageDataset:
-    train = data.split("train")
-    classes = settings.data.bootstrap_classes
-    return train if classes is None else train.with_classes(classes)
+def _training_tags(settings: HotswapSettings, job: str) -> dict[str, str]:
+    return {TAG_SETTINGS_HASH: settings_hash(settings), TAG_JOB: job}
 
 
 @task(name="train-first-model", task_run_name="train the first model")
 def train_first_model(settings: HotswapSettings) -> str:
-    """Train the first model (plain supervised) on the bootstrap classes; returns its registry version."""
+    """Train the first model (plain supervised) on the bootstrap classes; returns its registry version.
+
+    The bootstrap classes may be any subset of the data's labels: the head has one row per class
+    (0..K−1) and the class map (head row → dataset label) is recorded with the version.
+    """
     data = dataset(settings)
-    train = _bootstrap_train_split(settings, data)
-    num_classes = len(settings.data.bootstrap_classes or range(data.num_classes))
+    classes = check_classes("data.bootstrap_classes", settings.data.bootstrap_classes, np.unique(data.labels))
+    train = data.split("train")
+    if classes is not None:
+        train = train.with_classes(classes)
+    class_map = classes if classes is not None else class_map_of(train)
     spec = BackboneSpec(
         arch=settings.training.old_arch,
         embedding_dim=settings.training.embedding_dim,
-        num_classes=num_classes,
+        num_classes=len(class_map),
         image_size=settings.data.image_size,
     )
     model = build_model(spec, seed=settings.seed)
-    history = train_model(model, train, _train_config(settings), progress=False)
+    history = train_model(model, to_head_labels(train, class_map), _train_config(settings), progress=False)
     reg = registry(settings)
+    tags = _training_tags(settings, JOB_BOOTSTRAP)
     params = {
         "method": "supervised",
         "training": settings.training.model_dump(),
         "data.source": settings.data.source,
-        "data.classes": settings.data.bootstrap_classes,
+        "data.classes": class_map,
         "seed": settings.seed,
+        "settings_hash": tags[TAG_SETTINGS_HASH],
     }
     run_id = reg.log_training_run(
-        model, params=params, history=history, dataset_version=data.version, run_name="bootstrap"
+        model, params=params, history=history, dataset_version=data.version, run_name="bootstrap", tags=tags
     )
-    version = reg.register(run_id, tags={"hotswap.role": "bootstrap"})
+    save_class_map(reg, run_id, class_map)
+    version = reg.register(run_id, tags={"hotswap.role": "bootstrap", TAG_CLASSES: len(class_map), **tags})
     get_run_logger().info(
-        "registered first model as version %s (%.1f s of training)", version, history.seconds
+        "registered first model as version %s on classes %s (%.1f s of training)",
+        version,
+        class_map,
+        history.seconds,
     )
     return version
 
 
 @task(name="train-challenger", task_run_name="train a compatible challenger against v{old_version}")
-def train_challenger(settings: HotswapSettings, old_version: str) -> str:
-    """Dual-Tuning (or the configured method) against the frozen champion; alias ``challenger``."""
+def train_challenger(
+    settings: HotswapSettings, old_version: str, targets: list[dict[str, Any]] | None = None
+) -> str:
+    """Dual-Tuning (or the configured method) against the frozen targets; alias ``challenger``.
+
+    ``targets`` are TargetWeight dicts (components/live.py: the champion and the model versions
+    holding a real share of the live gallery, with loss weights); None = the champion alone.
+    Each target's recorded class map gives the new → old head rows of its structural terms.
+    """
     reg = registry(settings)
-    old_model = reg.load_model(old_version)
+    plan = (
+        [TargetWeight.model_validate(t) for t in targets]
+        if targets
+        else [TargetWeight(version=str(old_version), share=1.0, weight=1.0, champion=True)]
+    )
     data = dataset(settings)
+    train = data.split("train")
+    class_map = class_map_of(train)
+    compat_targets = []
+    for target in plan:
+        model = reg.load_model(target.version)
+        old_map = load_class_map(reg, target.version, model.spec.num_classes)
+        compat_targets.append(
+            CompatTarget(model, target.weight, cross_map(class_map, old_map), name=f"v{target.version}")
+        )
     spec = BackboneSpec(
         arch=settings.training.new_arch,
-        embedding_dim=old_model.embedding_dim,
-        num_classes=data.num_classes,
+        embedding_dim=compat_targets[0].model.embedding_dim,
+        num_classes=len(class_map),
         image_size=settings.data.image_size,
     )
     model, history = train_compatible(
-        old_model, spec, data.split("train"), settings.compat, _train_config(settings), progress=False
+        compat_targets,
+        spec,
+        to_head_labels(train, class_map),
+        settings.compat,
+        _train_config(settings),
+        progress=False,
     )
+    tags = {**_training_tags(settings, JOB_REFRESH), TAG_TRAINED_AGAINST: old_version}
+    target_record = [
+        {"version": t.version, "weight": round(t.weight, 6), "share": round(t.share, 6)} for t in plan
+    ]
     params = {
         "method": settings.compat.method,
         "compat": settings.compat.model_dump(),
         "training": settings.training.model_dump(),
         "data.source": settings.data.source,
+        "data.classes": class_map,
         "old_version": old_version,
+        "targets": target_record,
         "seed": settings.seed,
+        "settings_hash": tags[TAG_SETTINGS_HASH],
     }
     run_id = reg.log_training_run(
         model,
@@ -93,11 +156,24 @@ def train_challenger(settings: HotswapSettings, old_version: str) -> str:
         history=history,
         dataset_version=data.version,
         run_name=f"challenger-vs-v{old_version}",
-        tags={"hotswap.old_version": old_version},
+        tags=tags,
     )
-    version = reg.register(run_id, tags={"hotswap.role": "challenger", "hotswap.old_version": old_version})
+    save_class_map(reg, run_id, class_map)
+    version = reg.register(
+        run_id,
+        tags={
+            "hotswap.role": "challenger",
+            TAG_CLASSES: len(class_map),
+            "hotswap.targets": target_record,
+            **tags,
+        },
+    )
     reg.set_alias(CHALLENGER, version)
     get_run_logger().info(
-        "registered challenger v%s (%s, %.1f s of training)", version, settings.compat.method, history.seconds
+        "registered challenger v%s (%s against %s, %.1f s of training)",
+        version,
+        settings.compat.method,
+        ", ".join(f"v{t.version} w={t.weight:.2f}" for t in plan),
+        history.seconds,
     )
     return version

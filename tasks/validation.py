@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -10,15 +11,19 @@ from prefect.cache_policies import NONE
 
 from components.audit import audit_models
 from components.cross_eval import compatibility_matrix
+from components.live import LiveComposition, TargetWeight
 from components.report import CompatibilityReport, CompatThresholds, build_report
+from components.served import ServedQuality, served_evaluation
 from components.settings import HotswapSettings
 from tasks.context import dataset, registry
+from tasks.quantization import load_codebooks
 from tasks.reporting import publish_markdown, publish_report, publish_table
 
 
 def _report_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Cache on ids only: the registry, both versions, the data and the gate's thresholds."""
     settings: HotswapSettings = parameters["settings"]
+    composition = parameters.get("composition") or {}
     parts = (
         settings.resolved_tracking_uri,
         settings.model_name,
@@ -26,6 +31,8 @@ def _report_cache_key(context: Any, parameters: dict[str, Any]) -> str:
         str(parameters["new_version"]),
         settings.data.model_dump_json(),
         settings.thresholds.model_dump_json(),
+        str(composition.get("gallery_version")),
+        json.dumps(composition.get("counts"), sort_keys=True),
     )
     return "compat-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
@@ -37,6 +44,7 @@ def _record_report(
     new_version: str,
     data_version: str,
     rubber_stamp: bool = False,
+    served: ServedQuality | None = None,
 ) -> CompatibilityReport:
     """Apply the gate to a matrix, log the report to MLflow and publish it as Prefect artifacts."""
     report = build_report(
@@ -47,6 +55,7 @@ def _record_report(
         thresholds=CompatThresholds.from_settings(settings.thresholds),
         rubber_stamp=rubber_stamp,
         model_name=settings.model_name,
+        served=served,
     )
     registry(settings).log_report(report)
     publish_report(report, settings.model_name)
@@ -59,13 +68,43 @@ def _record_report(
     cache_key_fn=_report_cache_key,
     result_serializer="json",
 )
-def validate_compatibility(settings: HotswapSettings, old_version: str, new_version: str) -> dict[str, Any]:
-    """Cross-test the challenger against the champion on held-out data; log and return the report."""
+def validate_compatibility(
+    settings: HotswapSettings,
+    old_version: str,
+    new_version: str,
+    composition: dict[str, Any] | None = None,
+    targets: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Judge the challenger on the gate split; log and return the report.
+
+    With the live gallery's ``composition`` (what a refresh passes) the gate is as served: the
+    challenger's and the champion's queries against the gate split composed like the live gallery
+    and encoded with the live codebooks (components/served.py); the pairwise matrix stays in the
+    report for audit. Without it, the pairwise cross-test gates (the single-old-model rule).
+    """
     reg = registry(settings)
     data = dataset(settings)
-    held_out = data.split(settings.data.validation_split)
-    matrix = compatibility_matrix(reg.load_model(old_version), reg.load_model(new_version), held_out)
-    report = _record_report(settings, matrix, old_version, new_version, data.version)
+    held_out = data.split(settings.data.gate_split)
+    champion, candidate = reg.load_model(old_version), reg.load_model(new_version)
+    matrix = compatibility_matrix(champion, candidate, held_out, device=settings.torch_device)
+    served = None
+    if composition is not None:
+        live = LiveComposition.model_validate(composition)
+        others = {v: reg.load_model(v) for v in live.counts if v not in (str(old_version), str(new_version))}
+        served = served_evaluation(
+            candidate=candidate,
+            champion=champion,
+            gallery_models=others,
+            data=held_out,
+            composition=live,
+            codebooks=load_codebooks(settings, live.codebook_version) if live.codebook_version else None,
+            candidate_version=new_version,
+            champion_version=old_version,
+            seed=settings.seed,
+            targets=[TargetWeight.model_validate(t) for t in targets or []],
+            device=settings.torch_device,
+        )
+    report = _record_report(settings, matrix, old_version, new_version, data.version, served=served)
     logger = get_run_logger()
     logger.info(
         "v%s %s: %s", new_version, "blessed" if report.blessed else "NOT blessed", "; ".join(report.reasons)
