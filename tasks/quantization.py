@@ -7,6 +7,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from components.classes import load_class_map, to_head_labels
 from components.metrics import retrieval_metrics
 from components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
 from components.settings import HotswapSettings
@@ -24,17 +25,15 @@ def train_codebooks(settings: HotswapSettings, version: str) -> dict[str, Any]:
     info = reg.resolve(version)
     model = reg.load_model(version)
     data = dataset(settings)
-    train = data.split("train")
-    classes = settings.data.bootstrap_classes if info.tags.get("hotswap.role") == "bootstrap" else None
-    if classes is not None:
-        train = train.with_classes(classes)
+    classes = load_class_map(reg, version, model.spec.num_classes)  # the head's classes, recorded
+    train = data.split("train").with_classes(classes)
     features = extract_features(model, train.images, device=settings.torch_device)
     config = settings.dpq.model_copy(update={"seed": settings.seed})
-    codebooks = train_dpq(features, train.labels, classifier=model.head, config=config)
+    codebooks = train_dpq(
+        features, to_head_labels(train, classes).labels, classifier=model.head, config=config
+    )
 
-    held_out = data.split(settings.data.validation_split)
-    if classes is not None:
-        held_out = held_out.with_classes(classes)
+    held_out = data.split(settings.data.validation_split).with_classes(classes)
     held_feats = extract_features(model, held_out.images, device=settings.torch_device)
     by_prefix = {0: retrieval_metrics(held_feats, held_out.labels).as_dict()}  # 0 bits: the float ceiling
     by_prefix.update(prefix_retrieval(codebooks, held_feats, held_out.labels))

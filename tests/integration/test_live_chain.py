@@ -1,0 +1,159 @@
+"""Refreshes over a live, mixed gallery, on the real Prefect engine, SQLite MLflow and real training.
+
+One module-scoped chain, small synthetic data (16×16, 8 classes) so every step trains for real
+in seconds:
+
+1. bootstrap v1 on the non-contiguous classes [1, 3, 5] of a dataset holding classes 0..5;
+2. refresh → v2 (classes 0..5), then a partial backfill of half the gallery with v2 goes live
+   with v2 as champion: the live gallery now mixes v1 and v2 features;
+3. refresh on unchanged inputs → nothing trained (no-op, recorded in MLflow);
+4. the dataset grows to classes 0..7 → v3, trained against v2 *and* v1 and gated as served on
+   the mixed gallery;
+5. a deliberately bad candidate (a learning rate that barely moves the weights) is rejected
+   with no backfill.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.classes import ClassMapError, load_class_map
+from components.registry import ModelRegistry
+from components.settings import HotswapSettings
+from tasks.context import gallery_store
+from tests.fixtures.lifecycle import fast_overrides
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    home = tmp_path_factory.mktemp("chain-home")
+    overrides = fast_overrides(str(home), str(home / "store"), None)
+    overrides.update(
+        model_name="chaintest",
+        data={
+            "source": "synthetic:1200:8",
+            "image_size": 16,
+            "classes": [0, 1, 2, 3, 4, 5],
+            "bootstrap_classes": [1, 3, 5],
+        },
+        training={"epochs": 2, "embedding_dim": 16, "new_arch": "small"},
+    )
+    return overrides
+
+
+def _grown(overrides: dict[str, Any], **training: Any) -> dict[str, Any]:
+    data = {**overrides["data"], "classes": list(range(8))}
+    return {**overrides, "data": data, "training": {**overrides["training"], **training}}
+
+
+@pytest.fixture(scope="module")
+def chain(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from flows.backfill import backfill
+    from flows.bootstrap import bootstrap
+    from flows.refresh import refresh
+    from flows.switch import switch_live
+
+    overrides = _overrides(tmp_path_factory)
+    settings = HotswapSettings(**overrides)
+    steps: dict[str, Any] = {"overrides": overrides, "settings": settings}
+    steps["bootstrap"] = bootstrap(overrides=overrides)
+    steps["refresh2"] = refresh(overrides=overrides, auto_promote=False)
+    mixed = backfill(overrides=overrides, mode="partial", fraction=0.5, version="2")
+    steps["mixed_gallery"] = mixed["gallery_version"]
+    switch_live(settings, "2", mixed["gallery_version"])
+    registry = ModelRegistry.from_settings(settings)
+    steps["versions_before_noop"] = [v.version for v in registry.list_versions()]
+    steps["noop"] = refresh(overrides=overrides, auto_promote=False)
+    steps["versions_after_noop"] = [v.version for v in registry.list_versions()]
+    steps["refresh3"] = refresh(overrides=_grown(overrides), auto_promote=False)
+    galleries = gallery_store(settings)
+    steps["galleries_before_bad"] = galleries.list_versions(settings.gallery_name, include_staged=True)
+    steps["bad"] = refresh(overrides=_grown(overrides, lr=1e-7, epochs=1), auto_promote=False)
+    steps["galleries_after_bad"] = galleries.list_versions(settings.gallery_name, include_staged=True)
+    return steps
+
+
+def test_bootstrap_on_a_non_contiguous_class_subset_records_its_class_map(chain):
+    settings = chain["settings"]
+    registry = ModelRegistry.from_settings(settings)
+    assert chain["bootstrap"]["version"] == "1"
+    v1 = registry.load_model("1")
+    assert v1.spec.num_classes == 3
+    assert load_class_map(registry, "1", 3) == [1, 3, 5]
+    assert load_class_map(registry, "2", 6) == [0, 1, 2, 3, 4, 5]
+    assert load_class_map(registry, "3", 8) == list(range(8))
+
+
+def test_an_unknown_bootstrap_class_is_one_line_before_anything_is_written(tmp_path):
+    from tasks.training import train_first_model
+
+    home = tmp_path / "home"
+    overrides = fast_overrides(str(home), str(home / "store"), None)
+    overrides["data"] = {"source": "synthetic:200:4", "image_size": 16, "bootstrap_classes": [0, 1, 99]}
+    with pytest.raises(ClassMapError) as error:
+        train_first_model.fn(HotswapSettings(**overrides))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("data.bootstrap_classes:") and "99" in message
+    assert not home.exists()  # no MLflow database, no store, nothing half-written
+
+
+def test_refresh_on_unchanged_inputs_trains_nothing_and_says_why(chain):
+    settings, noop = chain["settings"], chain["noop"]
+    assert noop["noop"] is True and noop["champion"] == "2"
+    assert "nothing changed since the champion v2" in noop["reason"]
+    assert chain["versions_after_noop"] == chain["versions_before_noop"]
+    registry = ModelRegistry.from_settings(settings)
+    runs = registry.client.search_runs([registry.experiment_id], "tags.`hotswap.kind` = 'refresh-noop'")
+    assert len(runs) == 1 and runs[0].data.tags["hotswap.noop_reason"] == noop["reason"]
+    # every training run carries the settings hash the check compares
+    assert registry.get_tags("2")["hotswap.settings_hash"] == registry.get_tags("1")["hotswap.settings_hash"]
+
+
+def test_the_gate_uses_the_mixed_live_gallery(chain):
+    settings, third = chain["settings"], chain["refresh3"]
+    registry = ModelRegistry.from_settings(settings)
+    assert third["noop"] is False and third["champion"] == "2" and third["challenger"] == "3"
+    # the live gallery really mixes two model versions ...
+    shares = {t["version"]: t["share"] for t in third["targets"]}
+    assert set(shares) == {"1", "2"} and 0.3 < shares["1"] < 0.7
+    weights = {t["version"]: t["weight"] for t in third["targets"]}
+    assert weights["2"] >= settings.compat.champion_floor_weight
+    assert sum(weights.values()) == pytest.approx(1.0)
+    # ... training regularised towards both (recorded with the run) ...
+    run = registry.client.get_run(registry.resolve("3").run_id)
+    assert '"version": "1"' in run.data.params["targets"] and '"version": "2"' in run.data.params["targets"]
+    # ... and the gate composed its validation gallery like the live one
+    report = registry.load_report("3")
+    served = report.served
+    assert served is not None and served.gallery_version == chain["mixed_gallery"]
+    assert set(served.composed_counts) == {"1", "2"} and min(served.composed_counts.values()) > 10
+    assert served.live != served.champion_only  # a champion-only validation would have seen other numbers
+    gating = [c for c in report.checks if c.gating]
+    assert {c.name for c in gating} == {"as_served", "new_model"}
+    for check in (c for c in gating if c.name == "as_served"):
+        assert check.baseline == served.live[check.metric]
+        assert check.candidate == served.candidate[check.metric]
+    assert all(not c.gating for c in report.checks if c.name == "cross_test")  # audit rows stay
+    assert {"old/old", "new/new", "new/old", "old/new"} <= set(report.matrix)
+    assert report.blessed == all(c.passed for c in gating)
+    decision = registry.load_artifact_bytes("3", "decision/decision.json").decode()
+    assert '"live_quality"' in decision and '"1":' in decision
+
+
+def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(chain):
+    settings, bad = chain["settings"], chain["bad"]
+    registry = ModelRegistry.from_settings(settings)
+    assert bad["noop"] is False and bad["blessed"] is False
+    assert bad["decision"] == "reject" and bad["gallery_version"] is None and bad["promoted"] is False
+    assert chain["galleries_after_bad"] == chain["galleries_before_bad"]
+    assert registry.aliases()["champion"] == "2"
+    from components.decision import load_decision
+
+    record = load_decision(registry, bad["challenger"])
+    assert record.live_quality is not None
+    full = next(o for o in record.options if o.mode == "full")
+    assert full.beats_live is False and full.quality["map"] <= record.live_quality["map"]
+    assert any("refused" in r or "beats" in r for r in record.reasons)
