@@ -31,8 +31,10 @@ refresh does): the "old" gallery is the validation split composed like the live 
 item embedded by a model version drawn with the live shares, components/served.py), and the
 *live baseline* is the champion's queries against it, as served. An option *beats live* when its
 metric exceeds that baseline by more than ``min_gain_over_live``. No option beats live ⇒
-``reject`` (no backfill, no promotion). Not blessed but a full backfill beats live ⇒ ``full``
-(better but incompatible). ``policy='full'|'skip'`` forces an option (benchmark baselines); the
+``reject`` (no backfill, no promotion). Not blessed but better — its new/new passed the gate's
+``new_model`` check (not below the champion's) and a full backfill beats live — ⇒ ``full``
+(better but incompatible); a model whose new/new falls below the champion's is rejected.
+``policy='full'|'skip'`` forces an option (benchmark baselines); the
 numbers are recorded all the same.
 """
 
@@ -184,6 +186,9 @@ class DecisionRecord(BaseModel):
     )
     float_live_quality: dict[str, float] | None = Field(None, description="the same with float features")
     live_shares: dict[str, float] | None = Field(None, description="π_v of the live gallery decided on")
+    better_than_champion: bool | None = Field(
+        None, description="the gate's new_model checks passed (new/new not below the champion's)"
+    )
     old_model_version: str | None = None
     new_model_version: str | None = None
     old_codebook_version: str | None = None
@@ -443,7 +448,7 @@ def _forced(options: Sequence[BackfillOption], config: DecisionConfig) -> tuple[
 
 
 def _against_live(
-    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig, live: float
+    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig, live: float, better: bool | None
 ) -> tuple[Choice, float | None, list[str]]:
     """The rules when the live system's served quality is known (see the module doc)."""
     metric = config.metric
@@ -457,6 +462,12 @@ def _against_live(
         ]  # fmt: skip
     full = next(o for o in options if o.mode == "full")
     if not blessed:
+        if better is False:
+            return "reject", None, [
+                "not blessed, and not better: its new/new falls below the champion's (the gate's new_model "
+                "check failed), so even a full backfill would be a downgrade of the fully backfilled "
+                "system; no backfill, no promotion"
+            ]  # fmt: skip
         if full.beats_live and config.unblessed_action == "full":
             return "full", 1.0, [
                 f"better but incompatible: not blessed, and a full backfill ({metric} "
@@ -486,16 +497,21 @@ def _against_live(
 
 
 def choose(
-    options: Sequence[BackfillOption], blessed: bool, config: DecisionConfig, live: float | None = None
+    options: Sequence[BackfillOption],
+    blessed: bool,
+    config: DecisionConfig,
+    live: float | None = None,
+    better: bool | None = None,
 ) -> tuple[Choice, float | None, list[str]]:
     """The policy: cheapest eligible option meeting the target; unblessed ⇒ full or reject.
 
-    With the ``live`` system's served metric, only options beating it count (module doc).
+    With the ``live`` system's served metric, only options beating it count, and an unblessed
+    model gets a full backfill only when it is ``better`` (new/new not below the champion's).
     """
     if config.policy != "auto":
         return _forced(options, config)
     if live is not None:
-        return _against_live(options, blessed, config, live)
+        return _against_live(options, blessed, config, live, better)
     if not blessed:
         if config.unblessed_action == "reject":
             return "reject", None, [
@@ -541,6 +557,7 @@ def decide_from_features(
     live_query_features: np.ndarray | None = None,
     gallery_models: np.ndarray | None = None,
     live_shares: dict[str, float] | None = None,
+    better: bool | None = None,
 ) -> DecisionRecord:
     """The decision from precomputed validation features and a cost model (pure; no models).
 
@@ -564,7 +581,7 @@ def decide_from_features(
     options, reference = build_options(quality, cost, gallery_items, blessed, config)
     live = quality.live if config.quantized else quality.float_live
     chosen, fraction, reasons = choose(
-        options, blessed, config, None if live is None else live[config.metric]
+        options, blessed, config, None if live is None else live[config.metric], better
     )
     return DecisionRecord(
         mode=chosen,
@@ -580,6 +597,7 @@ def decide_from_features(
         live_quality=quality.live,
         float_live_quality=quality.float_live,
         live_shares=live_shares,
+        better_than_champion=better,
         **(versions or {}),
     )
 
@@ -602,6 +620,7 @@ def decide(
     source_gallery_version: str | None = None,
     composition: LiveComposition | None = None,
     gallery_models: dict[str, EmbeddingModel] | None = None,
+    better: bool | None = None,
 ) -> DecisionRecord:
     """Embed the validation split with both models, measure costs, and decide (see module doc).
 
@@ -609,7 +628,7 @@ def decide(
     ``gallery_items`` is the size of the live gallery the costs scale to. With the live gallery's
     ``composition`` (and a loaded model for each of its versions other than the champion in
     ``gallery_models``) the old gallery is composed like the live one and options are judged
-    against the live system.
+    against the live system. ``better`` is whether the gate's new_model checks passed.
     """
     config = config or DecisionConfig()
     require_same_dim(old_model, new_model)
@@ -665,6 +684,7 @@ def decide(
         live_query_features=champion_feats,
         gallery_models=assignment,
         live_shares=None if composition is None else composition.shares,
+        better=better,
     )
 
 

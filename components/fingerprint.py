@@ -28,7 +28,16 @@ JOB_REFRESH = "refresh"
 
 # Where things live and how fast they run: none of it changes what a refresh would produce.
 EXCLUDED_FIELDS = frozenset(
-    {"home", "tracking_uri", "store_uri", "s3_endpoint_url", "device", "torch_threads", "auto_promote", "backfill"}
+    {
+        "home",
+        "tracking_uri",
+        "store_uri",
+        "s3_endpoint_url",
+        "device",
+        "torch_threads",
+        "auto_promote",
+        "backfill",
+    }
 )
 
 

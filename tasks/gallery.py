@@ -147,6 +147,7 @@ def decide_backfill(
         source_gallery_version=live,
         composition=live_mix,
         gallery_models=others,
+        better=all(c["passed"] for c in report.get("checks", []) if c["name"] == "new_model"),
     )
     store_decision(settings, new_version, record)
     publish_table(

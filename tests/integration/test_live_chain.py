@@ -153,7 +153,7 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     from components.decision import load_decision
 
     record = load_decision(registry, bad["challenger"])
-    assert record.live_quality is not None
-    full = next(o for o in record.options if o.mode == "full")
-    assert full.beats_live is False and full.quality["map"] <= record.live_quality["map"]
-    assert any("refused" in r or "beats" in r for r in record.reasons)
+    assert record.live_quality is not None and record.better_than_champion is False
+    report = registry.load_report(bad["challenger"])
+    assert any(c.name == "new_model" and not c.passed for c in report.checks)
+    assert "not better" in record.reasons[0] and "no backfill" in record.reasons[0]

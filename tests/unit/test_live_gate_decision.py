@@ -38,7 +38,7 @@ def feats() -> dict[str, np.ndarray]:
     }
 
 
-def _decide(feats, new: str, blessed: bool, **config) -> DecisionRecord:
+def _decide(feats, new: str, blessed: bool, better: bool | None = None, **config) -> DecisionRecord:
     return decide_from_features(
         feats["live"],
         feats[new],
@@ -51,6 +51,7 @@ def _decide(feats, new: str, blessed: bool, **config) -> DecisionRecord:
         live_query_features=feats["live"],
         gallery_models=np.where(np.arange(len(feats["labels"])) % 3 == 0, "1", "2"),
         live_shares={"1": 1 / 3, "2": 2 / 3},
+        better=better,
     )
 
 
@@ -64,7 +65,11 @@ def test_no_option_beats_live_means_reject_with_no_backfill(feats):
 def test_better_but_incompatible_gets_full_and_a_compatible_better_model_skips(feats):
     incompatible = _decide(feats, "foreign", blessed=False)
     assert incompatible.mode == "full" and "better but incompatible" in incompatible.reasons[0]
-    compatible = _decide(feats, "better", blessed=True, quality_target=0.5)
+    # ... unless its new/new is below the champion's (the gate's new_model check failed)
+    worse_new_new = _decide(feats, "foreign", blessed=False, better=False)
+    assert worse_new_new.mode == "reject" and "not better" in worse_new_new.reasons[0]
+    assert worse_new_new.better_than_champion is False
+    compatible = _decide(feats, "better", blessed=True, better=True, quality_target=0.5)
     assert compatible.mode == "skip"
     assert compatible.chosen_option.beats_live is True
 

@@ -167,3 +167,24 @@ def test_noop_when_the_champion_or_a_challenger_against_it_was_trained_on_the_sa
     rejected = _info("2", **same, **{"hotswap.old_version": "1", "backfill.decision": "reject"})
     reason = noop_reason(first, [first, rejected], "d1", "h1")
     assert "v2 was already trained against the champion v1" in reason and "reject" in reason
+
+
+def test_a_growing_image_folder_is_read_again_with_a_new_dataset_version(tmp_path):
+    from PIL import Image
+
+    from components.data import load_dataset
+
+    rng = np.random.default_rng(0)
+
+    def write(name: str, count: int) -> None:
+        (tmp_path / name).mkdir(exist_ok=True)
+        for i in range(count):
+            Image.fromarray((rng.random((12, 12)) * 255).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+
+    write("a", 3)
+    write("b", 3)
+    first = load_dataset(str(tmp_path), image_size=12)
+    assert load_dataset(str(tmp_path), image_size=12) is first  # unchanged: decoded once
+    write("c", 3)  # a new class arrives
+    grown = load_dataset(str(tmp_path), image_size=12)
+    assert len(grown) == 9 and grown.num_classes == 3 and grown.version != first.version
