@@ -13,7 +13,7 @@ rows) and the structural compatibility terms (old head on new features) do.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -122,9 +122,3 @@ def load_class_map(registry: Any, version: str, num_classes: int) -> list[int]:
             f"class map of v{version} has {len(labels)} classes but its model's head has {num_classes}"
         )
     return labels
-
-
-def map_summary(class_map: Mapping[int, int] | Sequence[int]) -> str:
-    """A short text for logs: ``[1, 3, 5]`` or ``0..9``."""
-    labels = list(class_map.values()) if isinstance(class_map, Mapping) else list(class_map)
-    return _describe(sorted(int(c) for c in labels)).removeprefix("labels ")

@@ -39,17 +39,6 @@ class LiveComposition(BaseModel):
         total = max(self.items, 1)
         return {version: count / total for version, count in sorted(self.counts.items())}
 
-    @classmethod
-    def single(
-        cls, model_version: str, items: int, gallery_version: str = "", codebook_version: str | None = None
-    ):
-        """A gallery wholly embedded by one model (e.g. the champion-only view)."""
-        return cls(
-            gallery_version=gallery_version,
-            codebook_version=codebook_version,
-            counts={str(model_version): int(items)},
-        )
-
 
 def read_composition(galleries: GalleryStore, gallery: str, version: str) -> LiveComposition:
     """The composition of a stored gallery version, from its checksummed provenance."""
