@@ -9,7 +9,8 @@ refresh is a no-op when
 - the champion itself was trained by a refresh on this dataset version with this settings hash
   (DESIGN.md §11), or
 - another version was already trained against this champion on this dataset version with this
-  settings hash (it would be trained again, identically, and judged the same way).
+  settings hash and decided on (it would be trained again, identically, and judged the same way;
+  a refresh that failed before its decision does not count).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TAG_SETTINGS_HASH = "hotswap.settings_hash"
 TAG_DATA_VERSION = "data.version"  # as components/registry.py tags every version
 TAG_JOB = "hotswap.job"
 TAG_TRAINED_AGAINST = "hotswap.old_version"
+TAG_DECISION = "backfill.decision"
 JOB_BOOTSTRAP = "bootstrap"
 JOB_REFRESH = "refresh"
 
@@ -80,8 +82,9 @@ def noop_reason(
             and t.get(TAG_JOB) == JOB_REFRESH
             and t.get(TAG_DATA_VERSION) == dataset_version
             and t.get(TAG_SETTINGS_HASH) == settings_digest
+            and TAG_DECISION in t  # a run that died before deciding does not count: train again
         ):
-            outcome = t.get("backfill.decision", "undecided")
+            outcome = t[TAG_DECISION]
             return (
                 f"v{info.version} was already trained against the champion v{champion.version} on dataset "
                 f"version {dataset_version} with settings hash {settings_digest} (decision: {outcome}); "

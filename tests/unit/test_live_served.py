@@ -167,6 +167,8 @@ def test_noop_when_the_champion_or_a_challenger_against_it_was_trained_on_the_sa
     rejected = _info("2", **same, **{"hotswap.old_version": "1", "backfill.decision": "reject"})
     reason = noop_reason(first, [first, rejected], "d1", "h1")
     assert "v2 was already trained against the champion v1" in reason and "reject" in reason
+    crashed = _info("2", **same, **{"hotswap.old_version": "1"})  # registered, never decided
+    assert noop_reason(first, [first, crashed], "d1", "h1") is None
 
 
 def test_a_growing_image_folder_is_read_again_with_a_new_dataset_version(tmp_path):
