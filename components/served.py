@@ -156,10 +156,13 @@ def served_evaluation(
     calibration: ScoreCalibration | None = None,
     batch_size: int = 512,
     device: str = "cpu",
+    features: Mapping[str, np.ndarray] | None = None,
 ) -> ServedQuality:
     """Candidate and champion served against ``data`` composed in the live shares (see module doc).
 
-    ``gallery_models`` holds a loaded model for every version of the composition.
+    ``gallery_models`` holds a loaded model for every version of the composition. ``features``
+    may hold already extracted features of ``data`` per model version (e.g. the champion's and
+    the candidate's from the pairwise matrix), which are then not extracted again.
     """
     if len(data) < 2:
         raise ServedError(f"{data.name}: the as-served evaluation needs at least two items")
@@ -169,8 +172,13 @@ def served_evaluation(
         images = data.images if rows is None else data.images[rows]
         return extract_features(model, images, batch_size=batch_size, device=device)
 
-    champion_feats = embed(champion)
-    candidate_feats = embed(candidate)
+    given = dict(features or {})
+    champion_feats = given.get(str(champion_version))
+    champion_feats = embed(champion) if champion_feats is None else champion_feats
+    candidate_feats = given.get(str(candidate_version))
+    candidate_feats = embed(candidate) if candidate_feats is None else candidate_feats
+    if champion_feats.shape[0] != len(data) or candidate_feats.shape[0] != len(data):
+        raise ServedError(f"precomputed features must hold the {len(data)} items of {data.name}")
     per_model: dict[str, np.ndarray] = {}
     for version in sorted(set(assignment.tolist())):
         if version == str(champion_version):

@@ -10,11 +10,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from components.audit import audit_models
-from components.cross_eval import compatibility_matrix
+from components.cross_eval import compatibility_matrix, compatibility_matrix_from_features
 from components.live import LiveComposition, TargetWeight
 from components.report import CompatibilityReport, CompatThresholds, build_report
 from components.served import ServedQuality, served_evaluation
 from components.settings import HotswapSettings
+from components.training import extract_features
 from tasks.context import dataset, registry
 from tasks.quantization import load_codebooks
 from tasks.reporting import publish_markdown, publish_report, publish_table
@@ -86,7 +87,11 @@ def validate_compatibility(
     data = dataset(settings)
     held_out = data.split(settings.data.gate_split)
     champion, candidate = reg.load_model(old_version), reg.load_model(new_version)
-    matrix = compatibility_matrix(champion, candidate, held_out, device=settings.torch_device)
+    feats = {
+        role: extract_features(model, held_out.images, device=settings.torch_device)
+        for role, model in (("old", champion), ("new", candidate))
+    }
+    matrix = compatibility_matrix_from_features(feats, held_out.labels)
     served = None
     if composition is not None:
         live = LiveComposition.model_validate(composition)
@@ -103,6 +108,7 @@ def validate_compatibility(
             seed=settings.seed,
             targets=[TargetWeight.model_validate(t) for t in targets or []],
             device=settings.torch_device,
+            features={str(old_version): feats["old"], str(new_version): feats["new"]},
         )
     report = _record_report(settings, matrix, old_version, new_version, data.version, served=served)
     logger = get_run_logger()

@@ -108,6 +108,18 @@ def test_served_evaluation_composes_the_gallery_like_the_live_one():
     )
     assert set(mixed.composed_counts) == {"1", "2"} and mixed.live != mixed.champion_only
     assert mixed.champion_only == alone.champion_only and mixed.live_shares == {"1": 0.5, "2": 0.5}
+    from components.training import extract_features
+
+    given = {"2": extract_features(champion, data.images), "3": extract_features(candidate, data.images)}
+    reused = served_evaluation(
+        **common,
+        gallery_models={"1": older},
+        composition=_mix(v1=50, v2=50),
+        candidate_version="3",
+        champion_version="2",
+        features=given,
+    )
+    assert reused == mixed  # precomputed features (from the pairwise matrix) give the same numbers
 
 
 # --------------------------------------------------------------------------- class maps
