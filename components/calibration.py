@@ -26,7 +26,9 @@ same thing; bench/calibration.py compares them on validation data (docs/backfill
   ``(s − μ_non) / (μ_match − μ_non)``.
 - ``logistic`` — fit P(match | s) = σ(a·s + b) per segment (class-balanced, a small ridge on a in
   standardised units, Newton's method) and rank by the log-odds ``a·s + b``: the probability
-  ranking principle applied to the pair classifier.
+  ranking principle applied to the pair classifier. A segment whose scores carry no evidence
+  (an incompatible model: matched scores not above non-matched ones) gets the smallest slope and
+  lands at the base rate instead of failing.
 - ``identity`` — no calibration (the contrast).
 
 Calibrated scores are still inner products, of augmented vectors: ``[q, 1] · [scale_v·g, offset_v]``
@@ -47,6 +49,7 @@ CalibrationRule = Literal["identity", "impostor", "two_point", "logistic"]
 CALIBRATION_RULES: tuple[str, ...] = ("identity", "impostor", "two_point", "logistic")
 DEFAULT_RULE: CalibrationRule = "logistic"
 FORMAT_VERSION = 1
+MIN_SLOPE = 1e-3  # in standardised units: what a segment without match evidence gets (see _logistic)
 
 
 class CalibrationError(ValueError):
@@ -321,7 +324,7 @@ def _logistic(matched: np.ndarray, nonmatched: np.ndarray, ridge: float) -> tupl
     z = (s - mu) / sd
     theta = np.zeros(2)  # slope, intercept (standardised units)
     for _ in range(100):
-        logit = theta[0] * z + theta[1]
+        logit = np.clip(theta[0] * z + theta[1], -50.0, 50.0)
         p = 1.0 / (1.0 + np.exp(-logit))
         r = w * (p - y)
         grad = np.array([(r * z).sum() + ridge * theta[0], r.sum()])
@@ -331,12 +334,11 @@ def _logistic(matched: np.ndarray, nonmatched: np.ndarray, ridge: float) -> tupl
         theta -= step
         if np.abs(step).max() < 1e-10:
             break
+    if not theta[0] > MIN_SLOPE:
+        # no evidence that a higher score means a match (an incompatible segment): rank the segment
+        # at the base rate, keeping its own order with the smallest allowed slope
+        theta = np.array([MIN_SLOPE, 0.0])
     slope, intercept = theta[0] / sd, theta[1] - theta[0] * mu / sd
-    if not slope > 0:
-        raise CalibrationError(
-            "logistic calibration found no positive relation between score and match "
-            f"(slope {slope:.3g}): the segment's scores carry no match information"
-        )
     return float(slope), float(intercept)
 
 
@@ -352,11 +354,8 @@ def _absolute_map(
             raise CalibrationError("impostor calibration: non-matched scores have zero spread")
         return 1.0 / sd_n, -mu_n / sd_n
     if rule == "two_point":
-        gap = mu_m - mu_n
-        if not gap > 0:
-            raise CalibrationError(
-                f"two_point calibration: matched mean {mu_m:.4f} is not above non-matched mean {mu_n:.4f}"
-            )
+        # a segment whose matched mean is not above its non-matched mean carries no evidence: floor
+        gap = max(mu_m - mu_n, MIN_SLOPE * float(np.concatenate([matched, nonmatched]).std()) or 1e-12)
         return 1.0 / gap, -mu_n / gap
     if rule == "logistic":
         return _logistic(matched, nonmatched, ridge)
