@@ -1,4 +1,4 @@
-"""Calibrated search over stored galleries: sub-index merge = exact brute force; calibrations stored per query model.
+"""Calibrated search over stored galleries: sub-index merge = exact brute force; per-query-model storage.
 
 Real parts throughout: two (untrained, differently seeded) backbones embed procedural images, real
 DPQ codebooks (k-means initialised) encode them, the backfill engine writes a bootstrap and a
