@@ -44,6 +44,7 @@ import numpy as np
 from pydantic import JsonValue
 
 from components.backbones import EmbeddingModel
+from components.calibration import ScoreCalibration
 from components.data import ImageDataset
 from components.gallery import (
     GalleryError,
@@ -53,6 +54,7 @@ from components.gallery import (
     VersionWriter,
     new_version_id,
 )
+from components.gallery_calibration import write_calibration
 from components.gallery_records import npy_bytes, npy_load, sha256_hex
 from components.ordering import DEFAULT_SCORE, Ordering, UncertaintyScore, backfill_order, backfilled_count
 from components.quantization import DPQCodebooks
@@ -514,6 +516,8 @@ def _finish(
     index_builder: IndexBuilder | None,
     publish: bool,
     expected_current: str | None,
+    calibration: ScoreCalibration | None = None,
+    models: Sequence[str] = (),
 ) -> GalleryManifest:
     manifest = writer.finalize()
     if index_builder is not None:
@@ -523,6 +527,8 @@ def _finish(
                 "index_builder needs codes, but this version stores none (no codebooks given)"
             )
         manifest = writer.finalize(index_bytes=index_builder(arrays.codes, arrays.ids))
+    if calibration is not None:  # before CURRENT can point here: a mixed version goes live calibrated
+        write_calibration(galleries, writer.gallery, writer.version, calibration, models=models)
     if publish:
         writer.publish(expected_current=expected_current)
     return manifest
@@ -570,6 +576,7 @@ def run_backfill(
     index_builder: IndexBuilder | None = None,
     publish: bool = False,
     created_at: datetime | None = None,
+    calibration: ScoreCalibration | None = None,
 ) -> GalleryManifest:
     """Write a new version of ``gallery`` for ``new_model`` from ``source_version``; return its manifest.
 
@@ -582,12 +589,22 @@ def run_backfill(
     switched, expecting CURRENT unchanged since the start) only with ``publish=True``.
     ``workers`` threads run shard jobs (when no ``executor`` is given); ``compute_slots`` caps how
     many of them run the model at once (e.g. workers=2, compute_slots=1 overlaps I/O with compute).
+    ``calibration`` (components/calibration.py, for queries of ``model_version``, covering every
+    model the version will hold) is stored in the version (components/gallery_calibration.py)
+    before it can be published; with ``mode='skip'`` it is added to the source version.
     """
     if mode not in MODES:
         raise BackfillError(f"mode {mode!r} is unknown; expected one of {MODES}")
     galleries = _as_galleries(store)
     source = galleries.load_manifest(gallery, source_version)
+    if calibration is not None and calibration.query_model != model_version:
+        raise BackfillError(
+            f"calibration is for queries of model {calibration.query_model!r}, "
+            f"the backfill for {model_version!r}"
+        )
     if mode == "skip":
+        if calibration is not None:
+            write_calibration(galleries, gallery, source_version, calibration)
         return source
     if new_codebooks is None and mode == "requantize":
         raise BackfillError("mode 'requantize' needs new_codebooks")
@@ -659,7 +676,8 @@ def run_backfill(
         item_source, batch_size, device, writer, compute_slots,
     )  # fmt: skip
     run_shard_jobs(ctx, plan.jobs, executor=executor, workers=workers, on_shard=on_shard)
-    return _finish(writer, galleries, index_builder, publish, expected_current)
+    present = [plan.models[i] for i in np.unique(plan.provenance)]
+    return _finish(writer, galleries, index_builder, publish, expected_current, calibration, present)
 
 
 def build_gallery_version(

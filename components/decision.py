@@ -14,7 +14,8 @@ query is not quantized). So skip = new→old cross-test through the old codebook
 requantized cross-test, partial(f) = the backfill curve at f, full = new/new through the new
 codebooks. Float (unquantized) numbers are recorded beside them. An option's *relative quality* is
 its metric divided by full's, the quality a full backfill would reach, so full always meets the
-target and is the fallback.
+target and is the fallback. A partial option's mixed gallery is ranked by calibrated scores
+(``DecisionConfig.calibration``, fitted on the same validation items), as search serves it.
 
 Cost = items to extract × measured seconds per extracted item + items to encode × measured seconds
 per encoded item (+ an optional per-item overhead for I/O), measured on a sample of validation
@@ -49,6 +50,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from components.backbones import EmbeddingModel, require_same_dim
+from components.calibration import CalibrationConfig, fit_backfill_calibration
 from components.data import ImageDataset
 from components.live import LiveComposition
 from components.metrics import retrieval_metrics
@@ -113,6 +115,10 @@ class DecisionConfig(BaseModel):
     batch_size: int = Field(256, ge=1)
     overhead_seconds_per_item: float = Field(0.0, ge=0, description="I/O per written item, if known")
     seed: int = 0
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig,
+        description="score calibration of mixed galleries (partial options; components/calibration.py)",
+    )
 
     @field_validator("partial_fractions")
     @classmethod
@@ -283,10 +289,24 @@ def estimate_quality(
 
     served_old = _roundtrip(old_codebooks)
     served_new = _roundtrip(new_codebooks)
-    float_curve = backfill_curve(new, labels, old, new, order, fractions=curve_points, name=config.ordering)
+    # partial options rank a mixed gallery by calibrated scores, as it is served (components/calibration.py)
+    float_cal = fit_backfill_calibration(new, labels, old, new, config.calibration)
+    float_curve = backfill_curve(
+        new, labels, old, new, order, fractions=curve_points, name=config.ordering, calibration=float_cal
+    )
     served_curve = (
         backfill_curve(
-            new, labels, old, new, order, fractions=curve_points, transform=served_new, name=config.ordering
+            new,
+            labels,
+            old,
+            new,
+            order,
+            fractions=curve_points,
+            transform=served_new,
+            name=config.ordering,
+            calibration=fit_backfill_calibration(
+                new, labels, served_new(old), served_new(new), config.calibration
+            ),
         )
         if served_new is not None
         else float_curve

@@ -27,6 +27,10 @@ Backfill curve (Jaeckle et al., FastFill, following Apple's ml-fct evaluation): 
 of the n gallery items, for i = 0 … B+1 (B = 20, so 22 points) the first ⌊i·n/(B+1)⌋ items of π
 carry new-model features and the rest old ones; the metric is computed at each point, and the
 AUC is the arithmetic mean of the 22 values (0 % and 100 % included).
+
+A partly backfilled gallery mixes two similarity scales (new-query × old-feature and
+new-query × new-feature scores); ``backfill_curve(calibration=...)`` ranks each point's mixed
+gallery by calibrated scores (components/calibration.py), as search serves it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Literal
 
 import numpy as np
 
+from components.calibration import ScoreCalibration
 from components.metrics import retrieval_metrics
 
 Ordering = Literal["random", "uncertainty"]
@@ -169,6 +174,32 @@ def mixed_gallery(old: np.ndarray, new: np.ndarray, order: np.ndarray, count: in
     return out
 
 
+def mixed_provenance(
+    old_models: str | np.ndarray, new_model: str, n: int, order: np.ndarray, count: int
+) -> np.ndarray:
+    """Provenance of :func:`mixed_gallery`'s rows: ``old_models`` (one id or per row), ``new_model``
+    for the first ``count`` rows of ``order``."""
+    out = np.empty(n, dtype=object)
+    out[:] = np.broadcast_to(np.asarray(old_models, dtype=object), (n,))
+    out[order[:count]] = new_model
+    return out.astype(str)
+
+
+def _curve_segments(
+    calibration: ScoreCalibration, old_models: str | np.ndarray | None, new_model: str | None
+) -> tuple[str | np.ndarray, str]:
+    new_model = calibration.query_model if new_model is None else new_model
+    if old_models is None:
+        others = [m for m in calibration.models if m != new_model]
+        if len(others) != 1:
+            raise ValueError(
+                f"the calibration covers models {list(calibration.models)}: name the old gallery's "
+                "provenance with old_models"
+            )
+        old_models = others[0]
+    return old_models, new_model
+
+
 @dataclass
 class BackfillCurve:
     """A metric per backfill fraction; the AUC of a metric is the mean over the points."""
@@ -214,6 +245,9 @@ def backfill_curve(
     transform: Transform | None = None,
     topk: Sequence[int] = (1, 5),
     name: str = "ordering",
+    calibration: ScoreCalibration | None = None,
+    old_models: str | np.ndarray | None = None,
+    new_model: str | None = None,
 ) -> BackfillCurve:
     """Retrieval quality of new-model queries as the gallery is backfilled in ``order``.
 
@@ -222,6 +256,11 @@ def backfill_curve(
     own item is excluded, whichever model's feature it currently holds). ``transform`` maps
     features to what is searched, e.g. DPQ encode+decode for the quantized serving view; it is
     applied row-wise, so it runs once on each side instead of once per point.
+
+    ``calibration`` (for queries of the new model) ranks each mixed gallery by calibrated scores:
+    rows of ``old_gallery`` come from ``old_models`` (one model id, or one per row; default the
+    calibration's only other model), re-extracted rows from ``new_model`` (default the
+    calibration's query model). Without it raw inner products are ranked.
     """
     q = _features(query_features, "query features")
     old = _features(old_gallery, "old gallery features")
@@ -241,9 +280,17 @@ def backfill_curve(
     if transform is not None:
         old, new = _features(transform(old), "transformed old"), _features(transform(new), "transformed new")
     fracs = backfill_fractions() if fractions is None else np.asarray(fractions, dtype=np.float64)
+    if calibration is not None:
+        old_models, new_model = _curve_segments(calibration, old_models, new_model)
     curve = BackfillCurve(ordering=name, fractions=[float(f) for f in fracs])
     for fraction in fracs:
-        gallery = mixed_gallery(old, new, order, backfilled_count(len(old), float(fraction)))
-        metrics = retrieval_metrics(q, query_labels, gallery, labels_g, topk=topk, exclude_self=leave_one_out)
+        count = backfilled_count(len(old), float(fraction))
+        gallery, queries = mixed_gallery(old, new, order, count), q
+        if calibration is not None:
+            models = mixed_provenance(old_models, new_model, len(old), order, count)
+            queries, gallery = calibration.augment(q, gallery, models)
+        metrics = retrieval_metrics(
+            queries, query_labels, gallery, labels_g, topk=topk, exclude_self=leave_one_out
+        )
         curve.points.append(metrics.as_dict())
     return curve

@@ -4,6 +4,11 @@ This is the serving path in miniature. The query is always embedded by the *cham
 gallery is whatever CURRENT names — possibly features of an older, compatible model, encoded
 with that version's DPQ codebooks. The faiss index stores gallery row numbers as ids, which map
 back to item ids through the version's shards.
+
+A mixed version (after a skip or partial backfill) is searched through
+components/gallery_search.py: one sub-index per provenance model, scores calibrated for the
+champion (the calibration stored in the version for it), merged. A mixed version written before
+calibrations existed has none: it is then served by raw scores, and the result says so.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from components.data import DataError, decode_image, load_dataset
 from components.gallery import GalleryStore
-from components.index import index_from_bytes, search
+from components.gallery_search import GallerySearcher
 from components.registry import CHAMPION, ModelRegistry
 from components.settings import HotswapSettings
 from components.store import open_store
@@ -38,6 +43,7 @@ class SearchHits:
     model_version: str
     gallery_version: str
     results: list[Hit]
+    calibration: str = "single-model"  # single-model | stored | missing (raw scores on a mixed gallery)
 
 
 def _query_image(settings: HotswapSettings, image: Path | None, item_id: str | None) -> np.ndarray:
@@ -68,20 +74,26 @@ def search_live(
         raise NoLiveGalleryError(
             f"gallery {settings.gallery_name!r} has no live version: run `hotswap bootstrap`"
         )
-    index_bytes = galleries.load_index(settings.gallery_name, version)
-    if index_bytes is None:
+    if galleries.load_manifest(settings.gallery_name, version).index is None:
         raise NoLiveGalleryError(f"gallery {settings.gallery_name!r} version {version} has no index")
-    arrays = galleries.load_arrays(settings.gallery_name, version)
+    searcher = GallerySearcher.from_version(
+        galleries, settings.gallery_name, version, info.version, require_calibration=False
+    )
     with torch.no_grad():
         query = model.eval().embed(torch.from_numpy(_query_image(settings, image, item_id))).numpy()
-    found = search(index_from_bytes(index_bytes), query, k=min(k, len(arrays.ids)))
+    scores, ids = searcher.search(query, k=k)
     labels = _labels_by_id(settings)
     results = [
-        Hit(item_id=str(arrays.ids[row]), score=float(score), label=labels.get(str(arrays.ids[row])))
-        for row, score in zip(found.ids[0], found.scores[0], strict=True)
-        if row >= 0
+        Hit(item_id=str(item), score=float(score), label=labels.get(str(item)))
+        for item, score in zip(ids[0], scores[0], strict=True)
+        if item != ""
     ]
-    return SearchHits(model_version=info.version, gallery_version=version, results=results)
+    return SearchHits(
+        model_version=info.version,
+        gallery_version=version,
+        results=results,
+        calibration=searcher.calibration_source,
+    )
 
 
 def _labels_by_id(settings: HotswapSettings) -> dict[str, str]:

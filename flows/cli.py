@@ -84,8 +84,10 @@ def _print_decision(settings: Any, version: str) -> None:
 
 
 def _print_hits(hits: Any) -> None:
+    scores = {"stored": ", calibrated scores", "missing": ", raw scores: mixed gallery without calibration"}
     table = Table(
-        title=f"top-{len(hits.results)} in gallery {hits.gallery_version} (model v{hits.model_version})"
+        title=f"top-{len(hits.results)} in gallery {hits.gallery_version} (model v{hits.model_version}"
+        f"{scores.get(getattr(hits, 'calibration', ''), '')})"
     )
     for column in ("rank", "item id", "label", "score"):
         table.add_column(column, justify="right")

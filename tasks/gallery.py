@@ -19,7 +19,9 @@ from prefect.transactions import Transaction, get_transaction
 from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
 from components.decision import DecisionConfig, DecisionRecord, decide, save_decision
 from components.decision import load_decision as read_decision
-from components.index import build_flat_index, index_from_bytes, index_to_bytes, search
+from components.gallery_calibration import ensure_calibration, fit_for_gallery
+from components.gallery_search import GallerySearcher
+from components.index import build_flat_index, index_from_bytes, index_to_bytes
 from components.live import LiveComposition, read_composition
 from components.quantization import DPQCodebooks
 from components.registry import TAG_BACKFILL
@@ -172,6 +174,35 @@ def decide_backfill(
     return record.model_dump(mode="json")
 
 
+def ensure_served_calibration(settings: HotswapSettings, gallery_version: str, query_version: str) -> str:
+    """Make sure ``query_version`` can search ``gallery_version`` calibrated (fits one if mixed and missing).
+
+    Called for every version a decision stages, skip included: after a skip onto an already-mixed
+    version the query model changes while the gallery does not, so the new model's calibration is
+    added to that version (components/gallery_calibration.py). Returns how it was obtained.
+    """
+    galleries = gallery_store(settings)
+    name = settings.gallery_name
+
+    def fit(models: list[str]):
+        reg = registry(settings)
+        manifest = galleries.load_manifest(name, gallery_version)
+        books = load_codebooks(settings, manifest.codebook_version) if manifest.codebook_version else None
+        return fit_for_gallery(
+            query_version,
+            {v: reg.load_model(v) for v in {*models, query_version}},
+            dataset(settings).split(settings.data.validation_split),
+            books,
+            settings.decision.calibration,
+            batch_size=settings.backfill.batch_size,
+            device=settings.torch_device,
+            fitted_on={"gallery_version": gallery_version, "codebook_version": manifest.codebook_version},
+        )
+
+    _, how = ensure_calibration(galleries, name, gallery_version, query_version, fit)
+    return how
+
+
 def _target_version_id(new_version: str, mode: str, fraction: float | None) -> str:
     """Deterministic, so rerunning an interrupted backfill resumes the same staged version."""
     suffix = f"-{round(1000 * fraction):04d}" if mode == "partial" and fraction is not None else ""
@@ -251,6 +282,7 @@ def execute_decision(settings: HotswapSettings, new_version: str, decision: dict
             record.old_model_version,
             record.gallery_items,
         )
+    ensure_served_calibration(settings, target, new_version)
     store_decision(settings, new_version, record.model_copy(update={"gallery_version": target}))
     return target
 
@@ -281,13 +313,16 @@ def backfill_gallery(
         raise RuntimeError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap`")
     items = galleries.load_manifest(settings.gallery_name, live).num_items
     if not use_dask:
-        return _backfill(settings, new_version, live, mode, fraction, settings.decision, old_version, items)
-    from prefect_dask import get_dask_client
+        target = _backfill(settings, new_version, live, mode, fraction, settings.decision, old_version, items)
+    else:
+        from prefect_dask import get_dask_client
 
-    with get_dask_client() as client:
-        return _backfill(
-            settings, new_version, live, mode, fraction, settings.decision, old_version, items, client
-        )
+        with get_dask_client() as client:
+            target = _backfill(
+                settings, new_version, live, mode, fraction, settings.decision, old_version, items, client
+            )
+    ensure_served_calibration(settings, target, new_version)
+    return target
 
 
 @task(name="load-decision", task_run_name="load the decision of v{version}", retries=2, cache_policy=NONE)
@@ -366,12 +401,19 @@ def check_live_gallery(settings: HotswapSettings, version: str, gallery_version:
     index = index_from_bytes(index_bytes)
     if index.ntotal != manifest.num_items:
         raise RuntimeError(f"live index holds {index.ntotal} items, the manifest {manifest.num_items}")
+    # as served: a mixed live gallery must carry a calibration for the new champion, or this raises
+    searcher = GallerySearcher.from_version(galleries, settings.gallery_name, live, version)
     model = reg.load_model(version)
     data = dataset(settings)
     probe = extract_features(
         model, data.split(settings.data.gallery_split).images[:8], device=settings.torch_device
     )
-    found = search(index, probe, k=min(5, index.ntotal))
-    if (found.ids < 0).any():
+    _, found = searcher.search(probe, k=min(5, index.ntotal))
+    if (found == "").any():
         raise RuntimeError(f"live index {live} returned empty results")
-    return {"champion": champion, "gallery_version": live, "items": int(index.ntotal)}
+    return {
+        "champion": champion,
+        "gallery_version": live,
+        "items": int(index.ntotal),
+        "calibration": searcher.calibration_source,
+    }

@@ -185,3 +185,24 @@ def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, 
     after = feature_models(galleries, settings.gallery_name, "v2-requantize")
     assert (before == after).all()
     assert galleries.read_current(settings.gallery_name) == live_before
+
+
+def test_a_mixed_gallery_goes_live_with_a_calibration_for_its_champion(lifecycle):
+    """A partial version for v2 gets v2's calibration when staged; the switch checks it; search uses it."""
+    from components.gallery_calibration import list_calibrations
+    from components.search import search_live
+    from flows.switch import switch_live
+    from tasks.gallery import _backfill, ensure_served_calibration
+
+    settings = lifecycle["settings"]
+    galleries = gallery_store(settings)
+    first = lifecycle["first"]["gallery_version"]
+    items = galleries.load_manifest(settings.gallery_name, first).num_items
+    target = _backfill(settings, "2", first, "partial", 0.5, settings.decision, "1", items)
+    assert ensure_served_calibration(settings, target, "2") in ("fitted", "stored")
+    assert list_calibrations(galleries, settings.gallery_name, target) == ["2"]
+    assert switch_live(settings, "2", target)["gallery_version"] == target
+    hits = search_live(
+        settings, item_id=str(galleries.load_arrays(settings.gallery_name, target).ids[0]), k=3
+    )
+    assert hits.gallery_version == target and hits.calibration == "stored" and len(hits.results) == 3
