@@ -20,6 +20,7 @@ from components.backfill import DatasetItemSource, ShardResult, build_gallery_ve
 from components.decision import DecisionConfig, DecisionRecord, decide, save_decision
 from components.decision import load_decision as read_decision
 from components.index import build_flat_index, index_from_bytes, index_to_bytes, search
+from components.live_state import TAG_GALLERY_VERSION
 from components.quantization import DPQCodebooks
 from components.registry import TAG_BACKFILL
 from components.settings import HotswapSettings
@@ -27,8 +28,6 @@ from components.training import extract_features
 from tasks.context import dataset, gallery_store, registry
 from tasks.quantization import load_codebooks
 from tasks.reporting import publish_markdown, publish_table
-
-TAG_GALLERY_VERSION = "backfill.gallery_version"
 
 
 def _index_builder(codebooks: DPQCodebooks):

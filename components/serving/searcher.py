@@ -1,0 +1,92 @@
+"""The gallery side of a live pair: a gallery version's faiss index and its item-id map.
+
+This module is the one place the service turns a gallery version into something it can search
+(:func:`open_searcher`). Its :class:`GallerySearcher` scores raw inner products from the
+version's serialized index; calibrating the scores of a mixed gallery (one affine map per
+provenance model, DESIGN.md §11) is the job of the shared gallery searcher, which plugs in here
+with the same interface: ``search(queries [nq, d] float32, k) -> (scores [nq, k], item_ids [nq, k] str)``
+plus ``dim``, ``ntotal`` and ``item_ids``.
+
+Everything read is checked: the index bytes and every ids file against the manifest's sha256,
+the index size against the manifest's item count, and faiss's ids against the id map, so a
+broken version fails here, before it can go live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from components.gallery import GalleryError, GalleryStore, ManifestError
+from components.gallery_records import npy_load, sha256_hex
+from components.index import index_from_bytes, search
+from components.store import ObjectNotFoundError
+
+
+class GalleryLoadError(RuntimeError):
+    """A gallery version cannot be served (missing, corrupt or inconsistent); the message says why."""
+
+
+class GallerySearcher:
+    """Top-k item ids of a gallery version by inner product with float queries."""
+
+    def __init__(self, gallery_version: str, index: object, item_ids: np.ndarray) -> None:
+        self.gallery_version = gallery_version
+        self.index = index
+        self.item_ids = item_ids
+        self.dim = int(index.d)
+        self.ntotal = int(index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float32 [nq, k] descending, item ids [nq, k] str); k is capped at the gallery size."""
+        k = max(1, min(int(k), self.ntotal))
+        found = search(self.index, np.ascontiguousarray(queries, dtype=np.float32), k=k)
+        rows = found.ids
+        if (rows < 0).any() or (rows >= len(self.item_ids)).any():
+            raise GalleryLoadError(
+                f"gallery {self.gallery_version}: the index returned rows outside its id map "
+                f"(0..{len(self.item_ids) - 1})"
+            )
+        return found.scores, self.item_ids[rows]
+
+
+def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> np.ndarray:
+    """Only the ids files of every shard (not the features), each checked against its sha256."""
+    parts = []
+    for shard in manifest.shards:
+        entry = shard.files["ids"]
+        key = galleries.version_key(gallery, version, entry.path)
+        try:
+            data = galleries.store.get_bytes(key)
+        except ObjectNotFoundError:
+            raise GalleryLoadError(
+                f"gallery {gallery!r} version {version!r}: {entry.path} is missing"
+            ) from None
+        if len(data) != entry.size or sha256_hex(data) != entry.sha256:
+            raise GalleryLoadError(
+                f"gallery {gallery!r} version {version!r}: {entry.path} fails its checksum"
+            )
+        parts.append(npy_load(data))
+    return np.concatenate(parts).astype(str)
+
+
+def open_searcher(galleries: GalleryStore, gallery: str, version: str) -> GallerySearcher:
+    """Load a gallery version for serving; :class:`GalleryLoadError` (one line) when it cannot be."""
+    where = f"gallery {gallery!r} version {version!r}"
+    try:
+        manifest = galleries.load_manifest(gallery, version)
+        data = galleries.load_index(gallery, version)
+    except (ManifestError, GalleryError) as exc:
+        raise GalleryLoadError(str(exc)) from exc
+    if data is None:
+        raise GalleryLoadError(f"{where} has no index")
+    try:
+        index = index_from_bytes(data)
+    except ValueError as exc:
+        raise GalleryLoadError(f"{where}: index.faiss is broken: {exc}") from exc
+    ids = _load_ids(galleries, gallery, version, manifest)
+    if not index.ntotal == manifest.num_items == len(ids):
+        raise GalleryLoadError(
+            f"{where}: the index holds {index.ntotal} items, the manifest {manifest.num_items}, "
+            f"the id map {len(ids)}"
+        )
+    return GallerySearcher(version, index, ids)
