@@ -118,7 +118,7 @@ def create_app(service: LiveService, manage_service: bool = True) -> FastAPI:
         async def work() -> Answer:
             pair = service.live_pair()
             k_ = service.check_k(query.k)
-            image = await asyncio.to_thread(service.item_image, query.item_id)
+            image = service.item_image(query.item_id)  # the dataset is loaded with the first pair
             return await asyncio.wrap_future(service.submit_images(pair, image, k_))
 
         return await answer("item", work)
