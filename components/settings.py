@@ -91,6 +91,9 @@ class ServeSettings(BaseModel):
     queue_limit: int = Field(4096, ge=1, description="queued queries beyond which new ones get 503")
     torch_threads: int = Field(1, ge=1, description="OpenMP threads of the query model's forward pass")
     faiss_threads: int = Field(1, ge=1, description="OpenMP threads of faiss searches")
+    switch_interval_ms: float | None = Field(
+        None, gt=0, description="Python's thread switch interval; lower lets queries cut into a pair load"
+    )
     default_k: int = Field(10, ge=1, description="results per query when the request does not say")
     max_k: int = Field(100, ge=1, description="largest k a request may ask for")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest accepted query image")

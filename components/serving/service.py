@@ -10,6 +10,7 @@ against each other; readers never take it).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from concurrent.futures import Future
 
@@ -84,6 +85,8 @@ class LiveService:
         """Set thread counts, start the batcher, load what is live now, then follow changes."""
         torch.set_num_threads(self.config.torch_threads)
         faiss.omp_set_num_threads(self.config.faiss_threads)
+        if self.config.switch_interval_ms is not None:
+            sys.setswitchinterval(self.config.switch_interval_ms / 1000.0)
         self.batcher.start()
         self.watcher.poll_once()
         self.watcher.start()
