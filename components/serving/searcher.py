@@ -46,7 +46,7 @@ class GallerySearcher:
                 f"gallery {self.gallery_version}: the index returned rows outside its id map "
                 f"(0..{len(self.item_ids) - 1})"
             )
-        return found.scores, self.item_ids[rows]
+        return found.scores, self.item_ids[rows].astype(str)
 
 
 def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> np.ndarray:
@@ -66,7 +66,9 @@ def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> 
                 f"gallery {gallery!r} version {version!r}: {entry.path} fails its checksum"
             )
         parts.append(npy_load(data))
-    return np.concatenate(parts).astype(str)
+    # kept in their stored dtype: converting a million int64 ids to str holds the GIL for ~1 s,
+    # which would stall every query while a new pair loads; only returned ids are converted
+    return np.concatenate(parts)
 
 
 def open_searcher(galleries: GalleryStore, gallery: str, version: str) -> GallerySearcher:
