@@ -293,8 +293,13 @@ def _markdown(payload: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        '"Swap" = requests started between the promotion and one second after the first answer from the',
-        "new pair (the new pair is built beside the old one in that window). RSS peak: both pairs resident.",
+        f"Each case swaps {payload['cases'][0]['swaps'] if payload['cases'] else 0} times, alternating the "
+        'two pairs. "Steady" = the settled phases before each swap; "swap" = requests that started',
+        "between a promotion and one second after the first answer from the new pair (which is built",
+        "beside the old one in that window). Errors count every request of the case. RSS peak: both",
+        "pairs resident. p99 ratio = swap p99 / steady p99 (goal ≤ 2, zero errors). Load average of the",
+        f"machine (shared with other jobs) at start / end: {payload.get('load_average_start')} / "
+        f"{payload.get('load_average_end')}: compare within a row, not across runs.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -309,10 +314,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="only rewrite serve.md from serve.json")
     args = parser.parse_args()
+    if args.render:
+        (args.out / "serve.md").write_text(_markdown(json.loads((args.out / "serve.json").read_text())))
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocess on the way out
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cases = []
+    load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="hotswap-bench-serve-") as tmp:
         root = Path(tmp)
         registry = ModelRegistry(f"sqlite:///{(root / 'mlflow.db').as_posix()}", MODEL)
@@ -330,6 +340,8 @@ def main() -> None:
         "clients": args.clients,
         "batch_size": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
+        "load_average_start": load_start,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "cases": cases,
     }
     args.out.mkdir(parents=True, exist_ok=True)
