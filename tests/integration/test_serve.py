@@ -265,3 +265,32 @@ def test_a_half_moved_switch_is_waited_for(serve_home: ServeHome, served) -> Non
     home.galleries.publish(name, "g2")
     assert service.watcher.poll_once() == "swapped"
     assert (service.pair.model_version, service.pair.gallery_version) == ("2", "g2")
+
+
+def test_live_target_and_rollback_target_without_records(
+    serve_home: ServeHome, sqlite_tracking_uri: str
+) -> None:
+    """No gallery tag: a champion pairs with a gallery it built itself; no previous: nothing to roll back."""
+    from components.backbones import BackboneSpec, build_model
+    from components.live_state import NothingToRollBackError, read_live_target, rollback_target
+    from components.registry import ModelRegistry
+
+    registry = ModelRegistry(sqlite_tracking_uri, "servetest-untagged")
+    galleries, name = serve_home.galleries, "untagged"
+    with pytest.raises(NothingToRollBackError, match="no 'previous' alias"):
+        rollback_target(registry, galleries, name)
+    model = build_model(BackboneSpec(arch="small", embedding_dim=8, num_classes=2), seed=0)
+    version = registry.register(registry.log_training_run(model, dataset_version="none"))
+    registry.promote(version)
+    assert "has no CURRENT" in read_live_target(registry, galleries, name).reason
+    for gallery_version, built_by in (("built-by-other", "999"), ("built-by-champion", version)):
+        writer = galleries.begin_version(
+            name, gallery_version, model_version=built_by, num_shards=1, arrays=("ids",)
+        )
+        writer.write_shard(0, np.array(["a", "b"]))
+        writer.finalize()
+    galleries.publish(name, "built-by-other")
+    target = read_live_target(registry, galleries, name)
+    assert not target.whole and "was built by v999" in target.reason
+    galleries.publish(name, "built-by-champion")
+    assert read_live_target(registry, galleries, name).whole
