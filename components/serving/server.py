@@ -12,12 +12,12 @@ from components.serving.service import LiveService
 from components.settings import HotswapSettings
 
 
-def _config(service: LiveService, host: str, port: int) -> uvicorn.Config:
+def _config(service: LiveService, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     return uvicorn.Config(
         create_app(service),
         host=host,
         port=port,
-        log_level="warning",
+        log_level=log_level,
         access_log=service.config.access_log,
         lifespan="on",
     )
@@ -26,7 +26,8 @@ def _config(service: LiveService, host: str, port: int) -> uvicorn.Config:
 def serve_forever(settings: HotswapSettings, host: str | None = None, port: int | None = None) -> None:
     """Block serving HTTP until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     service = LiveService(settings)
-    config = _config(service, host or settings.serve.host, settings.serve.port if port is None else port)
+    port = settings.serve.port if port is None else port
+    config = _config(service, host or settings.serve.host, port, log_level="info")  # says where it listens
     uvicorn.Server(config).run()
 
 
