@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.metrics
 	$(BIN)/python -m bench.calibration
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

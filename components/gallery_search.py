@@ -124,6 +124,10 @@ class GallerySearcher:
         )
 
     @property
+    def ntotal(self) -> int:
+        return len(self.item_ids)
+
+    @property
     def mixed(self) -> bool:
         return len(self.segments) > 1
 

@@ -95,6 +95,36 @@ class BackfillSettings(BaseModel):
     batch_size: int = Field(256, ge=1)
 
 
+class ServeSettings(BaseModel):
+    """The query service (components/serving/): where it listens, how it batches, how it follows."""
+
+    host: str = Field("127.0.0.1", description="address `hotswap serve` binds to")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = any free port)")
+    poll_interval_s: float = Field(5.0, gt=0, description="how often the champion alias and CURRENT are read")
+    retry_failed_s: float = Field(
+        60.0, ge=0, description="a pair that failed to load is retried after this long (a new target at once)"
+    )
+    batch_size: int = Field(32, ge=1, description="most queries one forward pass and one faiss search take")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long the first query of a batch waits for company")
+    queue_limit: int = Field(4096, ge=1, description="queued queries beyond which new ones get 503")
+    torch_threads: int = Field(1, ge=1, description="OpenMP threads of the query model's forward pass")
+    faiss_threads: int = Field(1, ge=1, description="OpenMP threads of faiss searches")
+    switch_interval_ms: float | None = Field(
+        None, gt=0, description="Python's thread switch interval; lower lets queries cut into a pair load"
+    )
+    default_k: int = Field(10, ge=1, description="results per query when the request does not say")
+    max_k: int = Field(100, ge=1, description="largest k a request may ask for")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest accepted query image")
+    health_probes: int = Field(
+        8, ge=1, description="gallery items a new pair must answer before it goes live"
+    )
+    health_k: int = Field(10, ge=1, description="k of the health check's self-queries")
+    access_log: bool = Field(False, description="uvicorn's per-request access log")
+    health_min_self_hit: float = Field(
+        0.0, ge=0, le=1, description="share of self-queries that must find their own item in the top health_k"
+    )
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("HOTSWAP_CONFIG", "hotswap.toml"))
 
@@ -123,6 +153,7 @@ class HotswapSettings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @field_validator("model_name", "gallery_name")
     @classmethod

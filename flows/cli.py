@@ -188,6 +188,30 @@ def search(
 
 
 @app.command()
+def serve(
+    host: str = typer.Option(None, help="address to bind (default: settings serve.host, 127.0.0.1)"),
+    port: int = typer.Option(None, help="TCP port (default: settings serve.port, 8080; 0 = any free port)"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Serve searches over HTTP from the live model and gallery; follows promotions and rollbacks."""
+    overrides = _prepare(home)
+    from components.serving.server import serve_forever
+    from components.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_forever(load_settings(**overrides), host=host, port=port)
+
+
+@app.command()
+def rollback(home: Path | None = HomeOption) -> None:
+    """Make the previous champion and its gallery live again (the same switch as a promotion)."""
+    overrides = _prepare(home)
+    from flows.rollback import rollback as rollback_flow
+
+    _print_json(rollback_flow(overrides=overrides))
+
+
+@app.command()
 def status(home: Path | None = HomeOption) -> None:
     """Champion, challenger, live gallery version and the last decision."""
     overrides = _prepare(home)
@@ -265,6 +289,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from components.data import DataError
     from components.decision import DecisionError
     from components.gallery import GalleryError
+    from components.live_state import NothingToRollBackError
     from components.registry import RegistryError
     from components.report import ReportFormatError
     from components.search import NoLiveGalleryError
@@ -280,6 +305,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         RegistryError,
         ReportFormatError,
         NoLiveGalleryError,
+        NothingToRollBackError,
         InvalidKeyError,
         ObjectNotFoundError,
         LookupError,

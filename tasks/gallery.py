@@ -23,6 +23,7 @@ from components.gallery_calibration import ensure_calibration, fit_for_gallery
 from components.gallery_search import GallerySearcher
 from components.index import build_flat_index, index_from_bytes, index_to_bytes
 from components.live import LiveComposition, read_composition
+from components.live_state import TAG_GALLERY_VERSION
 from components.quantization import DPQCodebooks
 from components.registry import TAG_BACKFILL
 from components.settings import HotswapSettings
@@ -30,8 +31,6 @@ from components.training import extract_features
 from tasks.context import dataset, gallery_store, registry
 from tasks.quantization import load_codebooks
 from tasks.reporting import publish_markdown, publish_table
-
-TAG_GALLERY_VERSION = "backfill.gallery_version"
 
 
 def _index_builder(codebooks: DPQCodebooks):
