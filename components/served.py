@@ -14,7 +14,9 @@ the model under test, as floats (DESIGN.md §11):
 
 Scores of a composed gallery go through :func:`served_metrics` only, which takes an optional
 calibration object (``adjust(scores, gallery_models) -> scores``) for galleries whose models'
-similarity scales differ.
+similarity scales differ. With a ``calibration_config`` the evaluation fits one calibration per
+query model (candidate, champion) on the composed items, as the serving path would rank them
+(components/calibration.py); a single-model gallery needs none.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.backbones import EmbeddingModel
+from components.calibration import CalibrationConfig, fit_calibration
 from components.data import ImageDataset
 from components.live import LiveComposition, TargetWeight
 from components.metrics import retrieval_metrics
@@ -154,6 +157,7 @@ def served_evaluation(
     seed: int = 0,
     targets: Sequence[TargetWeight] = (),
     calibration: ScoreCalibration | None = None,
+    calibration_config: CalibrationConfig | None = None,
     batch_size: int = 512,
     device: str = "cpu",
     features: Mapping[str, np.ndarray] | None = None,
@@ -163,6 +167,8 @@ def served_evaluation(
     ``gallery_models`` holds a loaded model for every version of the composition. ``features``
     may hold already extracted features of ``data`` per model version (e.g. the champion's and
     the candidate's from the pairwise matrix), which are then not extracted again.
+    ``calibration_config`` (when ``calibration`` is None and the composed gallery is mixed) fits
+    a calibration per query model from every segment model's features of all items.
     """
     if len(data) < 2:
         raise ServedError(f"{data.name}: the as-served evaluation needs at least two items")
@@ -198,8 +204,33 @@ def served_evaluation(
     gallery = served_view(compose_gallery(per_model, assignment), codebooks)
     labels = data.labels
 
-    def score(queries: np.ndarray, items: np.ndarray, models: np.ndarray) -> dict[str, float]:
-        return served_metrics(queries, labels, items, labels, models, calibration, exclude_self=True)
+    segment_models = sorted(per_model)
+    fitted: dict[str, ScoreCalibration | None] = {"candidate": calibration, "live": calibration}
+    if calibration is None and calibration_config is not None and len(segment_models) > 1:
+        whole = {
+            v: served_view(
+                candidate_feats
+                if v == str(candidate_version)
+                else champion_feats
+                if v == str(champion_version)
+                else embed(gallery_models[v]),
+                codebooks,
+            )
+            for v in segment_models
+        }
+        fitted = {
+            role: fit_calibration(version, queries, labels, whole, config=calibration_config)
+            for role, version, queries in (
+                ("candidate", str(candidate_version), candidate_feats),
+                ("live", str(champion_version), champion_feats),
+            )
+        }
+
+    def score(
+        queries: np.ndarray, items: np.ndarray, models: np.ndarray, role: str | None = None
+    ) -> dict[str, float]:
+        cal = fitted[role] if role is not None else None
+        return served_metrics(queries, labels, items, labels, models, cal, exclude_self=True)
 
     only = np.full(len(data), str(champion_version))
     versions, counts = np.unique(assignment, return_counts=True)
@@ -213,8 +244,8 @@ def served_evaluation(
         live_shares=composition.shares,
         composed_counts={str(v): int(c) for v, c in zip(versions, counts, strict=True)},
         targets=list(targets),
-        candidate=score(candidate_feats, gallery, assignment),
-        live=score(champion_feats, gallery, assignment),
+        candidate=score(candidate_feats, gallery, assignment, "candidate"),
+        live=score(champion_feats, gallery, assignment, "live"),
         champion_only=score(champion_feats, served_view(champion_feats, codebooks), only),
-        calibrated=calibration is not None,
+        calibrated=fitted["candidate"] is not None,
     )

@@ -107,6 +107,7 @@ def validate_compatibility(
             champion_version=old_version,
             seed=settings.seed,
             targets=[TargetWeight.model_validate(t) for t in targets or []],
+            calibration_config=settings.decision.calibration,
             device=settings.torch_device,
             features={str(old_version): feats["old"], str(new_version): feats["new"]},
         )
