@@ -36,7 +36,9 @@ def _prepare(home: Path | None) -> dict[str, Any]:
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # INFO reaches the API (the UI shows each run's log); the console handler stays at WARNING.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -134,6 +136,12 @@ def promote(
     from flows.promote import promote as promote_flow
 
     answer = None
+    if approve is None and not os.environ.get("PREFECT_API_URL"):
+        raise typer.BadParameter(
+            "without --approve/--reject the run pauses for a reviewer in the Prefect UI, which needs a "
+            "Prefect server: set PREFECT_API_URL (see docs/operations.md) or decide here",
+            param_hint="--approve/--reject",
+        )
     if approve is not None:
         answer = PromotionInput(
             approve=approve, reason=reason, backfill_mode=backfill_mode, fraction=fraction
@@ -186,13 +194,80 @@ def search(
 
 
 @app.command()
-def status(home: Path | None = HomeOption) -> None:
-    """Champion, challenger, live gallery version and the last decision."""
+def status(
+    home: Path | None = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="print the status as JSON"),
+) -> None:
+    """Champion, challenger (matrix, verdict), live gallery composition by model version, last decision."""
     overrides = _prepare(home)
     from components.settings import load_settings
     from components.status import system_status
 
-    _print_json(system_status(load_settings(**overrides)))
+    state = system_status(load_settings(**overrides))
+    if as_json:
+        _print_json(state)
+    else:
+        from flows.cli_views import print_status
+
+        print_status(console, state)
+
+
+@app.command()
+def report(
+    version: str = typer.Argument(..., help="version number or alias (champion, challenger, previous)"),
+    home: Path | None = HomeOption,
+) -> None:
+    """A version's compatibility report and backfill decision, read from MLflow alone."""
+    overrides = _prepare(home)
+    from components.settings import load_settings
+    from components.status import version_record
+
+    settings = load_settings(**overrides)
+    record = version_record(settings, version)
+    aliases = f" ({', '.join(record['aliases'])})" if record["aliases"] else ""
+    console.rule(f"{settings.model_name} v{record['version']}{aliases}")
+    _print_report(record["report"].model_dump(mode="json"))
+    if record["decision"] is None:
+        console.print("no backfill decision recorded (first model, or the refresh stopped before deciding)")
+    else:
+        _print_decision(settings, record["version"])
+    for key in ("promotion.status", "promotion.reason", "prefect.flow_run_url", "promotion.flow_run_url"):
+        if record["tags"].get(key):
+            console.print(f"{key}: {record['tags'][key]}")
+
+
+data_app = typer.Typer(help="Datasets a refresh can train on.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("register")
+def data_register(
+    manifest: str = typer.Argument(..., help="a manifest (.csv/.parquet), image folder or built-in source"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Record a dataset version and emit `hotswap.dataset.registered` (which triggers a refresh);
+    data already registered emits nothing."""
+    overrides = _prepare(home)
+    from components.datasets import register_dataset
+    from components.settings import load_settings
+    from tasks.events import emit_dataset_registered
+
+    settings = load_settings(**overrides)
+    registration = register_dataset(settings, manifest)
+    if not registration.new:
+        console.print(f"dataset {registration.version} is already registered: no event, no new refresh")
+        return
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            "[yellow]PREFECT_API_URL is not set: the event goes to a temporary API "
+            "that no deployment listens on[/yellow]"
+        )
+    event_id = emit_dataset_registered(settings, registration)
+    sent = f"event hotswap.dataset.registered {event_id}" if event_id else "no event sent (events are off)"
+    console.print(
+        f"registered dataset {registration.version} ({registration.items} items, "
+        f"{registration.classes} classes): {sent}"
+    )
 
 
 @app.command()

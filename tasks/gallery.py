@@ -7,6 +7,7 @@ promote flow and ``hotswap status`` read it back instead of recomputing it.
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any
 
@@ -17,7 +18,14 @@ from prefect.cache_policies import NONE
 from prefect.transactions import Transaction, get_transaction
 
 from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
-from components.decision import DecisionConfig, DecisionRecord, decide, save_decision
+from components.decision import (
+    DECISION_PNG,
+    DecisionConfig,
+    DecisionRecord,
+    decide,
+    decision_plot_png,
+    save_decision,
+)
 from components.decision import load_decision as read_decision
 from components.index import build_flat_index, index_from_bytes, index_to_bytes, search
 from components.quantization import DPQCodebooks
@@ -25,8 +33,9 @@ from components.registry import TAG_BACKFILL
 from components.settings import HotswapSettings
 from components.training import extract_features
 from tasks.context import dataset, gallery_store, registry
+from tasks.links import artifact_link, links_markdown
 from tasks.quantization import load_codebooks
-from tasks.reporting import publish_markdown, publish_table
+from tasks.reporting import artifact_key, publish_markdown, publish_table
 
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 
@@ -42,9 +51,10 @@ def _index_builder(codebooks: DPQCodebooks):
     return build
 
 
-def _progress(description: str, total_shards: int):
-    """A Prefect progress artifact updated after every finished (or verified-and-skipped) shard."""
-    artifact_id = create_progress_artifact(progress=0.0, description=description)
+def _progress(key: str, description: str, total_shards: int):
+    """A Prefect progress artifact (keyed, so the Artifacts page lists it) updated after every
+    finished (or verified-and-skipped) shard."""
+    artifact_id = create_progress_artifact(progress=0.0, key=artifact_key(key), description=description)
     lock = threading.Lock()
     done = [0]
 
@@ -86,7 +96,9 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
         device=settings.torch_device,
         index_builder=_index_builder(codebooks),
         on_shard=_progress(
-            f"first gallery ({len(items)} items)", _shards(len(items), settings.backfill.shard_size)
+            f"gallery-progress-{settings.gallery_name}-v{version}-bootstrap",
+            f"first gallery ({len(items)} items)",
+            _shards(len(items), settings.backfill.shard_size),
         ),
     )
     reg.set_tags(version, {TAG_GALLERY_VERSION: manifest.version})
@@ -142,16 +154,33 @@ def decide_backfill(
                 "est. seconds": round(o.estimated_seconds, 2),
                 "meets target": o.meets_target,
                 "eligible": o.eligible,
+                "chosen": o is record.chosen_option,
             }
             for o in record.options
         ],
         f"Backfill options for v{new_version}; chosen: {record.mode}",
     )
     publish_markdown(
-        f"decision-report-{settings.model_name}-v{new_version}", record.to_markdown(), "Backfill decision"
+        f"decision-report-{settings.model_name}-v{new_version}",
+        decision_markdown_with_plot(settings, new_version, record),
+        f"Backfill decision for v{new_version}: {record.mode}",
     )
     get_run_logger().info("decision for v%s: %s — %s", new_version, record.mode, "; ".join(record.reasons))
     return record.model_dump(mode="json")
+
+
+def decision_markdown_with_plot(settings: HotswapSettings, version: str, record: DecisionRecord) -> str:
+    """The decision's markdown with its plot (curve and option costs) inline and the MLflow links.
+
+    The plot is embedded as a data URI, so the Prefect UI shows it without access to MLflow's
+    artifact store; the same PNG is logged to MLflow as ``decision/decision.png``.
+    """
+    png = base64.b64encode(decision_plot_png(record)).decode()
+    plot = f"![backfill curve and option costs](data:image/png;base64,{png})"
+    source = artifact_link(settings, version, DECISION_PNG)
+    return "\n\n".join(
+        [record.to_markdown(), plot, f"Plot in MLflow: `{source}`", links_markdown(settings, version)]
+    )
 
 
 def _target_version_id(new_version: str, mode: str, fraction: float | None) -> str:
@@ -188,7 +217,9 @@ def _backfill(
         shard_size=settings.backfill.shard_size,
         executor=executor,
         on_shard=_progress(
-            f"{mode} backfill for v{new_version}", _shards(gallery_items, settings.backfill.shard_size)
+            f"gallery-progress-{settings.gallery_name}-{_target_version_id(new_version, mode, fraction)}",
+            f"{mode} backfill for v{new_version}",
+            _shards(gallery_items, settings.backfill.shard_size),
         ),
         model_version=new_version,
         codebook_version=new_version,

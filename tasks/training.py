@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 from components.backbones import BackboneSpec, build_model
 from components.compatibility import train_compatible
@@ -11,6 +12,7 @@ from components.registry import CHALLENGER
 from components.settings import HotswapSettings
 from components.training import TrainConfig, train_model
 from tasks.context import dataset, registry
+from tasks.links import prefect_run_tags, publish_version_links
 
 
 def _train_config(settings: HotswapSettings) -> TrainConfig:
@@ -54,10 +56,17 @@ def train_first_model(settings: HotswapSettings) -> str:
         "data.classes": settings.data.bootstrap_classes,
         "seed": settings.seed,
     }
+    run_tags = prefect_run_tags()
     run_id = reg.log_training_run(
-        model, params=params, history=history, dataset_version=data.version, run_name="bootstrap"
+        model,
+        params=params,
+        history=history,
+        dataset_version=data.version,
+        run_name="bootstrap",
+        tags=run_tags,
     )
-    version = reg.register(run_id, tags={"hotswap.role": "bootstrap"})
+    version = reg.register(run_id, tags={"hotswap.role": "bootstrap", **run_tags})
+    publish_version_links(settings, version)
     get_run_logger().info(
         "registered first model as version %s (%.1f s of training)", version, history.seconds
     )
@@ -79,6 +88,7 @@ def train_challenger(settings: HotswapSettings, old_version: str) -> str:
     model, history = train_compatible(
         old_model, spec, data.split("train"), settings.compat, _train_config(settings), progress=False
     )
+    run_tags = prefect_run_tags()
     params = {
         "method": settings.compat.method,
         "compat": settings.compat.model_dump(),
@@ -93,11 +103,30 @@ def train_challenger(settings: HotswapSettings, old_version: str) -> str:
         history=history,
         dataset_version=data.version,
         run_name=f"challenger-vs-v{old_version}",
-        tags={"hotswap.old_version": old_version},
+        tags={"hotswap.old_version": old_version, **run_tags},
     )
-    version = reg.register(run_id, tags={"hotswap.role": "challenger", "hotswap.old_version": old_version})
+    version = reg.register(
+        run_id, tags={"hotswap.role": "challenger", "hotswap.old_version": old_version, **run_tags}
+    )
     reg.set_alias(CHALLENGER, version)
+    publish_version_links(settings, version)
     get_run_logger().info(
         "registered challenger v%s (%s, %.1f s of training)", version, settings.compat.method, history.seconds
     )
+    return version
+
+
+class DatasetChangedError(ValueError):
+    """The data a refresh was started for is not what the data source holds now."""
+
+
+@task(name="check-dataset-version", task_run_name="check the data is version {expected}", cache_policy=NONE)
+def check_dataset_version(settings: HotswapSettings, expected: str | None) -> str:
+    """The configured data's version; with ``expected`` (from the dataset event) it must match."""
+    version = dataset(settings).version
+    if expected is not None and version != expected:
+        raise DatasetChangedError(
+            f"data source {settings.data.source!r} is now version {version}, but this refresh was started "
+            f"for version {expected}: the data changed after it was registered; register it again"
+        )
     return version

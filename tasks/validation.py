@@ -13,6 +13,7 @@ from components.cross_eval import compatibility_matrix
 from components.report import CompatibilityReport, CompatThresholds, build_report
 from components.settings import HotswapSettings
 from tasks.context import dataset, registry
+from tasks.links import links_markdown, prefect_run_tags
 from tasks.reporting import publish_markdown, publish_report, publish_table
 
 
@@ -48,8 +49,8 @@ def _record_report(
         rubber_stamp=rubber_stamp,
         model_name=settings.model_name,
     )
-    registry(settings).log_report(report)
-    publish_report(report, settings.model_name)
+    registry(settings).log_report(report, run_tags=prefect_run_tags())
+    publish_report(report, settings.model_name, links=links_markdown(settings, new_version))
     return report
 
 
@@ -115,7 +116,9 @@ def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
         for name, value in (("ac", row.AC), ("am", row.AM))
         if value == value
     }
-    run_id = reg.log_record_run("audit", "audit", files, metrics=metrics, directory="audit")
+    run_id = reg.log_record_run(
+        "audit", "audit", files, metrics=metrics, tags=prefect_run_tags(), directory="audit"
+    )
     publish_table(
         f"audit-{settings.model_name}",
         table.round(4).to_dict(orient="records"),

@@ -28,5 +28,6 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.mlflow",
     "tests.fixtures.prefect",
+    "tests.fixtures.prefect_server",
     "tests.fixtures.lifecycle",
 ]

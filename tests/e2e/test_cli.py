@@ -19,12 +19,23 @@ HOTSWAP = Path(sys.executable).with_name("hotswap")
 def test_help_lists_every_lifecycle_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "bootstrap", "refresh", "promote", "backfill", "audit", "search", "status"):
+    for command in (
+        "demo",
+        "bootstrap",
+        "refresh",
+        "promote",
+        "backfill",
+        "audit",
+        "search",
+        "status",
+        "report",
+        "data",
+    ):
         assert command in result.output
 
 
 def test_status_of_an_empty_home_says_nothing_is_live(tmp_path):
-    result = runner.invoke(app, ["status", "--home", str(tmp_path)])
+    result = runner.invoke(app, ["status", "--json", "--home", str(tmp_path)])
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["champion"] is None and status["live_gallery_version"] is None
