@@ -562,7 +562,7 @@ def decision_plot_png(record: DecisionRecord, dpi: int = 100) -> bytes:
     from matplotlib.figure import Figure
 
     metric = record.config.metric
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     curve_ax, cost_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     fractions = record.curve.get("fractions", [])
@@ -581,16 +581,17 @@ def decision_plot_png(record: DecisionRecord, dpi: int = 100) -> bytes:
         linewidth=1,
         label=f"target ({_pct(record.config.quality_target)} of full)",
     )
-    markers = {"skip": "o", "requantize": "s", "partial": ".", "full": "D"}
-    for mode in ("skip", "requantize", "partial", "full"):
+    styles = {  # skip and requantize sit at the same x (nothing re-extracted): skip drawn hollow, larger
+        "skip": {"marker": "o", "s": 110, "facecolors": "none", "edgecolors": "tab:purple", "linewidths": 2},
+        "requantize": {"marker": "s", "s": 40, "color": "tab:orange"},
+        "partial": {"marker": ".", "s": 40, "color": "tab:green"},
+        "full": {"marker": "D", "s": 40, "color": "tab:red"},
+    }
+    for mode, style in styles.items():
         opts = [o for o in record.options if o.mode == mode]
         if opts:
             curve_ax.scatter(
-                [o.fraction for o in opts],
-                [o.quality[metric] for o in opts],
-                marker=markers[mode],
-                label=mode,
-                zorder=3,
+                [o.fraction for o in opts], [o.quality[metric] for o in opts], label=mode, zorder=3, **style
             )
     chosen = record.chosen_option
     if chosen is not None:
@@ -614,8 +615,8 @@ def decision_plot_png(record: DecisionRecord, dpi: int = 100) -> bytes:
         for o in record.options
     ]
     cost_ax.bar(range(len(labels)), [o.estimated_seconds for o in record.options], color=colours)
-    cost_ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    cost_ax.set_ylabel(f"estimated seconds ({record.gallery_items} items)")
+    cost_ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    cost_ax.set_ylabel(f"estimated seconds ({record.gallery_items:,} items)")
     cost_ax.set_title("cost (black: chosen, green: meets target)")
     fig.suptitle(f"backfill decision v{record.new_model_version or '?'}: {record.mode}")
     buffer = io.BytesIO()

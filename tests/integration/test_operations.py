@@ -34,7 +34,7 @@ from components.data import load_dataset, make_synthetic
 from components.registry import ModelRegistry
 from components.settings import HotswapSettings
 from tests.fixtures.prefect_server import PREFECT, PrefectServer, stop_process_group
-from tests.fixtures.s3 import create_bucket
+from tests.fixtures.s3 import S3_KEY, S3_REGION, create_bucket
 
 ROOT = Path(__file__).resolve().parents[2]
 HOTSWAP = Path(sys.executable).with_name("hotswap")
@@ -91,6 +91,9 @@ def _hotswap_env(home: Path, bucket: str, endpoint: str, manifest: Path) -> dict
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_KEY,
+        "AWS_DEFAULT_REGION": S3_REGION,
     }
 
 
@@ -246,7 +249,7 @@ def test_registering_new_data_triggers_a_refresh_through_the_worker(ops, prefect
     artifacts = prefect_client.read_artifacts(
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
     )
-    links = {a.key: a.data for a in artifacts if a.type == "link"}
+    links = {a.key: a.data for a in artifacts}  # link artifacts are markdown "[text](url)"
     run_url = f"http://127.0.0.1:5000/#/experiments/{registry.experiment_id}/runs/{info.run_id}"
     assert f"[MLflow run of {MODEL} v2]({run_url})" in links[f"mlflow-run-{MODEL}-v2"]
     assert f"/#/models/{MODEL}/versions/2" in links[f"model-version-{MODEL}-v2"]
