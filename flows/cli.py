@@ -49,7 +49,8 @@ def _print_report(payload: dict[str, Any]) -> None:
     from components.report import CompatibilityReport
 
     report = CompatibilityReport.model_validate(payload)
-    table = Table(title=f"compatibility: v{report.new_version} vs v{report.old_version} (held-out data)")
+    against = "first model, no baseline" if report.old_version is None else f"vs v{report.old_version}"
+    table = Table(title=f"compatibility: v{report.new_version} {against} (held-out data)")
     for column in ("pair", "mAP", "top-1", "top-5"):
         table.add_column(column, justify="right")
     for pair in ("old/old", "new/new", "new/old", "old/new"):

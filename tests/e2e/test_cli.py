@@ -56,3 +56,19 @@ def test_search_before_bootstrap_is_one_clear_line_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stdout and "champion" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_promote_without_a_server_or_an_answer_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = runner.invoke(app, ["promote", "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "PREFECT_API_URL" in result.output and "--approve/--reject" in result.output
+
+
+def test_report_of_an_unknown_version_is_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [str(HOTSWAP), "report", "7", "--home", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stdout and "'7'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

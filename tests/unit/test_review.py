@@ -24,7 +24,9 @@ def _report(blessed: bool):
         "new/new": {"map": 0.95, "top1": 0.98, "top5": 0.99},
         "new/old": {"map": 0.75 if blessed else 0.10, "top1": 0.95 if blessed else 0.12, "top5": 0.99},
     }
-    return build_report(matrix, old_version="3", new_version="4", data_version="d", thresholds=CompatThresholds())
+    return build_report(
+        matrix, old_version="3", new_version="4", data_version="d", thresholds=CompatThresholds()
+    )
 
 
 def test_the_form_summary_is_narrow_and_says_verdict_choice_and_where_to_read_more(record):
