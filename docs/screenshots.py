@@ -179,7 +179,7 @@ def main() -> None:
     procs = [
         start(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            base,
+            {**base, "PREFECT_UI_API_URL": f"{prefect_ui}/api"},  # the browser's API (default: port 4200)
             work / "prefect.log",
         )
     ]
