@@ -113,7 +113,17 @@ class Browser:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
 
-    async def _shot(self, url: str, path: Path, settle: float, script: str | None, after: float) -> None:
+    async def _text_appears(self, ws: Any, text: str, timeout: float) -> bool:
+        probe = f"document.body && document.body.innerText.includes({json.dumps(text)})"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = await self._call(ws, "Runtime.evaluate", expression=probe, returnByValue=True)
+            if result.get("result", {}).get("value"):
+                return True
+            await asyncio.sleep(1)
+        return False
+
+    async def _shot(self, url: str, path: Path, wait_for: str, script: str | None, then: str | None) -> None:
         import websockets
 
         async with websockets.connect(self.ws_url, max_size=64 * 2**20) as ws:
@@ -123,30 +133,41 @@ class Browser:
                 deviceScaleFactor=1, mobile=False,
             )  # fmt: skip
             await self._call(ws, "Page.navigate", url=url)
-            await asyncio.sleep(settle)
+            if not await self._text_appears(ws, wait_for, 120):
+                print(f"  {path.name}: {wait_for!r} never appeared")
+            await asyncio.sleep(3)  # let late panels (charts, tables) render
             if script:
                 result = await self._call(ws, "Runtime.evaluate", expression=script, returnByValue=True)
-                print(f"  {path.name}: script -> {result.get('result', {}).get('value')}")
-                await asyncio.sleep(after)
+                print(f"  {path.name}: {result.get('result', {}).get('value')}")
+                if then and not await self._text_appears(ws, then, 60):
+                    print(f"  {path.name}: {then!r} never appeared after the script")
+                await asyncio.sleep(3)
             shot = await self._call(ws, "Page.captureScreenshot", format="png")
         path.write_bytes(base64.b64decode(shot["data"]))
         print(f"  wrote {path}")
 
     def shot(
-        self, url: str, path: Path, settle: float = 8, script: str | None = None, after: float = 4
+        self, url: str, path: Path, wait_for: str, script: str | None = None, then: str | None = None
     ) -> None:
-        asyncio.run(self._shot(url, path, settle, script, after))
+        """Open ``url``, wait until ``wait_for`` is on the page, optionally run ``script`` (and
+        wait for ``then``), and save a screenshot."""
+        asyncio.run(self._shot(url, path, wait_for, script, then))
 
     def close(self) -> None:
         stop(self.proc)
 
 
 CLICK = """(() => {{
-  const el = [...document.querySelectorAll('button, a, [role=tab], .p-tabs__tab')]
-    .find(e => e.textContent.trim().startsWith({text!r}));
-  if (!el) return 'no element starting with ' + {text!r};
+  const el = [...document.querySelectorAll('button, a, [role=tab], li')]
+    .filter(e => e.textContent.trim() === {text!r}).pop();
+  if (!el) return 'no element reading ' + {text!r};
   el.click(); return 'clicked ' + el.tagName;
 }})()"""
+SCROLL_TO_PLOT = """(() => {
+  const img = document.querySelector('img[alt^="backfill curve"]');
+  if (!img) return 'no plot on the page';
+  img.scrollIntoView({block: 'center'}); return 'scrolled to the plot';
+})()"""
 
 
 def main() -> None:
@@ -240,25 +261,32 @@ def main() -> None:
 
         browser = Browser(work)
         print("screenshots ...")
-        browser.shot(f"{prefect_ui}/runs/flow-run/{refresh.id}", args.out / "prefect-refresh-run.png")
+        run_page = f"{prefect_ui}/runs/flow-run/{refresh.id}"
+        browser.shot(run_page, args.out / "prefect-refresh-run.png", wait_for="decision for v2")
         browser.shot(
-            f"{prefect_ui}/runs/flow-run/{refresh.id}?tab=Artifacts",
-            args.out / "prefect-refresh-artifacts.png",
+            run_page, args.out / "prefect-refresh-artifacts.png", wait_for="decision for v2",
+            script=CLICK.format(text="Artifacts"), then="decision-report-",
+        )  # fmt: skip
+        artifact_page = f"{prefect_ui}/artifacts/artifact/{decision.id}"
+        browser.shot(artifact_page, args.out / "prefect-decision-artifact.png", wait_for="Backfill decision")
+        browser.shot(
+            artifact_page, args.out / "prefect-decision-plot.png", wait_for="Backfill decision",
+            script=SCROLL_TO_PLOT,
+        )  # fmt: skip
+        browser.shot(
+            f"{prefect_ui}/runs/flow-run/{paused.id}", args.out / "prefect-promotion-form.png",
+            wait_for="Resume", script=CLICK.format(text="Resume"), then="Backfill decision",
+        )  # fmt: skip
+        view = "?workflowType=machine_learning"
+        browser.shot(
+            f"{mlflow_ui}/#/experiments/{registry.experiment_id}{view}",
+            args.out / "mlflow-experiment.png",
+            wait_for="challenger-vs-v1",
         )
         browser.shot(
-            f"{prefect_ui}/artifacts/artifact/{decision.id}", args.out / "prefect-decision-artifact.png"
-        )
-        browser.shot(
-            f"{prefect_ui}/runs/flow-run/{paused.id}",
-            args.out / "prefect-promotion-form.png",
-            script=CLICK.format(text="Resume"),
-            after=5,
-        )
-        browser.shot(
-            f"{mlflow_ui}/#/experiments/{registry.experiment_id}", args.out / "mlflow-experiment.png"
-        )
-        browser.shot(
-            f"{mlflow_ui}/#/experiments/{registry.experiment_id}/runs/{run_id}", args.out / "mlflow-run.png"
+            f"{mlflow_ui}/#/experiments/{registry.experiment_id}/runs/{run_id}{view}",
+            args.out / "mlflow-run.png",
+            wait_for="challenger-vs-v1",
         )
         from prefect.flow_runs import resume_flow_run
 

@@ -250,7 +250,10 @@ def test_registering_new_data_triggers_a_refresh_through_the_worker(ops, prefect
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
     )
     links = {a.key: a.data for a in artifacts}  # link artifacts are markdown "[text](url)"
-    run_url = f"http://127.0.0.1:5000/#/experiments/{registry.experiment_id}/runs/{info.run_id}"
+    run_url = (
+        f"http://127.0.0.1:5000/#/experiments/{registry.experiment_id}/runs/{info.run_id}"
+        "?workflowType=machine_learning"  # MLflow's training view, not its GenAI overview
+    )
     assert f"[MLflow run of {MODEL} v2]({run_url})" in links[f"mlflow-run-{MODEL}-v2"]
     assert f"/#/models/{MODEL}/versions/2" in links[f"model-version-{MODEL}-v2"]
     decision = next(a for a in artifacts if a.key == f"decision-report-{MODEL}-v2")
