@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -321,8 +322,17 @@ def demo(
         f"champion v{second['challenger']} promoted: {second['promoted']}; decision: {second['decision']}"
     )
     console.print("wall time: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in timings.items()))
-    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
-    console.print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
+    console.print(
+        f"MLflow UI:  mlflow ui --backend-store-uri {settings.resolved_tracking_uri}"
+        "  (side bar: Model training)"
+    )
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(
+            f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')} (the server this ran on)"
+        )
+    else:  # the runs are in the temporary API's database: serve that database (this venv's prefect)
+        prefect = Path(sys.executable).with_name("prefect")
+        console.print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {prefect} server start")
 
 
 @app.callback()
