@@ -163,6 +163,17 @@ CLICK = """(() => {{
   if (!el) return 'no element reading ' + {text!r};
   el.click(); return 'clicked ' + el.tagName;
 }})()"""
+CLOSE_ASSISTANT = """(() => {
+  const title = [...document.querySelectorAll('*')].find(e => e.children.length === 0
+    && e.textContent.trim() === 'MLflow Assistant');
+  if (!title) return 'no assistant panel';
+  let box = title;
+  for (let i = 0; i < 6 && box; i++, box = box.parentElement) {
+    const buttons = [...box.querySelectorAll('button')];
+    if (buttons.length >= 2) { buttons[buttons.length - 1].click(); return 'closed the assistant panel'; }
+  }
+  return 'no close button found';
+})()"""
 SCROLL_TO_PLOT = """(() => {
   const img = document.querySelector('img[alt^="backfill curve"]');
   if (!img) return 'no plot on the page';
@@ -175,7 +186,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (the default 8 is slower)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (8, the default, blesses v2)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hotswap-screenshots-"))
@@ -282,11 +293,13 @@ def main() -> None:
             f"{mlflow_ui}/#/experiments/{registry.experiment_id}{view}",
             args.out / "mlflow-experiment.png",
             wait_for="challenger-vs-v1",
+            script=CLOSE_ASSISTANT,
         )
         browser.shot(
             f"{mlflow_ui}/#/experiments/{registry.experiment_id}/runs/{run_id}{view}",
             args.out / "mlflow-run.png",
             wait_for="challenger-vs-v1",
+            script=CLOSE_ASSISTANT,
         )
         from prefect.flow_runs import resume_flow_run
 

@@ -59,8 +59,9 @@ def _announce_pause(version: str, timeout_seconds: int) -> None:
         f"resume_flow_run('{flow_run.get_id()}', run_input={{'approve': True, 'reason': '…'}})"
     )
     get_run_logger().info(message)
-    if sys.__stderr__ is not None:  # the console handler is quiet at INFO; this line is for a person
-        print(message, file=sys.__stderr__, flush=True)
+    if sys.__stderr__ is not None:  # the console is quiet at INFO; this line is for the person waiting
+        sys.__stderr__.write(message + "\n")  # not print(): log_prints would log it a second time
+        sys.__stderr__.flush()
 
 
 @flow(name="promote", log_prints=True, flow_run_name=promote_run_name)

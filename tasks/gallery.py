@@ -178,8 +178,9 @@ def decision_markdown_with_plot(settings: HotswapSettings, version: str, record:
     png = base64.b64encode(decision_plot_png(record)).decode()
     plot = f"![backfill curve and option costs](data:image/png;base64,{png})"
     source = artifact_link(settings, version, DECISION_PNG)
+    where = f"[{DECISION_PNG}]({source})" if source.startswith("http") else f"`{source}`"
     return "\n\n".join(
-        [record.to_markdown(), plot, f"Plot in MLflow: `{source}`", links_markdown(settings, version)]
+        [record.to_markdown(), plot, f"Plot in MLflow: {where}", links_markdown(settings, version)]
     )
 
 

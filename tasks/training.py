@@ -120,7 +120,7 @@ class DatasetChangedError(ValueError):
     """The data a refresh was started for is not what the data source holds now."""
 
 
-@task(name="check-dataset-version", task_run_name="check the data is version {expected}", cache_policy=NONE)
+@task(name="check-dataset-version", task_run_name="check the dataset version", cache_policy=NONE)
 def check_dataset_version(settings: HotswapSettings, expected: str | None) -> str:
     """The configured data's version; with ``expected`` (from the dataset event) it must match."""
     version = dataset(settings).version
