@@ -127,6 +127,7 @@ def check_dataset_version(settings: HotswapSettings, expected: str | None) -> st
     if expected is not None and version != expected:
         raise DatasetChangedError(
             f"data source {settings.data.source!r} is now version {version}, but this refresh was started "
-            f"for version {expected}: the data changed after it was registered; register it again"
+            f"for version {expected}: the data changed after it was registered (or this worker reads it "
+            "with another data.split_seed / data.image_size); register it again"
         )
     return version
