@@ -164,15 +164,13 @@ CLICK = """(() => {{
   el.click(); return 'clicked ' + el.tagName;
 }})()"""
 CLOSE_ASSISTANT = """(() => {
-  const title = [...document.querySelectorAll('*')].find(e => e.children.length === 0
-    && e.textContent.trim() === 'MLflow Assistant');
-  if (!title) return 'no assistant panel';
-  let box = title;
-  for (let i = 0; i < 6 && box; i++, box = box.parentElement) {
-    const buttons = [...box.querySelectorAll('button')];
-    if (buttons.length >= 2) { buttons[buttons.length - 1].click(); return 'closed the assistant panel'; }
-  }
-  return 'no close button found';
+  try {  // MLflow 3.17 opens its assistant panel on a first visit from localhost; keep it shut
+    localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
+    localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
+  } catch (e) {}
+  const close = [...document.querySelectorAll('button[aria-label="Close"]')].pop();
+  if (!close) return 'no close button';
+  close.click(); return 'closed the assistant panel';
 })()"""
 SCROLL_TO_PLOT = """(() => {
   const img = document.querySelector('img[alt^="backfill curve"]');
