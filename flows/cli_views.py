@@ -56,11 +56,11 @@ def print_status(console: Console, state: dict[str, Any]) -> None:
     if gallery is None:
         console.print("[bold]live gallery[/bold] none")
     else:
-        table = Table(
-            title=f"live gallery {state['live_gallery_version']}: {gallery['items']} items, "
-            f"codebooks of v{gallery['codebooks_of']}",
-            title_justify="left",
+        console.print(
+            f"[bold]live gallery[/bold] {state['live_gallery_version']}: {gallery['items']} items, "
+            f"codebooks of v{gallery['codebooks_of']}"
         )
+        table = Table()
         for column in ("features from", "items", "share"):
             table.add_column(column, justify="right")
         for model, part in gallery.get("composition", {}).items():
@@ -74,6 +74,8 @@ def print_status(console: Console, state: dict[str, Any]) -> None:
         )
     tags = state.get("latest_version_tags") or {}
     if "promotion.status" in tags:
+        reason = tags.get("promotion.reason")
         console.print(
-            f"promotion of the latest version: {tags['promotion.status']} {tags.get('promotion.reason', '')}"
+            f"promotion of the latest version: {tags['promotion.status']}"
+            + (f" ({reason})" if reason else "")
         )
