@@ -15,7 +15,13 @@ from components.registry import CHALLENGER
 from components.review import review_summary
 from flows.switch import switch_live
 from tasks.context import settings_from
-from tasks.gallery import decision_markdown_with_plot, execute_decision, load_decision, override_decision
+from tasks.gallery import (
+    check_decision_is_current,
+    decision_markdown_with_plot,
+    execute_decision,
+    load_decision,
+    override_decision,
+)
 from tasks.links import TAG_FLOW_RUN_URL, links_markdown, prefect_run_tags
 from tasks.lock import lifecycle_lock
 from tasks.naming import promote_run_name
@@ -105,6 +111,7 @@ def promote(
         return Completed(name="Rejected", message=f"v{resolved} rejected by the reviewer{why}", data=result)
 
     with lifecycle_lock(settings, f"promotion of v{resolved}"):
+        check_decision_is_current(settings, resolved, decision)
         gallery_version = decision.gallery_version
         if answer.backfill_mode != "as-decided" and answer.backfill_mode != decision.mode:
             decision = override_decision(settings, resolved, decision, answer.backfill_mode, answer.fraction)

@@ -304,6 +304,26 @@ def backfill_gallery(
         )
 
 
+class StaleDecisionError(RuntimeError):
+    """The live gallery moved after the decision was made: its evidence no longer describes it."""
+
+
+@task(
+    name="check-decision-is-current",
+    task_run_name="check v{version}'s decision is current",
+    cache_policy=NONE,
+)
+def check_decision_is_current(settings: HotswapSettings, version: str, record: DecisionRecord) -> None:
+    """Refuse to act on a decision taken against a gallery that is no longer live (another run
+    switched it meanwhile, e.g. while this promotion waited for its reviewer)."""
+    live = gallery_store(settings).read_current(settings.gallery_name)
+    if record.source_gallery_version is not None and live != record.source_gallery_version:
+        raise StaleDecisionError(
+            f"v{version}'s decision was made against gallery {record.source_gallery_version}, but "
+            f"{live} is live now: run `hotswap refresh` for a decision against what is live"
+        )
+
+
 @task(name="load-decision", task_run_name="load the decision of v{version}", retries=2, cache_policy=NONE)
 def load_decision(settings: HotswapSettings, version: str) -> DecisionRecord:
     return read_decision(registry(settings), version)

@@ -157,6 +157,19 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
     assert second["challenger"] == "2"
 
 
+def test_a_decision_made_against_a_gallery_that_is_no_longer_live_is_refused(lifecycle, lifecycle_overrides):
+    from flows.promote import PromotionInput, promote
+    from tasks.gallery import StaleDecisionError
+
+    settings = lifecycle["settings"]
+    registry, galleries = _registry(settings), gallery_store(settings)
+    live, aliases = galleries.read_current(settings.gallery_name), registry.aliases()
+    # v2's decision was made against the bootstrap gallery; the approved promotion made v2-full live
+    with pytest.raises(StaleDecisionError, match="is live now"):
+        promote(overrides=lifecycle_overrides, version="2", answer=PromotionInput(approve=True))
+    assert galleries.read_current(settings.gallery_name) == live and registry.aliases() == aliases
+
+
 def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
     from flows.audit import audit
 
