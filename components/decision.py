@@ -762,17 +762,90 @@ def decision_markdown(record: DecisionRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decision_plot_png(record: DecisionRecord, dpi: int = 100) -> bytes:
+    """Left: the backfill curve (quality as served vs share re-extracted), every option marked and
+    the chosen one ringed, the target as a line. Right: each option's estimated seconds."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metric = record.config.metric
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    curve_ax, cost_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fractions = record.curve.get("fractions", [])
+    if fractions and metric in record.curve:
+        curve_ax.plot(
+            fractions,
+            record.curve[metric],
+            color="tab:blue",
+            label=f"backfill curve ({record.config.ordering})",
+        )
+    target = record.config.quality_target * record.reference_quality
+    curve_ax.axhline(
+        target,
+        color="tab:red",
+        linestyle="--",
+        linewidth=1,
+        label=f"target ({_pct(record.config.quality_target)} of full)",
+    )
+    styles = {  # skip and requantize sit at the same x (nothing re-extracted): skip drawn hollow, larger
+        "skip": {"marker": "o", "s": 110, "facecolors": "none", "edgecolors": "tab:purple", "linewidths": 2},
+        "requantize": {"marker": "s", "s": 40, "color": "tab:orange"},
+        "partial": {"marker": ".", "s": 40, "color": "tab:green"},
+        "full": {"marker": "D", "s": 40, "color": "tab:red"},
+    }
+    for mode, style in styles.items():
+        opts = [o for o in record.options if o.mode == mode]
+        if opts:
+            curve_ax.scatter(
+                [o.fraction for o in opts], [o.quality[metric] for o in opts], label=mode, zorder=3, **style
+            )
+    chosen = record.chosen_option
+    if chosen is not None:
+        curve_ax.scatter(
+            [chosen.fraction],
+            [chosen.quality[metric]],
+            s=220,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=2,
+            zorder=4,
+            label=f"chosen: {record.mode}",
+        )
+    curve_ax.set_xlabel("share of the gallery re-extracted")
+    curve_ax.set_ylabel(f"{metric} as served (validation)")
+    curve_ax.set_title("quality of each option")
+    curve_ax.legend(fontsize=7, loc="lower right")
+    labels = [o.mode if o.mode != "partial" else f"{o.fraction:.0%}" for o in record.options]
+    colours = [
+        "black" if o is chosen else ("tab:green" if o.meets_target and o.eligible else "tab:gray")
+        for o in record.options
+    ]
+    cost_ax.bar(range(len(labels)), [o.estimated_seconds for o in record.options], color=colours)
+    cost_ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    cost_ax.set_ylabel(f"estimated seconds ({record.gallery_items:,} items)")
+    cost_ax.set_title("cost (black: chosen, green: meets target)")
+    fig.suptitle(f"backfill decision v{record.new_model_version or '?'}: {record.mode}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
 # --------------------------------------------------------------------------- storage beside a model version
 
 DECISION_JSON = "decision/decision.json"
 DECISION_MD = "decision/decision.md"
+DECISION_PNG = "decision/decision.png"
 
 
 def save_decision(registry: Any, version: str, record: DecisionRecord) -> None:
-    """Store the record (JSON for machines, markdown for people) in the version's MLflow run."""
+    """Store the record (JSON for machines, markdown and a plot for people) in the version's MLflow run."""
     run_id = registry.resolve(version).run_id
     registry.log_artifact_bytes(run_id, DECISION_JSON, record.to_json().encode())
     registry.log_artifact_bytes(run_id, DECISION_MD, record.to_markdown().encode())
+    registry.log_artifact_bytes(run_id, DECISION_PNG, decision_plot_png(record))
 
 
 def load_decision(registry: Any, version: str) -> DecisionRecord:

@@ -60,6 +60,9 @@ TAG_KIND = "hotswap.kind"
 TAG_MODEL_NAME = "hotswap.model_name"
 TAG_NEW_VERSION = "hotswap.new_version"
 TAG_BASELINE_VERSION = "hotswap.old_version"
+# MLflow 3's UI picks an experiment's default page from this tag; training runs, not the GenAI overview.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 _SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|credential|access_key|api_key|private", re.IGNORECASE)
 _MAX_PARAMS_PER_BATCH = 100
@@ -194,7 +197,9 @@ class ModelRegistry:
             if experiment is None:
                 try:
                     self._experiment_id = self.client.create_experiment(
-                        self.experiment_name, artifact_location=self.artifact_location
+                        self.experiment_name,
+                        artifact_location=self.artifact_location,
+                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                     )
                 except MlflowException as exc:  # created concurrently by another process
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -204,7 +209,21 @@ class ModelRegistry:
                     ).experiment_id
             else:
                 self._experiment_id = experiment.experiment_id
+                if TAG_EXPERIMENT_KIND not in (experiment.tags or {}):  # made before the tag existed
+                    self.client.set_experiment_tag(self._experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return self._experiment_id
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Tags on an existing run (e.g. the Prefect flow run that produced it); secrets masked."""
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, mask_secret(key, _tag_value(value)))
+
+    def find_runs(self, kind: str, tags: Mapping[str, str] | None = None) -> list[Any]:
+        """This model's runs of one ``hotswap.kind`` whose tags equal ``tags``, oldest first."""
+        query = f"tags.`{TAG_KIND}` = '{kind}' AND tags.`{TAG_MODEL_NAME}` = '{self.model_name}'"
+        for key, value in (tags or {}).items():
+            query += f" AND tags.`{key}` = '{value}'"
+        return sorted(_all_runs(self.client, self.experiment_id, query), key=lambda r: r.info.start_time)
 
     def _log_batch(
         self, run_id: str, params: Mapping[str, Any] | None = None, metrics: Sequence[Metric] = ()
@@ -236,7 +255,7 @@ class ModelRegistry:
         """Log one training run and its model; returns the run id.
 
         ``history`` is a TrainHistory (or a list of per-epoch dicts): every term becomes the
-        metric ``train.<term>`` at step = epoch index. ``metrics`` are final scalars (e.g. ``val.map``).
+        metric ``train.<term>`` at step = epoch index. ``metrics`` are optional final scalars.
         Param values with secret-looking keys, and credentials inside URIs, are masked.
         """
         if not dataset_version:
@@ -501,7 +520,12 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ compatibility reports
 
-    def log_report(self, report: CompatibilityReport, tag_version: bool = True) -> str:
+    def log_report(
+        self,
+        report: CompatibilityReport,
+        tag_version: bool = True,
+        run_tags: Mapping[str, Any] | None = None,
+    ) -> str:
         """Log a report as its own run (metrics, thresholds, JSON, markdown, heatmap); returns its URI.
 
         With ``tag_version`` the new version gets ``compat.blessed``, ``compat.old_version`` and
@@ -523,6 +547,7 @@ class ModelRegistry:
             TAG_DATA_VERSION: report.data_version,
             TAG_BLESSED: _tag_value(report.blessed),
         }
+        tags.update({key: mask_secret(key, _tag_value(value)) for key, value in (run_tags or {}).items()})
         run = self.client.create_run(
             self.experiment_id, run_name=f"compat-v{new.version}-vs-{old_label}", tags=tags
         )

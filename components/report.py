@@ -418,10 +418,10 @@ def _pct(value: float | None) -> str:
 
 def report_markdown(report: CompatibilityReport) -> str:
     """The ml-fct style table (pairs × Top-1/Top-5/mAP, in %), the checks, then verdict and reasons."""
-    old = "—" if report.old_version is None else f"v{report.old_version}"
+    against = "first model, no baseline" if report.old_version is None else f"vs v{report.old_version}"
     title = report.model_name or "model"
     lines = [
-        f"# Compatibility report: {title} v{report.new_version} vs {old}",
+        f"# Compatibility report: {title} v{report.new_version} ({against})",
         "",
         f"Data version: `{report.data_version}` · created {report.created_at.isoformat(timespec='seconds')}",
         "",

@@ -125,6 +125,24 @@ class ServeSettings(BaseModel):
     )
 
 
+class OperationsSettings(BaseModel):
+    """How runs show up for the people operating them (Prefect and MLflow UIs, the lifecycle lock)."""
+
+    mlflow_ui_url: str | None = Field(
+        None,
+        description="base URL of the MLflow UI for links in Prefect artifacts; default: the tracking "
+        "URI when it is http(s), otherwise no links (a local SQLite store has no UI until `mlflow ui`)",
+    )
+    lock_timeout_seconds: float | None = Field(
+        6 * 3600.0,
+        gt=0,
+        description="how long a lifecycle run waits for another one on the same gallery; None = forever",
+    )
+    lock_lease_seconds: float = Field(
+        300.0, gt=0, description="lease of the lifecycle slot: a crashed holder frees it after this long"
+    )
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("HOTSWAP_CONFIG", "hotswap.toml"))
 
@@ -154,6 +172,7 @@ class HotswapSettings(BaseSettings):
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    ops: OperationsSettings = Field(default_factory=OperationsSettings)
 
     @field_validator("model_name", "gallery_name")
     @classmethod
@@ -182,6 +201,19 @@ class HotswapSettings(BaseSettings):
     @property
     def resolved_store_uri(self) -> str:
         return self.store_uri or str(self.home / "store")
+
+    @property
+    def resolved_mlflow_ui_url(self) -> str | None:
+        """Where people open MLflow: the ``ops.mlflow_ui_url`` setting, else an http(s) tracking URI."""
+        url = self.ops.mlflow_ui_url
+        if url is None and self.resolved_tracking_uri.startswith(("http://", "https://")):
+            url = self.resolved_tracking_uri
+        return None if url is None else mask_uri_credentials(url).rstrip("/")
+
+    @property
+    def lifecycle_limit_name(self) -> str:
+        """The Prefect global concurrency limit that admits one lifecycle run per gallery."""
+        return f"hotswap-lifecycle-{self.gallery_name}"
 
     @property
     def torch_device(self) -> str:

@@ -1,9 +1,13 @@
-"""What is live right now: aliases, the live gallery, the last decision and its report."""
+"""What is live right now: aliases, the live gallery (and which model versions its items come
+from), the challenger's report and the last decision; and one version's record from MLflow."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from components.backfill import feature_models
 from components.decision import load_decision
 from components.gallery import GalleryStore
 from components.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, RegistryError
@@ -35,6 +39,11 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
             "backfill": manifest.metadata.get("backfill"),
         }
         status["example_item"] = str(arrays.ids[0])
+        models, counts = np.unique(feature_models(galleries, settings.gallery_name, live), return_counts=True)
+        status["live_gallery"]["composition"] = {
+            f"v{model}": {"items": int(n), "share": round(float(n) / max(manifest.num_items, 1), 4)}
+            for model, n in zip(models.tolist(), counts.tolist(), strict=True)
+        }
     latest = aliases.get(CHALLENGER) or aliases.get(CHAMPION)
     if latest is not None:
         info = registry.resolve(latest)
@@ -46,9 +55,29 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
         except RegistryError:
             status["last_decision"] = None
             status["last_decision_markdown"] = "no backfill decision recorded yet"
-    if aliases.get(CHAMPION) is not None:
-        try:
-            status["champion_report"] = registry.load_report(aliases[CHAMPION]).model_dump(mode="json")
-        except RegistryError:
-            status["champion_report"] = None
+    for alias in (CHAMPION, CHALLENGER):
+        if aliases.get(alias) is not None:
+            try:
+                status[f"{alias}_report"] = registry.load_report(aliases[alias]).model_dump(mode="json")
+            except RegistryError:
+                status[f"{alias}_report"] = None
     return status
+
+
+def version_record(settings: HotswapSettings, version: str) -> dict[str, Any]:
+    """A version's report and decision as MLflow holds them (``hotswap report VERSION``): no
+    gallery, no Prefect, nothing recomputed."""
+    registry = ModelRegistry.from_settings(settings)
+    info = registry.resolve(version)
+    record: dict[str, Any] = {
+        "model": settings.model_name,
+        "version": info.version,
+        "aliases": list(info.aliases),
+        "tags": dict(sorted(info.tags.items())),
+        "report": registry.load_report(info.version),
+    }
+    try:
+        record["decision"] = load_decision(registry, info.version)
+    except RegistryError:
+        record["decision"] = None
+    return record

@@ -2,8 +2,9 @@
 
     python deployments/serve.py
 
-The scheduled refresh and the monthly audit run on their crons; promote and backfill are
-triggered from the Prefect UI or `prefect deployment run`. Schedules match prefect.yaml.
+The refresh runs when `hotswap data register` emits `hotswap.dataset.registered` (and weekly on
+its cron as a fallback); the monthly audit on its cron; promote and backfill are started from the
+Prefect UI or `prefect deployment run`. Schedules and the trigger match prefect.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefect import serve  # noqa: E402
+from prefect.events import DeploymentEventTrigger  # noqa: E402
 
 from flows.audit import audit  # noqa: E402
 from flows.backfill import backfill  # noqa: E402
@@ -22,11 +24,24 @@ from flows.refresh import refresh  # noqa: E402
 
 REFRESH_CRON = "0 3 * * 1"
 AUDIT_CRON = "0 5 1 * *"
+NEW_DATA = DeploymentEventTrigger(
+    match={"prefect.resource.id": "hotswap.dataset.*"},
+    expect={"hotswap.dataset.registered"},
+    parameters={
+        "dataset_version": "{{ event.payload.dataset_version }}",
+        "data_source": "{{ event.payload.data_source }}",
+    },
+)
 
 
 def main() -> None:
     serve(
-        refresh.to_deployment(name="scheduled-refresh", cron=REFRESH_CRON, parameters={"auto_promote": True}),
+        refresh.to_deployment(
+            name="scheduled-refresh",
+            cron=REFRESH_CRON,
+            parameters={"auto_promote": True},
+            triggers=[NEW_DATA],
+        ),
         promote.to_deployment(name="manual-promote", parameters={"version": "challenger"}),
         backfill.to_deployment(name="backfill", parameters={"mode": "full", "version": "challenger"}),
         audit.to_deployment(name="monthly-audit", cron=AUDIT_CRON),

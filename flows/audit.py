@@ -7,10 +7,11 @@ from typing import Any
 from prefect import flow
 
 from tasks.context import settings_from
+from tasks.naming import audit_run_name
 from tasks.validation import audit_versions
 
 
-@flow(name="audit", log_prints=True)
+@flow(name="audit", log_prints=True, flow_run_name=audit_run_name)
 def audit(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The lower-triangular compatibility matrix of all versions, AC/AM, as markdown, CSV and HTML."""
     settings = settings_from(overrides)

@@ -15,6 +15,8 @@ from prefect import flow
 from components.registry import CHAMPION
 from tasks.context import settings_from
 from tasks.gallery import backfill_gallery, publish_gallery
+from tasks.lock import lifecycle_lock
+from tasks.naming import backfill_run_name
 from tasks.registry import resolve_alias
 
 
@@ -22,7 +24,7 @@ class UnknownVersionError(LookupError):
     pass
 
 
-@flow(name="backfill", log_prints=True)
+@flow(name="backfill", log_prints=True, flow_run_name=backfill_run_name)
 def backfill(
     overrides: dict[str, Any] | None = None,
     mode: Literal["requantize", "partial", "full"] = "full",
@@ -36,16 +38,17 @@ def backfill(
     resolved = version if version.isdigit() else resolve_alias(settings, version)
     if resolved is None:
         raise UnknownVersionError(f"model {settings.model_name!r} has no version or alias {version!r}")
-    champion = resolve_alias(settings, CHAMPION)
-    old_version = champion if champion != resolved else None
-    if use_dask:  # submitted, so it runs on the flow's DaskTaskRunner and can reach the cluster
-        gallery_version = backfill_gallery.submit(
-            settings, resolved, mode, fraction, old_version, True
-        ).result()
-    else:
-        gallery_version = backfill_gallery(settings, resolved, mode, fraction, old_version)
-    if publish:
-        publish_gallery(settings, gallery_version)
+    with lifecycle_lock(settings, f"{mode} backfill"):
+        champion = resolve_alias(settings, CHAMPION)
+        old_version = champion if champion != resolved else None
+        if use_dask:  # submitted, so it runs on the flow's DaskTaskRunner and can reach the cluster
+            gallery_version = backfill_gallery.submit(
+                settings, resolved, mode, fraction, old_version, True
+            ).result()
+        else:
+            gallery_version = backfill_gallery(settings, resolved, mode, fraction, old_version)
+        if publish:
+            publish_gallery(settings, gallery_version)
     return {"version": resolved, "mode": mode, "gallery_version": gallery_version, "published": publish}
 
 

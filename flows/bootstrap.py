@@ -10,6 +10,8 @@ from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
 from tasks.gallery import build_first_gallery
+from tasks.lock import lifecycle_lock
+from tasks.naming import bootstrap_run_name
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import train_first_model
@@ -20,18 +22,19 @@ class AlreadyBootstrappedError(RuntimeError):
     """A champion exists: bootstrapping again would replace a live model without any check."""
 
 
-@flow(name="bootstrap", log_prints=True)
+@flow(name="bootstrap", log_prints=True, flow_run_name=bootstrap_run_name)
 def bootstrap(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train v1 on the bootstrap classes, bless it, build DPQ codebooks and the first live gallery."""
     settings = settings_from(overrides)
-    champion = resolve_alias(settings, CHAMPION)
-    if champion is not None:
-        raise AlreadyBootstrappedError(
-            f"model {settings.model_name!r} already has a champion (v{champion}); run `hotswap refresh`"
-        )
-    version = train_first_model(settings)
-    report = rubber_stamp(settings, version)
-    train_codebooks(settings, version)
-    gallery_version = build_first_gallery(settings, version)
-    live = switch_live(settings, version, gallery_version)
+    with lifecycle_lock(settings, "bootstrap"):
+        champion = resolve_alias(settings, CHAMPION)
+        if champion is not None:
+            raise AlreadyBootstrappedError(
+                f"model {settings.model_name!r} already has a champion (v{champion}); run `hotswap refresh`"
+            )
+        version = train_first_model(settings)
+        report = rubber_stamp(settings, version)
+        train_codebooks(settings, version)
+        gallery_version = build_first_gallery(settings, version)
+        live = switch_live(settings, version, gallery_version)
     return {"version": version, "blessed": report["blessed"], **live}

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def _prepare(home: Path | None) -> dict[str, Any]:
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # INFO reaches the API (the UI shows each run's log); the console handler stays at WARNING.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -47,7 +50,8 @@ def _print_report(payload: dict[str, Any]) -> None:
     from components.report import CompatibilityReport
 
     report = CompatibilityReport.model_validate(payload)
-    table = Table(title=f"compatibility: v{report.new_version} vs v{report.old_version} (held-out data)")
+    against = "first model, no baseline" if report.old_version is None else f"vs v{report.old_version}"
+    table = Table(title=f"compatibility: v{report.new_version} {against} (held-out data)")
     for column in ("pair", "mAP", "top-1", "top-5"):
         table.add_column(column, justify="right")
     for pair in ("old/old", "new/new", "new/old", "old/new"):
@@ -136,6 +140,12 @@ def promote(
     from flows.promote import promote as promote_flow
 
     answer = None
+    if approve is None and not os.environ.get("PREFECT_API_URL"):
+        raise typer.BadParameter(
+            "without --approve/--reject the run pauses for a reviewer in the Prefect UI, which needs a "
+            "Prefect server: set PREFECT_API_URL (see docs/operations.md) or decide here",
+            param_hint="--approve/--reject",
+        )
     if approve is not None:
         answer = PromotionInput(
             approve=approve, reason=reason, backfill_mode=backfill_mode, fraction=fraction
@@ -212,13 +222,80 @@ def rollback(home: Path | None = HomeOption) -> None:
 
 
 @app.command()
-def status(home: Path | None = HomeOption) -> None:
-    """Champion, challenger, live gallery version and the last decision."""
+def status(
+    home: Path | None = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="print the status as JSON"),
+) -> None:
+    """Champion, challenger (matrix, verdict), live gallery composition by model version, last decision."""
     overrides = _prepare(home)
     from components.settings import load_settings
     from components.status import system_status
 
-    _print_json(system_status(load_settings(**overrides)))
+    state = system_status(load_settings(**overrides))
+    if as_json:
+        _print_json(state)
+    else:
+        from flows.cli_views import print_status
+
+        print_status(console, state)
+
+
+@app.command()
+def report(
+    version: str = typer.Argument(..., help="version number or alias (champion, challenger, previous)"),
+    home: Path | None = HomeOption,
+) -> None:
+    """A version's compatibility report and backfill decision, read from MLflow alone."""
+    overrides = _prepare(home)
+    from components.settings import load_settings
+    from components.status import version_record
+
+    settings = load_settings(**overrides)
+    record = version_record(settings, version)
+    aliases = f" ({', '.join(record['aliases'])})" if record["aliases"] else ""
+    console.rule(f"{settings.model_name} v{record['version']}{aliases}")
+    _print_report(record["report"].model_dump(mode="json"))
+    if record["decision"] is None:
+        console.print("no backfill decision recorded (first model, or the refresh stopped before deciding)")
+    else:
+        _print_decision(settings, record["version"])
+    for key in ("promotion.status", "promotion.reason", "prefect.flow_run_url", "promotion.flow_run_url"):
+        if record["tags"].get(key):
+            console.print(f"{key}: {record['tags'][key]}")
+
+
+data_app = typer.Typer(help="Datasets a refresh can train on.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("register")
+def data_register(
+    manifest: str = typer.Argument(..., help="a manifest (.csv/.parquet), image folder or built-in source"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Record a dataset version and emit `hotswap.dataset.registered` (which triggers a refresh);
+    data already registered emits nothing."""
+    overrides = _prepare(home)
+    from components.datasets import register_dataset
+    from components.settings import load_settings
+    from tasks.events import emit_dataset_registered
+
+    settings = load_settings(**overrides)
+    registration = register_dataset(settings, manifest)
+    if not registration.new:
+        console.print(f"dataset {registration.version} is already registered: no event, no new refresh")
+        return
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print(
+            "[yellow]PREFECT_API_URL is not set: the event goes to a temporary API "
+            "that no deployment listens on[/yellow]"
+        )
+    event_id = emit_dataset_registered(settings, registration)
+    sent = f"event hotswap.dataset.registered {event_id}" if event_id else "no event sent (events are off)"
+    console.print(
+        f"registered dataset {registration.version} ({registration.items} items, "
+        f"{registration.classes} classes): {sent}"
+    )
 
 
 @app.command()
@@ -271,8 +348,17 @@ def demo(
         f"champion v{second['challenger']} promoted: {second['promoted']}; decision: {second['decision']}"
     )
     console.print("wall time: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in timings.items()))
-    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
-    console.print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
+    console.print(
+        f"MLflow UI:  mlflow ui --backend-store-uri {settings.resolved_tracking_uri}"
+        "  (side bar: Model training)"
+    )
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(
+            f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')} (the server this ran on)"
+        )
+    else:  # the runs are in the temporary API's database: serve that database (this venv's prefect)
+        prefect = Path(sys.executable).with_name("prefect")
+        console.print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {prefect} server start")
 
 
 @app.callback()

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
-from prefect import flow, pause_flow_run
+from prefect import flow, get_run_logger, pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
+from pydantic import Field
 
 from components.registry import CHALLENGER
+from components.review import review_summary
 from flows.switch import switch_live
 from tasks.context import settings_from
-from tasks.gallery import execute_decision, load_decision, override_decision
+from tasks.gallery import (
+    check_decision_is_current,
+    decision_markdown_with_plot,
+    execute_decision,
+    load_decision,
+    override_decision,
+)
+from tasks.links import TAG_FLOW_RUN_URL, links_markdown, prefect_run_tags
+from tasks.lock import lifecycle_lock
+from tasks.naming import promote_run_name
 from tasks.registry import resolve_alias, tag_version
-from tasks.reporting import publish_markdown
+from tasks.reporting import artifact_key, publish_markdown
 from tasks.validation import load_report
 
 BackfillChoice = Literal["as-decided", "skip", "requantize", "partial", "full"]
@@ -21,27 +35,53 @@ BackfillChoice = Literal["as-decided", "skip", "requantize", "partial", "full"]
 class PromotionInput(RunInput):
     """The form shown to the reviewer of a paused promote run."""
 
-    approve: bool = False
-    reason: str = ""
-    backfill_mode: BackfillChoice = "as-decided"
-    fraction: float | None = None
+    approve: bool = Field(
+        False, description="Tick to make this version the champion and switch the live gallery to it."
+    )
+    reason: str = Field(
+        "", description="Why you decided so; recorded on the model version (promotion.reason) in MLflow."
+    )
+    backfill_mode: BackfillChoice = Field(
+        "as-decided",
+        description="as-decided keeps the recorded decision; skip, requantize, partial or full overrides "
+        "it (the gallery is then rebuilt before the switch).",
+    )
+    fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of the gallery to re-extract; only for backfill mode 'partial'."
+    )
 
 
 class NothingToPromoteError(RuntimeError):
     """No challenger (or named version) exists to promote."""
 
 
-@flow(name="promote", log_prints=True)
+def _announce_pause(version: str, timeout_seconds: int) -> None:
+    """Say where the form is and what to do, in the run's logs and on the terminal that started it."""
+    url = flow_run.get_flow_run_ui_url()
+    where = f"open {url} and press Resume" if url else "open this flow run in the Prefect UI and press Resume"
+    message = (
+        f"v{version} is waiting for a reviewer: {where}; fill in approve, reason and the backfill mode. "
+        f"It waits up to {timeout_seconds / 3600:g} h, then fails. From code: prefect.flow_runs."
+        f"resume_flow_run('{flow_run.get_id()}', run_input={{'approve': True, 'reason': '…'}})"
+    )
+    get_run_logger().info(message)
+    if sys.__stderr__ is not None:  # the console is quiet at INFO; this line is for the person waiting
+        sys.__stderr__.write(message + "\n")  # not print(): log_prints would log it a second time
+        sys.__stderr__.flush()
+
+
+@flow(name="promote", log_prints=True, flow_run_name=promote_run_name)
 def promote(
     overrides: dict[str, Any] | None = None,
     version: str = CHALLENGER,
     answer: PromotionInput | None = None,
     timeout_seconds: int = 24 * 3600,
     poll_interval_seconds: int = 10,
-) -> dict[str, Any]:
+) -> State:
     """Publish the report, pause for a human decision (unless ``answer`` is given), then switch.
 
-    The switch moves the aliases and the gallery pointer in one transaction (see switch_live).
+    The switch moves the aliases and the gallery pointer in one transaction (see switch_live),
+    holding the gallery's lifecycle slot; the wait for the reviewer holds nothing.
     """
     settings = settings_from(overrides)
     resolved = version if version.isdigit() else resolve_alias(settings, version)
@@ -49,30 +89,49 @@ def promote(
         raise NothingToPromoteError(f"model {settings.model_name!r} has no version or alias {version!r}")
     report = load_report(settings, resolved)
     decision = load_decision(settings, resolved)
-    heading = f"## Promote v{resolved} of {settings.model_name}?"
-    description = "\n\n".join([heading, report.to_markdown(), decision.to_markdown()])
-    publish_markdown(
-        f"promotion-{settings.model_name}-v{resolved}", description, f"Promotion request v{resolved}"
+    request_key = artifact_key(f"promotion-{settings.model_name}-v{resolved}")
+    heading = f"# Promote v{resolved} of {settings.model_name}?"
+    request = "\n\n".join(
+        [heading, report.to_markdown(), decision_markdown_with_plot(settings, resolved, decision)]
     )
+    publish_markdown(request_key, request, f"Promotion request v{resolved}")
     if answer is None:
+        _announce_pause(resolved, timeout_seconds)
+        form = review_summary(report, decision, links_markdown(settings, resolved), request_key)
         answer = pause_flow_run(
-            wait_for_input=PromotionInput.with_initial_data(description=description),
+            wait_for_input=PromotionInput.with_initial_data(description=form),
             timeout=timeout_seconds,
             poll_interval=poll_interval_seconds,
         )
+    review_tags = {"promotion.reason": answer.reason, **_flow_run_url_tag()}
     if not answer.approve:
-        tag_version(settings, resolved, {"promotion.status": "rejected", "promotion.reason": answer.reason})
-        return {"version": resolved, "promoted": False, "reason": answer.reason}
+        tag_version(settings, resolved, {"promotion.status": "rejected", **review_tags})
+        result = {"version": resolved, "promoted": False, "reason": answer.reason}
+        why = f": {answer.reason}" if answer.reason else " (no reason given)"
+        return Completed(name="Rejected", message=f"v{resolved} rejected by the reviewer{why}", data=result)
 
-    gallery_version = decision.gallery_version
-    if answer.backfill_mode != "as-decided" and answer.backfill_mode != decision.mode:
-        decision = override_decision(settings, resolved, decision, answer.backfill_mode, answer.fraction)
-        gallery_version = execute_decision(settings, resolved, decision.model_dump(mode="json"))
-    if gallery_version is None:
-        raise NothingToPromoteError(
-            f"v{resolved}'s decision is {decision.mode!r}: there is no gallery to switch to; "
-            "approve with a backfill mode instead"
-        )
-    live = switch_live(settings, resolved, gallery_version)
-    tag_version(settings, resolved, {"promotion.status": "approved", "promotion.reason": answer.reason})
-    return {"version": resolved, "promoted": True, "reason": answer.reason, **live}
+    with lifecycle_lock(settings, f"promotion of v{resolved}"):
+        check_decision_is_current(settings, resolved, decision)
+        gallery_version = decision.gallery_version
+        if answer.backfill_mode != "as-decided" and answer.backfill_mode != decision.mode:
+            decision = override_decision(settings, resolved, decision, answer.backfill_mode, answer.fraction)
+            gallery_version = execute_decision(settings, resolved, decision.model_dump(mode="json"))
+        if gallery_version is None:
+            raise NothingToPromoteError(
+                f"v{resolved}'s decision is {decision.mode!r}: there is no gallery to switch to; "
+                "approve with a backfill mode instead"
+            )
+        live = switch_live(settings, resolved, gallery_version)
+        tag_version(settings, resolved, {"promotion.status": "approved", **review_tags})
+    result = {"version": resolved, "promoted": True, "reason": answer.reason, **live}
+    return Completed(
+        name="Promoted",
+        message=f"v{resolved} is champion; live gallery {live['gallery_version']} ({decision.mode})",
+        data=result,
+    )
+
+
+def _flow_run_url_tag() -> dict[str, str]:
+    """``promotion.flow_run_url``: the review's flow run, on the model version it decided."""
+    url = prefect_run_tags().get(TAG_FLOW_RUN_URL)
+    return {"promotion.flow_run_url": url} if url else {}

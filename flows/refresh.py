@@ -5,15 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.states import Completed, State
 
 from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
 from tasks.gallery import decide_backfill, execute_decision
+from tasks.links import rename_flow_run
 from tasks.live import check_noop, live_composition, plan_targets, record_noop
+from tasks.lock import lifecycle_lock
+from tasks.naming import refresh_name, refresh_run_name
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
-from tasks.training import train_challenger
+from tasks.training import check_dataset_version, train_challenger
 from tasks.validation import validate_compatibility
 
 
@@ -21,8 +25,20 @@ class NoChampionError(RuntimeError):
     """refresh upgrades a live model; without one there is nothing to be compatible with."""
 
 
-@flow(name="refresh", log_prints=True)
-def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None = None) -> dict[str, Any]:
+def _data_overrides(overrides: dict[str, Any] | None, data_source: str | None) -> dict[str, Any]:
+    merged = dict(overrides or {})
+    if data_source:
+        merged["data"] = {**merged.get("data", {}), "source": data_source}
+    return merged
+
+
+@flow(name="refresh", log_prints=True, flow_run_name=refresh_run_name)
+def refresh(
+    overrides: dict[str, Any] | None = None,
+    auto_promote: bool | None = None,
+    data_source: str | None = None,
+    dataset_version: str | None = None,
+) -> State:
     """Train a compatible challenger, validate it, retrain codebooks, decide and stage the backfill.
 
     Nothing is trained when the data, the settings and the champion are unchanged since the
@@ -31,38 +47,54 @@ def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None =
     targets and the as-served validation gallery.
 
     With ``auto_promote`` (default: the ``auto_promote`` setting) a blessed challenger goes live
-    at once; otherwise it waits for the ``promote`` flow.
+    at once; otherwise it waits for the ``promote`` flow. ``data_source`` / ``dataset_version``
+    come from a ``hotswap.dataset.registered`` event: the run trains on that data and refuses to
+    start when the source no longer holds that version. One lifecycle run per gallery at a time.
     """
-    settings = settings_from(overrides)
+    settings = settings_from(_data_overrides(overrides, data_source))
     auto_promote = settings.auto_promote if auto_promote is None else auto_promote
-    champion = resolve_alias(settings, CHAMPION)
-    if champion is None:
-        raise NoChampionError(f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first")
+    with lifecycle_lock(settings, "refresh"):
+        champion = resolve_alias(settings, CHAMPION)
+        if champion is None:
+            raise NoChampionError(
+                f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first"
+            )
+        data_version = check_dataset_version(settings, dataset_version)
+        reason = check_noop(settings, champion)
+        if reason is not None:
+            record_noop(settings, champion, reason)
+            summary = {"champion": champion, "noop": True, "reason": reason, "promoted": False}
+            return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
-    reason = check_noop(settings, champion)
-    if reason is not None:
-        record_noop(settings, champion, reason)
-        return {"champion": champion, "noop": True, "reason": reason, "promoted": False}
+        composition = live_composition(settings)
+        targets = plan_targets(settings, champion, composition)
+        challenger = train_challenger(settings, champion, targets)
+        rename_flow_run(refresh_name(challenger, champion, data_version))
+        report = validate_compatibility(settings, champion, challenger, composition, targets)
+        train_codebooks(settings, challenger)
+        decision = decide_backfill(settings, champion, challenger, report, composition)
+        gallery_version = execute_decision(settings, challenger, decision)
 
-    composition = live_composition(settings)
-    targets = plan_targets(settings, champion, composition)
-    challenger = train_challenger(settings, champion, targets)
-    report = validate_compatibility(settings, champion, challenger, composition, targets)
-    train_codebooks(settings, challenger)
-    decision = decide_backfill(settings, champion, challenger, report, composition)
-    gallery_version = execute_decision(settings, challenger, decision)
-
-    summary: dict[str, Any] = {
-        "champion": champion,
-        "noop": False,
-        "challenger": challenger,
-        "targets": targets,
-        "blessed": report["blessed"],
-        "decision": decision["mode"],
-        "gallery_version": gallery_version,
-        "promoted": False,
-    }
-    if auto_promote and report["blessed"] and gallery_version is not None:
-        switch_live(settings, challenger, gallery_version)
-        summary["promoted"] = True
-    return summary
+        summary: dict[str, Any] = {
+            "champion": champion,
+            "noop": False,
+            "challenger": challenger,
+            "targets": targets,
+            "blessed": report["blessed"],
+            "decision": decision["mode"],
+            "gallery_version": gallery_version,
+            "promoted": False,
+            "dataset_version": data_version,
+        }
+        if auto_promote and report["blessed"] and gallery_version is not None:
+            switch_live(settings, challenger, gallery_version)
+            summary["promoted"] = True
+    verdict = "blessed" if report["blessed"] else "NOT blessed"
+    if summary["promoted"]:
+        name, next_step = "Promoted", f"v{challenger} is live on gallery {gallery_version}"
+    elif decision["mode"] == "reject" or (not report["blessed"] and gallery_version is None):
+        name, next_step = "Rejected", f"v{champion} stays live"
+    else:
+        name, next_step = "Staged", f"run the promote deployment to review v{challenger}"
+    message = f"v{challenger} {verdict} against v{champion}; decision {decision['mode']}; {next_step}"
+    return Completed(name=name, message=message, data=summary)

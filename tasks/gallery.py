@@ -7,6 +7,7 @@ promote flow and ``hotswap status`` read it back instead of recomputing it.
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any
 
@@ -17,7 +18,14 @@ from prefect.cache_policies import NONE
 from prefect.transactions import Transaction, get_transaction
 
 from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
-from components.decision import DecisionConfig, DecisionRecord, decide, save_decision
+from components.decision import (
+    DECISION_PNG,
+    DecisionConfig,
+    DecisionRecord,
+    decide,
+    decision_plot_png,
+    save_decision,
+)
 from components.decision import load_decision as read_decision
 from components.gallery_calibration import ensure_calibration, fit_for_gallery
 from components.gallery_search import GallerySearcher
@@ -29,8 +37,9 @@ from components.registry import TAG_BACKFILL
 from components.settings import HotswapSettings
 from components.training import extract_features
 from tasks.context import dataset, gallery_store, registry
+from tasks.links import artifact_link, links_markdown
 from tasks.quantization import load_codebooks
-from tasks.reporting import publish_markdown, publish_table
+from tasks.reporting import artifact_key, publish_markdown, publish_table
 
 
 def _index_builder(codebooks: DPQCodebooks):
@@ -44,9 +53,10 @@ def _index_builder(codebooks: DPQCodebooks):
     return build
 
 
-def _progress(description: str, total_shards: int):
-    """A Prefect progress artifact updated after every finished (or verified-and-skipped) shard."""
-    artifact_id = create_progress_artifact(progress=0.0, description=description)
+def _progress(key: str, description: str, total_shards: int):
+    """A Prefect progress artifact (keyed, so the Artifacts page lists it) updated after every
+    finished (or verified-and-skipped) shard."""
+    artifact_id = create_progress_artifact(progress=0.0, key=artifact_key(key), description=description)
     lock = threading.Lock()
     done = [0]
 
@@ -88,7 +98,9 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
         device=settings.torch_device,
         index_builder=_index_builder(codebooks),
         on_shard=_progress(
-            f"first gallery ({len(items)} items)", _shards(len(items), settings.backfill.shard_size)
+            f"gallery-progress-{settings.gallery_name}-v{version}-bootstrap",
+            f"first gallery ({len(items)} items)",
+            _shards(len(items), settings.backfill.shard_size),
         ),
     )
     reg.set_tags(version, {TAG_GALLERY_VERSION: manifest.version})
@@ -161,13 +173,16 @@ def decide_backfill(
                 "est. seconds": round(o.estimated_seconds, 2),
                 "meets target": o.meets_target,
                 "eligible": o.eligible,
+                "chosen": o is record.chosen_option,
             }
             for o in record.options
         ],
         f"Backfill options for v{new_version}; chosen: {record.mode}",
     )
     publish_markdown(
-        f"decision-report-{settings.model_name}-v{new_version}", record.to_markdown(), "Backfill decision"
+        f"decision-report-{settings.model_name}-v{new_version}",
+        decision_markdown_with_plot(settings, new_version, record),
+        f"Backfill decision for v{new_version}: {record.mode}",
     )
     get_run_logger().info("decision for v%s: %s — %s", new_version, record.mode, "; ".join(record.reasons))
     return record.model_dump(mode="json")
@@ -200,6 +215,21 @@ def ensure_served_calibration(settings: HotswapSettings, gallery_version: str, q
 
     _, how = ensure_calibration(galleries, name, gallery_version, query_version, fit)
     return how
+
+
+def decision_markdown_with_plot(settings: HotswapSettings, version: str, record: DecisionRecord) -> str:
+    """The decision's markdown with its plot (curve and option costs) inline and the MLflow links.
+
+    The plot is embedded as a data URI, so the Prefect UI shows it without access to MLflow's
+    artifact store; the same PNG is logged to MLflow as ``decision/decision.png``.
+    """
+    png = base64.b64encode(decision_plot_png(record)).decode()
+    plot = f"![backfill curve and option costs](data:image/png;base64,{png})"
+    source = artifact_link(settings, version, DECISION_PNG)
+    where = f"[{DECISION_PNG}]({source})" if source.startswith("http") else f"`{source}`"
+    return "\n\n".join(
+        [record.to_markdown(), plot, f"Plot in MLflow: {where}", links_markdown(settings, version)]
+    )
 
 
 def _target_version_id(new_version: str, mode: str, fraction: float | None) -> str:
@@ -236,7 +266,9 @@ def _backfill(
         shard_size=settings.backfill.shard_size,
         executor=executor,
         on_shard=_progress(
-            f"{mode} backfill for v{new_version}", _shards(gallery_items, settings.backfill.shard_size)
+            f"gallery-progress-{settings.gallery_name}-{_target_version_id(new_version, mode, fraction)}",
+            f"{mode} backfill for v{new_version}",
+            _shards(gallery_items, settings.backfill.shard_size),
         ),
         model_version=new_version,
         codebook_version=new_version,
@@ -322,6 +354,26 @@ def backfill_gallery(
             )
     ensure_served_calibration(settings, target, new_version)
     return target
+
+
+class StaleDecisionError(RuntimeError):
+    """The live gallery moved after the decision was made: its evidence no longer describes it."""
+
+
+@task(
+    name="check-decision-is-current",
+    task_run_name="check v{version}'s decision is current",
+    cache_policy=NONE,
+)
+def check_decision_is_current(settings: HotswapSettings, version: str, record: DecisionRecord) -> None:
+    """Refuse to act on a decision taken against a gallery that is no longer live (another run
+    switched it meanwhile, e.g. while this promotion waited for its reviewer)."""
+    live = gallery_store(settings).read_current(settings.gallery_name)
+    if record.source_gallery_version is not None and live != record.source_gallery_version:
+        raise StaleDecisionError(
+            f"v{version}'s decision was made against gallery {record.source_gallery_version}, but "
+            f"{live} is live now: run `hotswap refresh` for a decision against what is live"
+        )
 
 
 @task(name="load-decision", task_run_name="load the decision of v{version}", retries=2, cache_policy=NONE)

@@ -27,20 +27,22 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(key=artifact_key(key), markdown=markdown, description=description)
 
 
-def publish_report(report: CompatibilityReport, model_name: str) -> None:
+def publish_report(report: CompatibilityReport, model_name: str, links: str | None = None) -> None:
     """The compatibility table (old/old, new/new, new/old, old/new) and the full report."""
     rows = [
         {"pair": pair, **{k: round(v, 4) for k, v in values.items()}}
         for pair, values in report.matrix.items()
     ]
     verdict = "blessed" if report.blessed else "NOT blessed"
+    against = "first model, no baseline" if report.old_version is None else f"against v{report.old_version}"
     publish_table(
         f"compat-{model_name}-v{report.new_version}",
         rows,
-        f"Compatibility of v{report.new_version} against v{report.old_version}: {verdict}",
+        f"Compatibility of v{report.new_version} ({against}): {verdict}",
     )
+    markdown = report.to_markdown() + (f"\n{links}\n" if links else "")
     publish_markdown(
         f"compat-report-{model_name}-v{report.new_version}",
-        report.to_markdown(),
-        f"Compatibility report v{report.new_version} vs v{report.old_version}",
+        markdown,
+        f"Compatibility report v{report.new_version} ({against})",
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 from components.backbones import BackboneSpec, build_model
 from components.classes import (
@@ -31,6 +32,7 @@ from components.registry import CHALLENGER
 from components.settings import HotswapSettings
 from components.training import TrainConfig, train_model
 from tasks.context import dataset, registry
+from tasks.links import prefect_run_tags, publish_version_links
 
 
 def _train_config(settings: HotswapSettings) -> TrainConfig:
@@ -81,11 +83,20 @@ def train_first_model(settings: HotswapSettings) -> str:
         "seed": settings.seed,
         "settings_hash": tags[TAG_SETTINGS_HASH],
     }
+    run_tags = prefect_run_tags()
     run_id = reg.log_training_run(
-        model, params=params, history=history, dataset_version=data.version, run_name="bootstrap", tags=tags
+        model,
+        params=params,
+        history=history,
+        dataset_version=data.version,
+        run_name="bootstrap",
+        tags={**tags, **run_tags},
     )
     save_class_map(reg, run_id, class_map)
-    version = reg.register(run_id, tags={"hotswap.role": "bootstrap", TAG_CLASSES: len(class_map), **tags})
+    version = reg.register(
+        run_id, tags={"hotswap.role": "bootstrap", TAG_CLASSES: len(class_map), **tags, **run_tags}
+    )
+    publish_version_links(settings, version)
     get_run_logger().info(
         "registered first model as version %s on classes %s (%.1f s of training)",
         version,
@@ -139,6 +150,7 @@ def train_challenger(
     target_record = [
         {"version": t.version, "weight": round(t.weight, 6), "share": round(t.share, 6)} for t in plan
     ]
+    run_tags = prefect_run_tags()
     params = {
         "method": settings.compat.method,
         "compat": settings.compat.model_dump(),
@@ -156,7 +168,7 @@ def train_challenger(
         history=history,
         dataset_version=data.version,
         run_name=f"challenger-vs-v{old_version}",
-        tags=tags,
+        tags={**tags, **run_tags},
     )
     save_class_map(reg, run_id, class_map)
     version = reg.register(
@@ -166,9 +178,11 @@ def train_challenger(
             TAG_CLASSES: len(class_map),
             "hotswap.targets": target_record,
             **tags,
+            **run_tags,
         },
     )
     reg.set_alias(CHALLENGER, version)
+    publish_version_links(settings, version)
     get_run_logger().info(
         "registered challenger v%s (%s against %s, %.1f s of training)",
         version,
@@ -176,4 +190,21 @@ def train_challenger(
         ", ".join(f"v{t.version} w={t.weight:.2f}" for t in plan),
         history.seconds,
     )
+    return version
+
+
+class DatasetChangedError(ValueError):
+    """The data a refresh was started for is not what the data source holds now."""
+
+
+@task(name="check-dataset-version", task_run_name="check the dataset version", cache_policy=NONE)
+def check_dataset_version(settings: HotswapSettings, expected: str | None) -> str:
+    """The configured data's version; with ``expected`` (from the dataset event) it must match."""
+    version = dataset(settings).version
+    if expected is not None and version != expected:
+        raise DatasetChangedError(
+            f"data source {settings.data.source!r} is now version {version}, but this refresh was started "
+            f"for version {expected}: the data changed after it was registered (or this worker reads it "
+            "with another data.split_seed / data.image_size); register it again"
+        )
     return version

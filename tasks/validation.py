@@ -17,6 +17,7 @@ from components.served import ServedQuality, served_evaluation
 from components.settings import HotswapSettings
 from components.training import extract_features
 from tasks.context import dataset, registry
+from tasks.links import links_markdown, prefect_run_tags
 from tasks.quantization import load_codebooks
 from tasks.reporting import publish_markdown, publish_report, publish_table
 
@@ -58,8 +59,8 @@ def _record_report(
         model_name=settings.model_name,
         served=served,
     )
-    registry(settings).log_report(report)
-    publish_report(report, settings.model_name)
+    registry(settings).log_report(report, run_tags=prefect_run_tags())
+    publish_report(report, settings.model_name, links=links_markdown(settings, new_version))
     return report
 
 
@@ -161,7 +162,9 @@ def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
         for name, value in (("ac", row.AC), ("am", row.AM))
         if value == value
     }
-    run_id = reg.log_record_run("audit", "audit", files, metrics=metrics, directory="audit")
+    run_id = reg.log_record_run(
+        "audit", "audit", files, metrics=metrics, tags=prefect_run_tags(), directory="audit"
+    )
     publish_table(
         f"audit-{settings.model_name}",
         table.round(4).to_dict(orient="records"),

@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.mlflow",
     "tests.fixtures.prefect",
+    "tests.fixtures.prefect_server",
     "tests.fixtures.lifecycle",
     "tests.fixtures.serving",
 ]

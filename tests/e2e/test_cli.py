@@ -23,13 +23,25 @@ HOTSWAP = Path(sys.executable).with_name("hotswap")
 def test_help_lists_every_lifecycle_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    commands = ("demo", "bootstrap", "refresh", "promote", "backfill", "audit", "search", "status")
-    for command in (*commands, "serve", "rollback"):
+    for command in (
+        "demo",
+        "bootstrap",
+        "refresh",
+        "promote",
+        "backfill",
+        "audit",
+        "search",
+        "status",
+        "report",
+        "data",
+        "serve",
+        "rollback",
+    ):
         assert command in result.output
 
 
 def test_status_of_an_empty_home_says_nothing_is_live(tmp_path):
-    result = runner.invoke(app, ["status", "--home", str(tmp_path)])
+    result = runner.invoke(app, ["status", "--json", "--home", str(tmp_path)])
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["champion"] is None and status["live_gallery_version"] is None
@@ -78,3 +90,19 @@ def test_serve_before_anything_is_live_answers_503_with_the_reason(tmp_path, sql
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_promote_without_a_server_or_an_answer_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = runner.invoke(app, ["promote", "--home", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "PREFECT_API_URL" in result.output and "--approve/--reject" in result.output
+
+
+def test_report_of_an_unknown_version_is_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [str(HOTSWAP), "report", "7", "--home", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "error:" in result.stdout and "'7'" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

@@ -41,7 +41,7 @@ def test_demo_ends_with_a_blessed_promoted_v2_a_recorded_decision_and_a_searchab
     assert "champion v2 promoted: True" in output
     assert "decision:" in output and "mlflow ui --backend-store-uri sqlite:///" in output
 
-    status = json.loads(_hotswap("status", "--home", str(home), env=env))
+    status = json.loads(_hotswap("status", "--json", "--home", str(home), env=env))
     assert status["champion"] == "2" and status["previous"] == "1"
     assert status["last_decision"]["mode"] in ("skip", "requantize", "partial", "full")
     assert status["latest_version_tags"]["compat.blessed"] == "true"

@@ -113,6 +113,7 @@ def _run_paused_promotion(overrides: dict[str, Any], run_input: dict[str, Any]) 
     resume_flow_run(paused.id, run_input=run_input)
     thread.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
+    outcome["result"]["_flow_run_id"] = paused.id  # the caller inspects the run's final state
     return outcome["result"]
 
 
@@ -121,7 +122,15 @@ def test_promotion_rejected_through_the_form_changes_nothing(lifecycle, lifecycl
     registry, galleries = _registry(settings), gallery_store(settings)
     live_before = galleries.read_current(settings.gallery_name)
     result = _run_paused_promotion(lifecycle_overrides, {"approve": False, "reason": "not this week"})
+    flow_run_id = result.pop("_flow_run_id")
     assert result == {"version": "2", "promoted": False, "reason": "not this week"}
+    # the run's final state says it was rejected, and why (not a plain "Completed")
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    assert state.is_completed() and state.name == "Rejected"
+    assert state.message == "v2 rejected by the reviewer: not this week"
     assert registry.aliases()["champion"] == "1"
     assert galleries.read_current(settings.gallery_name) == live_before
     assert registry.get_tags("2")["promotion.status"] == "rejected"
@@ -133,6 +142,7 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
     result = _run_paused_promotion(
         lifecycle_overrides, {"approve": True, "reason": "report reviewed", "backfill_mode": "full"}
     )
+    result.pop("_flow_run_id")
     assert result["promoted"] is True
     assert registry.aliases() == {"champion": "2", "previous": "1"}
     live = galleries.read_current(settings.gallery_name)
@@ -145,6 +155,19 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
     hits = search_live(settings, item_id=str(galleries.load_arrays(settings.gallery_name, live).ids[0]), k=3)
     assert hits.model_version == "2" and len(hits.results) == 3
     assert second["challenger"] == "2"
+
+
+def test_a_decision_made_against_a_gallery_that_is_no_longer_live_is_refused(lifecycle, lifecycle_overrides):
+    from flows.promote import PromotionInput, promote
+    from tasks.gallery import StaleDecisionError
+
+    settings = lifecycle["settings"]
+    registry, galleries = _registry(settings), gallery_store(settings)
+    live, aliases = galleries.read_current(settings.gallery_name), registry.aliases()
+    # v2's decision was made against the bootstrap gallery; the approved promotion made v2-full live
+    with pytest.raises(StaleDecisionError, match="is live now"):
+        promote(overrides=lifecycle_overrides, version="2", answer=PromotionInput(approve=True))
+    assert galleries.read_current(settings.gallery_name) == live and registry.aliases() == aliases
 
 
 def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):

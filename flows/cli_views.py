@@ -1,0 +1,81 @@
+"""What ``hotswap status`` shows an operator: one screen, read from MLflow and the gallery store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+PAIRS = ("old/old", "new/new", "new/old", "old/new")
+
+
+def _matrix_table(title: str, report: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("query/gallery", "mAP", "top-1", "top-5"):
+        table.add_column(column, justify="right")
+    for pair in PAIRS:
+        if pair in report["matrix"]:
+            m = report["matrix"][pair]
+            table.add_row(pair, *(f"{m[k]:.3f}" if k in m else "n/a" for k in ("map", "top1", "top5")))
+    return table
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    if report.get("rubber_stamp"):
+        return "[green]blessed[/green] (rubber stamp: first model)"
+    if report["blessed"]:
+        return "[green]blessed[/green]"
+    failed = [c["message"] for c in report.get("checks", []) if not c["passed"]]
+    return "[red]NOT blessed[/red]" + (": " + "; ".join(failed) if failed else "")
+
+
+def print_status(console: Console, state: dict[str, Any]) -> None:
+    """Champion, challenger with its matrix and verdict, live gallery composition, last decision."""
+    console.rule(f"hotswap status: model {state['model']}, gallery {state['gallery']}")
+    champion, challenger = state.get("champion"), state.get("challenger")
+    if champion is None:
+        console.print("no champion yet: run `hotswap bootstrap`")
+        return
+    previous = f" (previous: v{state['previous']})" if state.get("previous") else ""
+    console.print(f"[bold]champion[/bold]   v{champion}{previous}")
+    champion_report = state.get("champion_report")
+    if champion_report:
+        console.print(f"           {_verdict(champion_report)}")
+    if challenger is None:
+        console.print("[bold]challenger[/bold] none (run `hotswap refresh`)")
+    else:
+        console.print(f"[bold]challenger[/bold] v{challenger}, waiting for `hotswap promote`")
+        report = state.get("challenger_report")
+        if report:
+            console.print(_matrix_table(f"v{challenger} against v{report['old_version']} (held-out)", report))
+            console.print(f"verdict: {_verdict(report)}")
+        else:
+            console.print("no compatibility report recorded yet")
+    gallery = state.get("live_gallery")
+    if gallery is None:
+        console.print("[bold]live gallery[/bold] none")
+    else:
+        console.print(
+            f"[bold]live gallery[/bold] {state['live_gallery_version']}: {gallery['items']} items, "
+            f"codebooks of v{gallery['codebooks_of']}"
+        )
+        table = Table()
+        for column in ("features from", "items", "share"):
+            table.add_column(column, justify="right")
+        for model, part in gallery.get("composition", {}).items():
+            table.add_row(model, str(part["items"]), f"{part['share']:.1%}")
+        console.print(table)
+    decision = state.get("last_decision")
+    if decision:
+        console.print(
+            f"[bold]last decision[/bold] v{decision['version']}: {decision['mode']} — "
+            + "; ".join(decision["reasons"])
+        )
+    tags = state.get("latest_version_tags") or {}
+    if "promotion.status" in tags:
+        reason = tags.get("promotion.reason")
+        console.print(
+            f"promotion of the latest version: {tags['promotion.status']}"
+            + (f" ({reason})" if reason else "")
+        )

@@ -1,0 +1,61 @@
+"""The gallery's lifecycle slot and the dataset check, on the real Prefect engine (test harness)."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+
+from components.settings import HotswapSettings
+from tasks.lock import GalleryBusyError, lifecycle_lock
+from tasks.training import DatasetChangedError, check_dataset_version
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_a_run_that_cannot_get_the_gallery_fails_with_a_message_naming_the_limit(tmp_path):
+    from prefect.concurrency.sync import concurrency
+
+    settings = HotswapSettings(home=tmp_path, gallery_name="busy-gallery", ops={"lock_timeout_seconds": 1})
+    ran = []
+
+    @flow
+    def second_run() -> None:
+        with lifecycle_lock(settings, "refresh"):
+            ran.append(True)
+
+    @flow
+    def first_run_holding_the_slot() -> None:
+        with lifecycle_lock(settings, "refresh"):  # creates the limit (limit 1) and takes its slot
+            with pytest.raises(GalleryBusyError) as error:
+                second_run()
+            raise_if_wrong(str(error.value))
+
+    def raise_if_wrong(message: str) -> None:
+        assert "gallery 'busy-gallery' is busy" in message
+        assert "'hotswap-lifecycle-busy-gallery'" in message and "1 s" in message
+
+    first_run_holding_the_slot()
+    assert ran == []
+    # released afterwards: the next run gets it at once
+    with concurrency("hotswap-lifecycle-busy-gallery", occupy=1, timeout_seconds=5, strict=True):
+        pass
+
+
+def test_an_error_inside_the_locked_work_is_not_reported_as_a_busy_gallery(tmp_path):
+    settings = HotswapSettings(home=tmp_path, gallery_name="calm-gallery")
+
+    @flow
+    def times_out_inside() -> None:
+        with lifecycle_lock(settings, "refresh"):
+            raise TimeoutError("the store did not answer")
+
+    with pytest.raises(TimeoutError, match="the store did not answer"):
+        times_out_inside()
+
+
+def test_a_refresh_for_a_registered_version_refuses_data_that_changed(tmp_path):
+    settings = HotswapSettings(home=tmp_path, data={"source": "synthetic:60:3", "image_size": 12})
+    actual = check_dataset_version.fn(settings, None)
+    assert check_dataset_version.fn(settings, actual) == actual
+    with pytest.raises(DatasetChangedError, match="is now version .* started for version 0123"):
+        check_dataset_version.fn(settings, "0123")
