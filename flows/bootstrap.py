@@ -10,6 +10,7 @@ from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
 from tasks.gallery import build_first_gallery
+from tasks.preflight import check_bootstrap_inputs
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import train_first_model
@@ -29,6 +30,7 @@ def bootstrap(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         raise AlreadyBootstrappedError(
             f"model {settings.model_name!r} already has a champion (v{champion}); run `hotswap refresh`"
         )
+    check_bootstrap_inputs(settings)
     version = train_first_model(settings)
     report = rubber_stamp(settings, version)
     train_codebooks(settings, version)

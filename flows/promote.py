@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow, pause_flow_run
 from prefect.input import RunInput
+from pydantic import model_validator
 
 from components.registry import CHALLENGER
 from flows.switch import switch_live
@@ -25,6 +26,16 @@ class PromotionInput(RunInput):
     reason: str = ""
     backfill_mode: BackfillChoice = "as-decided"
     fraction: float | None = None
+
+    @model_validator(mode="after")
+    def _fraction_fits_mode(self) -> PromotionInput:
+        """Checked before anything is recorded: a bad fraction must not rewrite the decision."""
+        if self.backfill_mode == "partial":
+            if self.fraction is None or not 0.0 < self.fraction < 1.0:
+                raise ValueError(f"--fraction {self.fraction}: a partial backfill needs 0 < fraction < 1")
+        elif self.fraction is not None:
+            raise ValueError(f"--fraction {self.fraction} only applies to --backfill-mode partial")
+        return self
 
 
 class NothingToPromoteError(RuntimeError):

@@ -10,6 +10,7 @@ from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
 from tasks.gallery import decide_backfill, execute_decision
+from tasks.preflight import check_refresh_inputs
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import train_challenger
@@ -33,6 +34,7 @@ def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None =
     if champion is None:
         raise NoChampionError(f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first")
 
+    check_refresh_inputs(settings, champion)
     challenger = train_challenger(settings, champion)
     report = validate_compatibility(settings, champion, challenger)
     train_codebooks(settings, challenger)
