@@ -240,6 +240,7 @@ _STATE_NAMES = {
     "GalleryError",
     "DecisionError",
 }
+_INPUT_NAMES = {"ParameterTypeError", "ParameterBindError", "SettingsFileError"}
 _INTEGRITY_NAMES = {"ShardCorruptedError", "ManifestError", "ReportFormatError", "ModelFormatError"}
 
 
@@ -266,6 +267,8 @@ def _known_failure(exc: BaseException) -> Failure | None:
         return Failure("input", validation_line(exc))
     names = {cls.__name__ for cls in type(exc).__mro__}
     ours = _module(exc).startswith(_OURS) or _raised_by_us(exc)
+    if names & _INPUT_NAMES:
+        return Failure("input", str(exc))
     if names & _INTEGRITY_NAMES:
         return Failure("integrity", str(exc))
     if names & _STATE_NAMES:

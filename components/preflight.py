@@ -88,3 +88,17 @@ def check_query_size(settings: HotswapSettings, champion: EmbeddingModel, champi
             f"{model_size} px images; remove the setting or set it to {model_size}"
         )
     return model_size
+
+
+BACKFILL_MODES = ("requantize", "partial", "full")
+
+
+def check_backfill_request(mode: str, fraction: float | None) -> None:
+    """A standalone backfill's mode and fraction, before any flow starts."""
+    if mode not in BACKFILL_MODES:
+        raise InputError(f"--mode {mode!r} is not a backfill mode; use one of {', '.join(BACKFILL_MODES)}")
+    if mode == "partial":
+        if fraction is None or not 0.0 < fraction < 1.0:
+            raise InputError(f"--fraction {fraction}: a partial backfill needs 0 < fraction < 1")
+    elif fraction is not None:
+        raise InputError(f"--fraction {fraction} only applies to --mode partial")

@@ -161,6 +161,9 @@ def backfill(
     home: Path | None = HomeOption,
 ) -> None:
     """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
+    from components.preflight import check_backfill_request
+
+    check_backfill_request(mode, fraction)
     overrides = _prepare(home)
     from flows.backfill import backfill as backfill_flow
 
