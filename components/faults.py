@@ -7,7 +7,8 @@ at every step boundary of the switch. It does nothing unless the variable is set
 in production.
 
 Steps: ``switch:intent-written``, ``switch:previous-moved``, ``switch:champion-moved``,
-``switch:aliases-moved``, ``switch:gallery-published``, ``switch:checked``, ``switch:done``.
+``switch:aliases-moved``, ``switch:gallery-published``, ``switch:checked``, ``switch:done``;
+``backfill:shard-<n>-written`` after shard ``n`` of a backfill is committed.
 """
 
 from __future__ import annotations

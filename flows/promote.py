@@ -8,7 +8,7 @@ from prefect import flow, pause_flow_run
 from prefect.input import RunInput
 from pydantic import model_validator
 
-from components.registry import CHALLENGER
+from components.registry import CHALLENGER, CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
 from tasks.gallery import execute_decision, load_decision, override_decision
@@ -57,7 +57,11 @@ def promote(
     settings = settings_from(overrides)
     resolved = version if version.isdigit() else resolve_alias(settings, version)
     if resolved is None:
-        raise NothingToPromoteError(f"model {settings.model_name!r} has no version or alias {version!r}")
+        champion = resolve_alias(settings, CHAMPION)
+        live = f" (the champion is v{champion}; `hotswap status` shows the live pair)" if champion else ""
+        raise NothingToPromoteError(
+            f"model {settings.model_name!r} has no version or alias {version!r}{live}"
+        )
     report = load_report(settings, resolved)
     decision = load_decision(settings, resolved)
     heading = f"## Promote v{resolved} of {settings.model_name}?"

@@ -40,6 +40,9 @@ def apply_service_timeouts(settings: HotswapSettings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # Prefect's API client waits 60 s per request by default; its server can be slow on a busy
+    # machine (SQLite), so it gets a longer bound than MLflow and S3, but still a bound.
+    os.environ.setdefault("PREFECT_API_REQUEST_TIMEOUT", str(max(30.0, 3 * timeout)))
 
 
 def registry(settings: HotswapSettings) -> ModelRegistry:

@@ -31,6 +31,13 @@ class Fault:
 
 FAULTS = [
     Fault(
+        "SIGKILL during a backfill (after shard 1 of 4 is committed)",
+        "tests/e2e/test_crash_backfill.py::test_killed_backfill_resumes_and_converges_to_the_uninterrupted_result",
+        "the command dies; the target version stays staged (not finalized, not live)",
+        "the same command resumes: committed shards are verified and kept, the rest written; ids, features"
+        " and codes equal an uninterrupted run's",
+    ),
+    Fault(
         "a second lifecycle command on a gallery another command is changing",
         "tests/e2e/test_concurrent_commands.py::test_second_refresh_fails_at_once_and_a_killed_cli_leaves_no_orphan",
         "exit 4 at once: `error: gallery 'default' is being changed by `hotswap refresh` (pid …), started …`",
@@ -129,7 +136,7 @@ def render() -> str:
         else:
             lines.append(
                 f"| `{step}` | `note: … had passed its health check and was rolled forward` |"
-                " v2 + its gallery | not needed (v2 is champion) |"
+                " v2 + its gallery | exit 3: `… no version or alias 'challenger' (the champion is v2 …)` |"
             )
     lines += [
         "",

@@ -79,3 +79,6 @@ def test_sigkill_inside_the_switch_leaves_one_whole_pair(step: str, cli_homes, t
         after, _ = _status(home, config)
         assert (after["champion"], after["live_gallery_version"]) == NEW_PAIR
         assert after["previous"] == "1" and after["challenger"] is None
+    else:  # already live: the rerun says so in one line instead of failing obscurely
+        rerun = invoke(home, config, ["promote", "--approve"])
+        assert rerun.exit_code == 3 and "the champion is v2" in rerun.output, rerun.output
