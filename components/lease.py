@@ -36,6 +36,10 @@ from components.store import ObjectStore
 
 LEASE_FILE = "LEASE.json"
 
+#: Holder ids of the leases this process holds now. A record naming this process but none of
+#: these was left by an earlier command of this process that could not release it (store down).
+_HELD_HERE: set[str] = set()
+
 
 class LeaseHeldError(BusyError):
     """Another live command holds the gallery's lease."""
@@ -69,6 +73,8 @@ class LeaseRecord(BaseModel):
         if self.expires_at <= now:
             return False
         if self.host == socket.gethostname():
+            if self.pid == os.getpid():
+                return self.holder_id in _HELD_HERE
             return _process_exists(self.pid)
         return True
 
@@ -187,6 +193,7 @@ class GalleryLease:
         return found[0] if found is not None else self._try_take()
 
     def _remember(self, record: LeaseRecord) -> None:
+        _HELD_HERE.add(record.holder_id)
         found = self.store.read_with_token(self.key)
         self._record = record
         self._token = found[1] if found is not None else None
@@ -251,9 +258,13 @@ class GalleryLease:
         if self._renewer is not None:
             self._renewer.join(timeout=5)
         with self._lock:
-            found = read_lease(self.store, self.gallery)
-            if found is not None and found[0].holder_id == self.holder_id:
-                self.store.delete(self.key)
+            try:
+                found = read_lease(self.store, self.gallery)
+                if found is not None and found[0].holder_id == self.holder_id:
+                    self.store.delete(self.key)
+            except Exception:  # store unreachable: the lease expires by itself after ttl_seconds
+                pass
+            _HELD_HERE.discard(self.holder_id)
             self._record = self._token = None
 
     def __enter__(self) -> GalleryLease:

@@ -14,9 +14,10 @@ that a case may damage in its ``setup``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,16 +75,22 @@ def _text_file_as_image(home: Path, tmp: Path) -> dict[str, str]:
     return {"QUERY": str(tmp / "not-an-image.png")}
 
 
+_HOLDERS: list[subprocess.Popen] = []
+
+
 def _foreign_lease(home: Path, tmp: Path) -> dict[str, str]:
-    """A live holder: this test process itself, as if it ran a refresh."""
+    """A live holder: another process of this host, as if it ran a refresh."""
     from datetime import UTC, datetime, timedelta
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    _HOLDERS.append(holder)
 
     now = datetime.now(UTC)
     record = {
         "gallery": "default",
         "holder_id": "matrix-holder",
         "command": "hotswap refresh",
-        "pid": os.getpid(),
+        "pid": holder.pid,
         "host": socket.gethostname(),
         "started_at": now.isoformat(),
         "renewed_at": now.isoformat(),
@@ -96,6 +103,10 @@ def _foreign_lease(home: Path, tmp: Path) -> dict[str, str]:
 
 def _remove_lease(home: Path) -> None:
     (home / "store" / "galleries" / "default" / "LEASE.json").unlink(missing_ok=True)
+    while _HOLDERS:
+        holder = _HOLDERS.pop()
+        holder.kill()
+        holder.wait()
 
 
 def _garbage_mlflow_db(home: Path, tmp: Path) -> dict[str, str]:

@@ -31,6 +31,14 @@ class Fault:
 
 FAULTS = [
     Fault(
+        "the S3 endpoint stops in the middle of a backfill (after shard 1), then restarts",
+        "tests/e2e/test_s3_outage.py::test_s3_stops_mid_backfill_then_the_rerun_resumes",
+        "exit 5: `error: S3 store s3://… at http://… did not answer (EndpointConnectionError); the live"
+        " gallery is unchanged and staged shards already written are kept: … then rerun to resume`",
+        "after the restart the same command resumes; the version holds every live item once, with model"
+        " v1's features",
+    ),
+    Fault(
         "SIGKILL during a backfill (after shard 1 of 4 is committed)",
         "tests/e2e/test_crash_backfill.py::test_killed_backfill_resumes_and_converges_to_the_uninterrupted_result",
         "the command dies; the target version stays staged (not finalized, not live)",
