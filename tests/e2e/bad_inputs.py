@@ -298,6 +298,17 @@ CASES: list[Case] = [
         env={"HOTSWAP_DATA__BOOTSTRAP_CLASSES": "[0, 1, 99]"},
         pending="class-subset validation lands with the data-validation change",
     ),
+    Case(
+        "bootstrap-classes-sparse",
+        "bootstrap_classes = [1, 3, 5] (not 0..k-1)",
+        ["bootstrap"],
+        2,
+        "bootstrap_classes",
+        home="empty",
+        env={"HOTSWAP_DATA__BOOTSTRAP_CLASSES": "[1, 3, 5]"},
+        pending="class-subset validation lands with the data-validation change (today: one line, "
+        "'label 5 does not fit a model with 3 classes', exit 2, nothing registered)",
+    ),
     # ------------------------------------------------------------- command-line options
     Case("search-no-query", "search without --image or --item-id", ["search"], 2, "exactly one of --image"),
     Case("search-k-zero", "search --k 0", ["search", "--item-id", "x", "--k", "0"], 2, "--k"),
@@ -459,6 +470,15 @@ CASES: list[Case] = [
         "is being changed by `hotswap refresh`",
         setup=_foreign_lease,
         rerun="fails at once while the other command runs; `--wait SECONDS` waits for it",
+    ),
+    Case(
+        "gallery-busy-wait",
+        "--wait 1 while another command changes the gallery for longer",
+        ["--wait", "1", "refresh"],
+        4,
+        "(waited 1 s)",
+        setup=_foreign_lease,
+        rerun="a longer --wait, or a rerun after the other command ends",
     ),
     Case(
         "mlflow-down",
