@@ -46,6 +46,7 @@ from pydantic import JsonValue
 from components.backbones import EmbeddingModel
 from components.calibration import ScoreCalibration
 from components.data import ImageDataset
+from components.faults import fault_point
 from components.gallery import (
     GalleryError,
     GalleryManifest,
@@ -224,6 +225,7 @@ def process_shard(ctx: BackfillContext, job: ShardJob) -> ShardResult:
                 codes = ctx.codebooks.encode(features)
     with timer("write"):
         writer.write_shard(job.shard, ids, features, codes)
+    fault_point(f"backfill:shard-{job.shard}-written")
     return ShardResult(job.shard, count, int(extract.sum()), False, timer.seconds)
 
 

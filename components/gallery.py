@@ -361,6 +361,21 @@ class GalleryStore:
                 "write a new version"
             )
 
+    def unseal(self, gallery: str, version: str) -> bool:
+        """Remove the seal of a version whose publish was rolled back before it was confirmed.
+
+        Only for undoing a switch (components/switch_intent.py): the version was live for a
+        moment and never passed its health check, so it goes back to staged (a rerun may resume
+        or discard it). Refused while CURRENT points at it. Returns whether a seal was removed.
+        """
+        if self.read_current(gallery) == version:
+            raise VersionImmutableError(f"gallery {gallery!r} version {version!r} is live; cannot unseal it")
+        key = self.version_key(gallery, version, SEAL_FILE)
+        if not self.store.exists(key):
+            return False
+        self.store.delete(key)
+        return True
+
     def discard_version(self, gallery: str, version: str) -> None:
         """Delete an abandoned, never-published version (manifest first, so it stops being listed)."""
         self._refuse_if_sealed(gallery, version)

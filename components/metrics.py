@@ -175,11 +175,25 @@ def retrieval_metrics(
     if counted == 0:
         raise ValueError("no query has a relevant item in the gallery; metrics are undefined")
     return RetrievalMetrics(
-        map=ap_sum / counted,
-        cmc={k: float(h / counted) for k, h in zip(topk, hit_sum, strict=True)},
+        map=clamp_score(ap_sum / counted),
+        cmc={k: clamp_score(float(h / counted)) for k, h in zip(topk, hit_sum, strict=True)},
         n_queries=counted,
         n_skipped=skipped,
     )
+
+
+#: Summing per-query APs in floating point can land a hair outside [0, 1] (1.0000000000000007 on a
+#: perfectly separable set); anything within this of the interval is rounding, not a wrong score.
+SCORE_ROUNDING = 1e-9
+
+
+def clamp_score(value: float) -> float:
+    """``value`` clipped to [0, 1] when it lies outside by rounding only; NaN and real excess stay."""
+    if -SCORE_ROUNDING <= value < 0.0:
+        return 0.0
+    if 1.0 < value <= 1.0 + SCORE_ROUNDING:
+        return 1.0
+    return value
 
 
 def update_gain(old_old: float, new_old: float, new_new: float) -> float:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
 from components.backbones import SPEC_FILE, WEIGHTS_FILE, EmbeddingModel, model_from_bytes, model_to_bytes
+from components.faults import fault_point
 from components.report import CompatibilityReport
 from components.settings import mask_uri_credentials
 
@@ -63,6 +66,8 @@ TAG_BASELINE_VERSION = "hotswap.old_version"
 # MLflow 3's UI picks an experiment's default page from this tag; training runs, not the GenAI overview.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+TAG_PID = "hotswap.pid"
+TAG_HOST = "hotswap.host"
 
 _SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|credential|access_key|api_key|private", re.IGNORECASE)
 _MAX_PARAMS_PER_BATCH = 100
@@ -264,6 +269,7 @@ class ModelRegistry:
         run_tags.update(
             {TAG_KIND: "training", TAG_DATA_VERSION: dataset_version, TAG_MODEL_NAME: self.model_name}
         )
+        run_tags.update(_owner_tags())
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
         run_id = run.info.run_id
         try:
@@ -299,7 +305,7 @@ class ModelRegistry:
     ) -> str:
         """A finished run that only carries a record (an audit, a decision): files, metrics, tags."""
         run_tags = {key: mask_secret(key, _tag_value(value)) for key, value in (tags or {}).items()}
-        run_tags.update({TAG_KIND: kind, TAG_MODEL_NAME: self.model_name})
+        run_tags.update({TAG_KIND: kind, TAG_MODEL_NAME: self.model_name, **_owner_tags()})
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
         run_id = run.info.run_id
         try:
@@ -440,7 +446,9 @@ class ModelRegistry:
         if old != version:
             if old is not None:
                 self.client.set_registered_model_alias(self.model_name, PREVIOUS, old)
+                fault_point("switch:previous-moved")
             self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+            fault_point("switch:champion-moved")
         if current.get(CHALLENGER) == version:
             self.client.delete_registered_model_alias(self.model_name, CHALLENGER)
         return self.aliases()
@@ -453,6 +461,22 @@ class ModelRegistry:
                 self.client.set_registered_model_alias(self.model_name, alias, str(snapshot[alias]))
             elif alias not in snapshot and alias in current:
                 self.client.delete_registered_model_alias(self.model_name, alias)
+
+    def fail_dead_runs(self) -> list[str]:
+        """Mark FAILED the runs left RUNNING by a process of this host that no longer exists.
+
+        A killed process cannot end its MLflow run; without this the run would stay RUNNING
+        forever. Runs of other hosts (or without owner tags) are left alone: their liveness
+        cannot be checked from here. Returns the run ids marked.
+        """
+        host = socket.gethostname()
+        query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
+        marked = []
+        for run in _all_runs(self.client, self.experiment_id, query):
+            if _process_gone(run.data.tags.get(TAG_PID)):
+                self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+                marked.append(run.info.run_id)
+        return marked
 
     # ------------------------------------------------------------------ tags
 
@@ -603,6 +627,21 @@ class ModelRegistry:
             self.load_report_uri(f"runs:/{run.info.run_id}/{REPORT_DIR}/report.json")
             for run in sorted(runs, key=lambda r: r.info.start_time)
         ]
+
+
+def _owner_tags() -> dict[str, str]:
+    """Which process created a run, so a run it left RUNNING when killed can be told apart."""
+    return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
+
+
+def _process_gone(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid or ""), 0)
+    except (ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _all_runs(client: MlflowClient, experiment_id: str, query: str) -> Iterable[Any]:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from components.metrics import RetrievalMetrics, update_gain
+from components.metrics import RetrievalMetrics, clamp_score, update_gain
 from components.served import ServedQuality
 
 PAIRS = ("old/old", "new/new", "new/old", "old/new")
@@ -197,6 +197,7 @@ def normalise_matrix(matrix: MatrixInput) -> dict[str, dict[str, float]]:
                 number = float(value)
             except (TypeError, ValueError) as exc:
                 raise ReportFormatError(f"matrix[{pair!r}][{metric!r}] is not a number: {value!r}") from exc
+            number = clamp_score(number) if math.isfinite(number) else number
             if not math.isfinite(number) or not 0.0 <= number <= 1.0:
                 raise ReportFormatError(f"matrix[{pair!r}][{metric!r}] = {number} is not a score in [0, 1]")
             clean[str(metric)] = number

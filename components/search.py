@@ -22,6 +22,7 @@ import torch
 from components.data import DataError, decode_image, load_dataset
 from components.gallery import GalleryStore
 from components.gallery_search import GallerySearcher
+from components.preflight import check_query_size
 from components.registry import CHAMPION, ModelRegistry
 from components.settings import HotswapSettings
 from components.store import open_store
@@ -68,6 +69,8 @@ def search_live(
     registry = ModelRegistry.from_settings(settings)
     info = registry.resolve(CHAMPION)
     model = registry.load_model(info)
+    size = check_query_size(settings, model, info.version)  # queries are embedded at the champion's size
+    settings = settings.model_copy(update={"data": settings.data.model_copy(update={"image_size": size})})
     galleries = GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
     version = galleries.read_current(settings.gallery_name)
     if version is None:

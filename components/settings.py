@@ -143,8 +143,38 @@ class OperationsSettings(BaseModel):
     )
 
 
+class SettingsFileError(ValueError):
+    """A settings file named explicitly is missing, unreadable or not valid TOML."""
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("HOTSWAP_CONFIG", "hotswap.toml"))
+
+
+def check_config_file() -> Path | None:
+    """The settings file in use, after checking it; a file named by ``HOTSWAP_CONFIG`` must exist.
+
+    Silently falling back to the defaults when the user named a file would train on the wrong data
+    (the bundled digits instead of theirs), so a named file that is missing is an error; the
+    implicit ``hotswap.toml`` is optional. A TOML syntax error names the file, line and column.
+    """
+    import tomllib
+
+    path = _config_file()
+    named = "HOTSWAP_CONFIG" in os.environ
+    if not path.exists():
+        if named:
+            raise SettingsFileError(
+                f"settings file {path} (HOTSWAP_CONFIG) does not exist; fix the path or unset HOTSWAP_CONFIG"
+            )
+        return None
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsFileError(f"settings file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsFileError(f"settings file {path} cannot be read: {exc}") from None
+    return path
 
 
 class HotswapSettings(BaseSettings):
@@ -173,6 +203,12 @@ class HotswapSettings(BaseSettings):
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     ops: OperationsSettings = Field(default_factory=OperationsSettings)
+    service_timeout_seconds: float = Field(
+        10.0, gt=0, description="connect/read timeout for MLflow, S3 and the Prefect API calls"
+    )
+    lease_ttl_seconds: float = Field(
+        60.0, gt=0, description="a gallery lease not renewed for this long is expired (holder dead)"
+    )
 
     @field_validator("model_name", "gallery_name")
     @classmethod
@@ -191,7 +227,7 @@ class HotswapSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=check_config_file() or _config_file())
         return (init_settings, env_settings, toml)
 
     @property

@@ -19,6 +19,8 @@ stored on the object, logged or shown in ``repr``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import re
@@ -120,6 +122,22 @@ class ObjectStore(ABC):
         """Same as :meth:`put_bytes`; the name states the guarantee callers rely on."""
         self.put_bytes(key, data)
 
+    # Conditional writes: what a lease (components/lease.py) needs so that two writers can never
+    # both believe they hold it. A *token* identifies one stored content of a key (S3: its ETag;
+    # a directory: the content's sha256).
+
+    def read_with_token(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its token, or None when there is none."""
+        raise NotImplementedError(f"{type(self).__name__} does not support conditional writes")
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if no object is stored there; False (nothing written) if one is."""
+        raise NotImplementedError(f"{type(self).__name__} does not support conditional writes")
+
+    def replace_if(self, key: str, data: bytes, token: str) -> bool:
+        """Overwrite ``key`` only if it still holds the content ``token`` names; False otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} does not support conditional writes")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
 
@@ -208,6 +226,54 @@ class LocalObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def read_with_token(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.get_bytes(key)
+        except ObjectNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _staged(self, path: Path, data: bytes) -> str:
+        """A fully written, fsynced temp file beside ``path`` (not yet visible under the key)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return tmp
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """``link(2)`` of a complete temp file: atomic, exclusive (like O_EXCL) and never torn."""
+        path = self._path(key)
+        tmp = self._staged(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        if self.fsync:
+            self._fsync_dir(path.parent)
+        return True
+
+    def replace_if(self, key: str, data: bytes, token: str) -> bool:
+        """Move the old object aside (one rename wins), check it is ``token``, link the new one."""
+        path = self._path(key)
+        aside = path.with_name(f"{TEMP_PREFIX}aside-{os.getpid()}-{threading.get_ident()}-{path.name}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if hashlib.sha256(aside.read_bytes()).hexdigest() != token:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)  # not ours to replace: put it back
+                return False
+            return self.put_if_absent(key, data)
+        finally:
+            aside.unlink(missing_ok=True)
+
 
 class S3ObjectStore(ObjectStore):
     """Objects in an S3 bucket under an optional key prefix, through boto3.
@@ -231,6 +297,7 @@ class S3ObjectStore(ObjectStore):
         multipart_threshold: int = 64 * MIB,
         multipart_chunksize: int = 16 * MIB,
         addressing_style: str = "auto",
+        timeout_seconds: float | None = None,
     ) -> None:
         if not _BUCKET_RE.match(bucket or ""):
             raise ValueError(
@@ -257,9 +324,12 @@ class S3ObjectStore(ObjectStore):
         self.transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize
         )
+        timeout = service_timeout_seconds() if timeout_seconds is None else timeout_seconds
         self._config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             s3={"addressing_style": addressing_style},
+            connect_timeout=timeout,
+            read_timeout=timeout,
         )
         self._idle_clients: deque[Any] = deque()
         self._session = boto3.session.Session()
@@ -352,6 +422,47 @@ class S3ObjectStore(ObjectStore):
         with self.lease_client() as client:
             client.delete_object(Bucket=self.bucket, Key=full)
 
+    def read_with_token(self, key: str) -> tuple[bytes, str] | None:
+        full = self._full_key(key)
+        with self.lease_client() as client:
+            try:
+                response = client.get_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if _error_code(exc) in _S3_MISSING:
+                    return None
+                raise
+            return response["Body"].read(), response["ETag"]
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> bool:
+        """S3 conditional write (If-None-Match / If-Match); 412 or 409 means the condition failed."""
+        full = self._full_key(key)
+        with self.lease_client() as client:
+            try:
+                client.put_object(Bucket=self.bucket, Key=full, Body=data, **condition)
+            except ClientError as exc:
+                if _error_code(exc) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
+                    return False
+                raise
+        return True
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def replace_if(self, key: str, data: bytes, token: str) -> bool:
+        return self._conditional_put(key, data, IfMatch=token)
+
+
+def service_timeout_seconds() -> float:
+    """Default connect/read timeout of service calls: ``HOTSWAP_SERVICE_TIMEOUT_SECONDS`` or 10 s.
+
+    The same variable sets the ``service_timeout_seconds`` setting, so a store opened without
+    settings at hand waits no longer than one opened with them.
+    """
+    try:
+        return max(0.1, float(os.environ.get("HOTSWAP_SERVICE_TIMEOUT_SECONDS", "10")))
+    except ValueError:
+        return 10.0
+
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
@@ -374,7 +485,10 @@ def open_store(uri: str, endpoint_url: str | None = None, **options: Any) -> Obj
             raise ValueError(f"store URI {uri!r} must not carry a query or fragment")
         return S3ObjectStore(parsed.netloc, parsed.path, endpoint_url=endpoint_url, **options)
     if endpoint_url is not None:
-        raise ValueError(f"endpoint_url is only meaningful for s3:// stores, not {uri!r}")
+        raise ValueError(
+            f"an S3 endpoint ({endpoint_url}) is set but store URI {uri!r} is a local directory: "
+            "set store_uri to s3://bucket/prefix, or unset s3_endpoint_url"
+        )
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"store URI {uri!r}: file URIs must name a local path (file:///dir)")

@@ -12,6 +12,7 @@ from tasks.context import settings_from
 from tasks.gallery import build_first_gallery
 from tasks.lock import lifecycle_lock
 from tasks.naming import bootstrap_run_name
+from tasks.preflight import check_bootstrap_inputs
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import train_first_model
@@ -32,6 +33,7 @@ def bootstrap(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             raise AlreadyBootstrappedError(
                 f"model {settings.model_name!r} already has a champion (v{champion}); run `hotswap refresh`"
             )
+        check_bootstrap_inputs(settings)
         version = train_first_model(settings)
         report = rubber_stamp(settings, version)
         train_codebooks(settings, version)

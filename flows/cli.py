@@ -19,8 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_errors import HotswapGroup, cli_state, guard_gallery
+
 app = typer.Typer(
-    help="hotswap: upgrade a retrieval model without re-extracting the gallery.", no_args_is_help=True
+    cls=HotswapGroup,
+    help="hotswap: upgrade a retrieval model without re-extracting the gallery.",
+    no_args_is_help=True,
 )
 console = Console()
 
@@ -28,12 +32,18 @@ HomeOption = typer.Option(None, "--home", help="hotswap home (default: HOTSWAP_H
 
 
 def _prepare(home: Path | None) -> dict[str, Any]:
-    """Settings overrides for the flows, and Prefect pointed at the home before it is imported."""
+    """Settings overrides for the flows, and Prefect pointed at the home before it is imported.
+
+    Also (flows/cli_errors.py): takes the gallery's lease for lifecycle commands and repairs an
+    interrupted switch before commands that read live state.
+    """
     from components.settings import load_settings
 
     overrides: dict[str, Any] = {"home": str(home)} if home else {}
+    cli_state.home = home
     settings = load_settings(**overrides)
     settings.home.mkdir(parents=True, exist_ok=True)
+    cli_state.home = settings.home
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -43,6 +53,7 @@ def _prepare(home: Path | None) -> dict[str, Any]:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    guard_gallery(settings)
     return overrides
 
 
@@ -162,6 +173,9 @@ def backfill(
     home: Path | None = HomeOption,
 ) -> None:
     """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
+    from components.preflight import check_backfill_request
+
+    check_backfill_request(mode, fraction)
     overrides = _prepare(home)
     from flows.backfill import backfill as backfill_flow
 
@@ -362,51 +376,34 @@ def demo(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="print the traceback of a failure"),
+    config: Path | None = typer.Option(
+        None, "--config", help="settings file (TOML; default: HOTSWAP_CONFIG or ./hotswap.toml)"
+    ),
+    wait: float = typer.Option(
+        0.0, "--wait", min=0, help="seconds to wait for another command changing the gallery"
+    ),
+) -> None:
     """hotswap: upgrade a retrieval model without re-extracting the gallery."""
+    cli_state.reset(ctx, debug=debug, wait=wait)
+    if config is not None:
+        previous = os.environ.get("HOTSWAP_CONFIG")
+        os.environ["HOTSWAP_CONFIG"] = str(config)
+        ctx.call_on_close(lambda: _restore_env("HOTSWAP_CONFIG", previous))
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that describe bad input or state: shown as one clear line, not a traceback."""
-    from pydantic import ValidationError
-
-    from components.backbones import ModelFormatError
-    from components.backfill import BackfillError
-    from components.data import DataError
-    from components.decision import DecisionError
-    from components.gallery import GalleryError
-    from components.live_state import NothingToRollBackError
-    from components.registry import RegistryError
-    from components.report import ReportFormatError
-    from components.search import NoLiveGalleryError
-    from components.store import InvalidKeyError, ObjectNotFoundError
-
-    return (
-        ValidationError,
-        ModelFormatError,
-        BackfillError,
-        DataError,
-        DecisionError,
-        GalleryError,
-        RegistryError,
-        ReportFormatError,
-        NoLiveGalleryError,
-        NothingToRollBackError,
-        InvalidKeyError,
-        ObjectNotFoundError,
-        LookupError,
-    )
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def run() -> None:
-    """Console-script entry point: the Typer app, with known errors reported without a traceback."""
-    try:
-        app()
-    except Exception as exc:
-        if isinstance(exc, _expected_errors()) or type(exc).__module__.startswith(("flows.", "components.")):
-            console.print(f"[red]error:[/red] {exc}")
-            raise SystemExit(2) from None
-        raise
+    """Console-script entry point; failures are reported by HotswapGroup (flows/cli_errors.py)."""
+    app()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger, pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from components.registry import CHALLENGER
+from components.registry import CHALLENGER, CHAMPION
 from components.review import review_summary
 from flows.switch import switch_live
 from tasks.context import settings_from
@@ -50,6 +50,16 @@ class PromotionInput(RunInput):
         None, gt=0, lt=1, description="Share of the gallery to re-extract; only for backfill mode 'partial'."
     )
 
+    @model_validator(mode="after")
+    def _fraction_fits_mode(self) -> PromotionInput:
+        """Checked before anything is recorded: a bad fraction must not rewrite the decision."""
+        if self.backfill_mode == "partial":
+            if self.fraction is None or not 0.0 < self.fraction < 1.0:
+                raise ValueError(f"--fraction {self.fraction}: a partial backfill needs 0 < fraction < 1")
+        elif self.fraction is not None:
+            raise ValueError(f"--fraction {self.fraction} only applies to --backfill-mode partial")
+        return self
+
 
 class NothingToPromoteError(RuntimeError):
     """No challenger (or named version) exists to promote."""
@@ -86,7 +96,11 @@ def promote(
     settings = settings_from(overrides)
     resolved = version if version.isdigit() else resolve_alias(settings, version)
     if resolved is None:
-        raise NothingToPromoteError(f"model {settings.model_name!r} has no version or alias {version!r}")
+        champion = resolve_alias(settings, CHAMPION)
+        live = f" (the champion is v{champion}; `hotswap status` shows the live pair)" if champion else ""
+        raise NothingToPromoteError(
+            f"model {settings.model_name!r} has no version or alias {version!r}{live}"
+        )
     report = load_report(settings, resolved)
     decision = load_decision(settings, resolved)
     request_key = artifact_key(f"promotion-{settings.model_name}-v{resolved}")

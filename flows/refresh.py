@@ -15,6 +15,7 @@ from tasks.links import rename_flow_run
 from tasks.live import check_noop, live_composition, plan_targets, record_noop
 from tasks.lock import lifecycle_lock
 from tasks.naming import refresh_name, refresh_run_name
+from tasks.preflight import check_refresh_inputs
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
 from tasks.training import check_dataset_version, train_challenger
@@ -66,6 +67,7 @@ def refresh(
             summary = {"champion": champion, "noop": True, "reason": reason, "promoted": False}
             return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
+        check_refresh_inputs(settings, champion)
         composition = live_composition(settings)
         targets = plan_targets(settings, champion, composition)
         challenger = train_challenger(settings, champion, targets)

@@ -27,8 +27,25 @@ def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     settings = HotswapSettings(**(overrides or {}))
+    apply_service_timeouts(settings)
     torch.set_num_threads(settings.torch_threads)
     return settings
+
+
+def apply_service_timeouts(settings: HotswapSettings) -> None:
+    """Bound every wait on MLflow and S3 by ``service_timeout_seconds`` (unless set explicitly).
+
+    MLflow's HTTP client otherwise waits 120 s per request and retries 7 times with backoff
+    (minutes before a stopped server is reported); S3 clients read the same variable.
+    """
+    timeout = settings.service_timeout_seconds
+    os.environ.setdefault("HOTSWAP_SERVICE_TIMEOUT_SECONDS", str(timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # Prefect's API client waits 60 s per request by default; its server can be slow on a busy
+    # machine (SQLite), so it gets a longer bound than MLflow and S3, but still a bound.
+    os.environ.setdefault("PREFECT_API_REQUEST_TIMEOUT", str(max(30.0, 3 * timeout)))
 
 
 def registry(settings: HotswapSettings) -> ModelRegistry:
@@ -36,7 +53,11 @@ def registry(settings: HotswapSettings) -> ModelRegistry:
 
 
 def gallery_store(settings: HotswapSettings) -> GalleryStore:
-    return GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
+    s3 = settings.resolved_store_uri.startswith("s3://")
+    options = {"timeout_seconds": settings.service_timeout_seconds} if s3 else {}
+    return GalleryStore(
+        open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url, **options)
+    )
 
 
 def dataset(settings: HotswapSettings) -> ImageDataset:

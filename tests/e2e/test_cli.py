@@ -59,7 +59,7 @@ def test_search_before_bootstrap_is_one_clear_line_not_a_traceback(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2
+    assert result.returncode == 3  # the "state" class (components/errors.py)
     assert "error:" in result.stdout and "champion" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 

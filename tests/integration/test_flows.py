@@ -78,6 +78,11 @@ def test_a_failure_after_the_switch_rolls_back_aliases_and_gallery(lifecycle, mo
         switch_module.switch_live(settings, second["challenger"], target)
     assert registry.aliases() == aliases_before
     assert galleries.read_current(settings.gallery_name) == live_before
+    if target != live_before:  # the failed switch must not leave its target sealed as published
+        assert not galleries.is_sealed(settings.gallery_name, target)
+    from components.switch_intent import read_intent
+
+    assert read_intent(galleries, settings.gallery_name) is None
 
 
 def _run_paused_promotion(overrides: dict[str, Any], run_input: dict[str, Any]) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def test_open_store_rejects_bad_uris(uri: str, message: str) -> None:
 
 
 def test_endpoint_url_only_for_s3(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="only meaningful for s3"):
+    with pytest.raises(ValueError, match="is a local directory"):
         open_store(str(tmp_path), endpoint_url="http://127.0.0.1:9")
 
 

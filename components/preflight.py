@@ -1,0 +1,104 @@
+"""Checks a command makes before it changes anything, so a failed command leaves no trace.
+
+Each lifecycle step writes something (a registered version, an alias, a decision, a staged
+gallery). A problem found half-way would leave those behind, so what can be known up front is
+checked here first: the settings that would be ignored, the data against the live gallery, the
+data against DPQ's needs. Every check raises :class:`InputError` with one line naming the input,
+what is wrong, and what to do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from components.backbones import EmbeddingModel
+from components.data import ImageDataset
+from components.errors import InputError
+from components.settings import HotswapSettings
+
+
+def _explicit(section: object, name: str) -> bool:
+    """Whether the user set ``name`` (file, environment or override), not just the default."""
+    return name in getattr(section, "model_fields_set", set())
+
+
+def check_dpq_training_size(settings: HotswapSettings, train_items: int, what: str) -> None:
+    """DPQ's k-means needs at least K training features per codebook."""
+    k = settings.dpq.n_codewords
+    if train_items < k:
+        raise InputError(
+            f"{what} has {train_items} training images, fewer than dpq.n_codewords = {k} (DPQ's K needs at "
+            f"least K features): use more data (data.source) or a smaller dpq.n_codewords (a power of two ≤ "
+            f"{_power_of_two_below(train_items)})"
+        )
+
+
+def _power_of_two_below(n: int) -> int:
+    return 1 << max(1, (max(n, 2)).bit_length() - 1)
+
+
+def check_bootstrap(settings: HotswapSettings, data: ImageDataset) -> None:
+    """Before v1 is registered: its training split can train DPQ codebooks."""
+    train = data.split("train")
+    classes = settings.data.bootstrap_classes
+    if classes is not None:
+        train = train.with_classes(classes)
+    check_dpq_training_size(settings, len(train), f"data source {settings.data.source!r} (bootstrap classes)")
+
+
+def check_refresh(
+    settings: HotswapSettings,
+    champion: EmbeddingModel,
+    champion_version: str,
+    data: ImageDataset,
+    gallery_ids: np.ndarray,
+) -> None:
+    """Before the challenger is trained or any alias moves."""
+    wanted = settings.training.embedding_dim
+    if _explicit(settings.training, "embedding_dim") and wanted != champion.embedding_dim:
+        raise InputError(
+            f"training.embedding_dim = {wanted} cannot apply to a refresh: a compatible challenger shares "
+            f"champion v{champion_version}'s embedding space (d = {champion.embedding_dim}); "
+            f"remove the setting or set it to {champion.embedding_dim}"
+        )
+    size, model_size = settings.data.image_size, champion.spec.image_size
+    if _explicit(settings.data, "image_size") and size != model_size:
+        raise InputError(
+            f"data.image_size = {size} differs from champion v{champion_version}'s {model_size}: the live "
+            f"gallery was embedded at {model_size} px; remove the setting or set it to {model_size}"
+        )
+    known = set(data.item_ids.tolist())
+    missing = [str(i) for i in gallery_ids if str(i) not in known]
+    if missing:
+        raise InputError(
+            f"data source {settings.data.source!r} lacks {len(missing)} of the live gallery's "
+            f"{len(gallery_ids)} items (e.g. {missing[:3]}): its item ids or labels do not match the data "
+            "the gallery was built from; point data.source at that dataset (or a superset of it)"
+        )
+    check_dpq_training_size(settings, len(data.split("train")), f"data source {settings.data.source!r}")
+
+
+def check_query_size(settings: HotswapSettings, champion: EmbeddingModel, champion_version: str) -> int:
+    """The image size a query is decoded at: the champion's; a different explicit setting is refused."""
+    size = settings.data.image_size
+    model_size = champion.spec.image_size
+    if _explicit(settings.data, "image_size") and size != model_size:
+        raise InputError(
+            f"data.image_size = {size} cannot apply to search: champion v{champion_version} embeds "
+            f"{model_size} px images; remove the setting or set it to {model_size}"
+        )
+    return model_size
+
+
+BACKFILL_MODES = ("requantize", "partial", "full")
+
+
+def check_backfill_request(mode: str, fraction: float | None) -> None:
+    """A standalone backfill's mode and fraction, before any flow starts."""
+    if mode not in BACKFILL_MODES:
+        raise InputError(f"--mode {mode!r} is not a backfill mode; use one of {', '.join(BACKFILL_MODES)}")
+    if mode == "partial":
+        if fraction is None or not 0.0 < fraction < 1.0:
+            raise InputError(f"--fraction {fraction}: a partial backfill needs 0 < fraction < 1")
+    elif fraction is not None:
+        raise InputError(f"--fraction {fraction} only applies to --mode partial")

@@ -1,0 +1,35 @@
+"""Preflight tasks: check a command's inputs before its first write (components/preflight.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NONE
+
+from components.preflight import check_bootstrap, check_refresh
+from components.settings import HotswapSettings
+from tasks.context import dataset, gallery_store, registry
+
+
+@task(name="check-bootstrap-inputs", task_run_name="check the bootstrap inputs", cache_policy=NONE)
+def check_bootstrap_inputs(settings: HotswapSettings) -> None:
+    check_bootstrap(settings, dataset(settings))
+
+
+@task(
+    name="check-refresh-inputs",
+    task_run_name="check the refresh inputs against v{champion}",
+    cache_policy=NONE,
+)
+def check_refresh_inputs(settings: HotswapSettings, champion: str) -> None:
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    ids = np.array([], dtype=str)
+    if live is not None:
+        manifest = galleries.load_manifest(settings.gallery_name, live)
+        parts = [
+            galleries.load_shard(settings.gallery_name, live, n, manifest).ids
+            for n in range(manifest.num_shards)
+        ]
+        ids = np.concatenate(parts) if parts else ids
+    check_refresh(settings, registry(settings).load_model(champion), champion, dataset(settings), ids)

@@ -1,0 +1,26 @@
+"""Session homes for the command-line fault tests (built once by the real commands)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.bad_inputs import BASE_TOML
+from tests.e2e.homes import invoke
+
+
+@pytest.fixture(scope="session")
+def cli_homes(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[dict[str, Path]]:
+    """``live``: v1 champion + a decided v2 challenger (bootstrap + refresh, v2's gallery staged);
+    ``empty``: an initialised, empty registry; ``config``: the settings file both use."""
+    root = tmp_path_factory.mktemp("cli-homes")
+    config = root / "hotswap.toml"
+    config.write_text(BASE_TOML)
+    live, empty = root / "live", root / "empty"
+    for argv in (["bootstrap"], ["refresh"]):
+        result = invoke(live, config, argv)
+        assert result.exit_code == 0, result.output
+    assert invoke(empty, config, ["status"]).exit_code == 0
+    yield {"live": live, "empty": empty, "config": config}
