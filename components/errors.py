@@ -191,7 +191,9 @@ def _service_failure(exc: BaseException, services: Services) -> Failure | None:
     if module.startswith(("httpx", "httpcore")) and name in {"ConnectError", "ConnectTimeout", "ReadTimeout"}:
         where = mask_uri_credentials(services.prefect_api_url or "the Prefect API")
         return Failure(
-            "service", f"Prefect API {where} did not answer ({name}): start it or unset PREFECT_API_URL"
+            "service",
+            f"Prefect API {where} did not answer ({name}): start it (or unset PREFECT_API_URL for a "
+            "temporary local one), then rerun",
         )
     if isinstance(exc, sqlite3.DatabaseError) or (
         module.startswith("sqlalchemy") and name in {"OperationalError", "DatabaseError"}

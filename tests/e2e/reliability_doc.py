@@ -31,6 +31,13 @@ class Fault:
 
 FAULTS = [
     Fault(
+        "PREFECT_API_URL names a Prefect API that does not answer",
+        "tests/e2e/test_bad_input_matrix.py::test_unreachable_prefect_api_is_one_line_naming_it",
+        "exit 5: `error: Prefect API http://… did not answer (ConnectError): start it (or unset"
+        " PREFECT_API_URL …), then rerun`",
+        "works once the API answers; nothing was changed",
+    ),
+    Fault(
         "the S3 endpoint stops in the middle of a backfill (after shard 1), then restarts",
         "tests/e2e/test_s3_outage.py::test_s3_stops_mid_backfill_then_the_rerun_resumes",
         "exit 5: `error: S3 store s3://… at http://… did not answer (EndpointConnectionError); the live"

@@ -92,3 +92,25 @@ def test_bad_input_as_a_real_subprocess(case_id: str, cli_homes) -> None:
     assert case.expect in error_lines(result.stdout)[0]
     assert "Traceback" not in output
     assert home_digest(home) == before
+
+
+def test_unreachable_prefect_api_is_one_line_naming_it(cli_homes) -> None:
+    """Prefect's client cannot run in-process against a stopped API, so this one is a subprocess."""
+    from tests.e2e.bad_inputs import _closed_port
+
+    home, config = cli_homes["live"], cli_homes["config"]
+    before = home_digest(home)
+    url = f"http://127.0.0.1:{_closed_port()}/api"
+    env = {**os.environ, "HOTSWAP_CONFIG": str(config), "PREFECT_API_URL": url}
+    result = subprocess.run(
+        [str(HOTSWAP), "backfill", "--version", "1", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 5, result.stdout + result.stderr
+    (line,) = error_lines(result.stdout)
+    assert f"Prefect API {url} did not answer" in line
+    assert "Traceback" not in result.stdout + result.stderr
+    assert home_digest(home) == before
