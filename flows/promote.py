@@ -47,7 +47,8 @@ class PromotionInput(RunInput):
         "it (the gallery is then rebuilt before the switch).",
     )
     fraction: float | None = Field(
-        None, gt=0, lt=1, description="Share of the gallery to re-extract; only for backfill mode 'partial'."
+        None,
+        description="Share of the gallery to re-extract (0 < fraction < 1); only for backfill mode 'partial'.",
     )
 
     @model_validator(mode="after")

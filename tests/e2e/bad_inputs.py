@@ -296,18 +296,6 @@ CASES: list[Case] = [
         home="empty",
         toml="",
         env={"HOTSWAP_DATA__BOOTSTRAP_CLASSES": "[0, 1, 99]"},
-        pending="class-subset validation lands with the data-validation change",
-    ),
-    Case(
-        "bootstrap-classes-sparse",
-        "bootstrap_classes = [1, 3, 5] (not 0..k-1)",
-        ["bootstrap"],
-        2,
-        "bootstrap_classes",
-        home="empty",
-        env={"HOTSWAP_DATA__BOOTSTRAP_CLASSES": "[1, 3, 5]"},
-        pending="class-subset validation lands with the data-validation change (today: one line, "
-        "'label 5 does not fit a model with 3 classes', exit 2, nothing registered)",
     ),
     # ------------------------------------------------------------- command-line options
     Case("search-no-query", "search without --image or --item-id", ["search"], 2, "exactly one of --image"),
