@@ -9,6 +9,7 @@ from prefect import flow
 from components.registry import CHAMPION
 from flows.switch import switch_live
 from tasks.context import settings_from
+from tasks.compat_search import search_compatible
 from tasks.gallery import decide_backfill, execute_decision
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
@@ -35,6 +36,8 @@ def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None =
 
     challenger = train_challenger(settings, champion)
     report = validate_compatibility(settings, champion, challenger)
+    if not report["blessed"] and settings.compat_search.enabled and settings.compat_search.max_trials > 0:
+        challenger, report = search_compatible(settings, champion, challenger, report)
     train_codebooks(settings, challenger)
     decision = decide_backfill(settings, champion, challenger, report)
     gallery_version = execute_decision(settings, challenger, decision)
