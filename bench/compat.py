@@ -227,12 +227,20 @@ def run_job(job: Job) -> dict[str, Any]:
         class_map=class_map(PROTOCOLS[job.protocol]),
         progress=False,
     )
-    matrix = compatibility_matrix(old, new, data.split(job.eval_split), device=job.device)
+    # Score val and test from the same model: selection reads val only, the tables report test.
+    matrices = {
+        split: {
+            pair: m.as_dict()
+            for pair, m in compatibility_matrix(old, new, data.split(split), device=job.device).items()
+        }
+        for split in dict.fromkeys((job.eval_split, "val", "test"))
+    }
     return {
         "name": job.name,
         "protocol": job.protocol,
         "seed": job.seed,
-        "matrix": {pair: m.as_dict() for pair, m in matrix.items()},
+        "matrix": matrices[job.eval_split],
+        "matrices": matrices,
         "train_seconds": history.seconds,
         "epochs_run": len(history.epochs),
         "final_losses": history.final,
@@ -247,9 +255,34 @@ def run_all(
     workers: int,
     device: str,
     protocols: tuple[str, ...] = ("mnist-0to4",),
+    cache: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Old models first (one per protocol and seed), then every (protocol, method, seed), over workers."""
-    keys = [(p, seed) for p in protocols for seed in seeds]
+    """Old models first (one per protocol and seed), then every (protocol, method, seed), over workers.
+
+    With ``cache`` (a JSON-lines file) every finished run is appended as it comes, and runs
+    already there (same protocol, seed, training and epochs) are read back instead of retrained,
+    so an interrupted benchmark resumes where it stopped.
+    """
+    cached = _read_cache(cache)
+    plan, aliases = [], []
+    seen: dict[tuple[str, int, str], str] = {}
+    for protocol in protocols:
+        train_items = len(_data(protocol).split("train"))
+        for seed in seeds:
+            for name, config in configs.items():
+                key = (protocol, seed, _training_key(config, train_items, epochs))
+                if key in seen:  # trains exactly like an earlier row: reuse its result
+                    aliases.append((protocol, seed, name, seen[key]))
+                    continue
+                seen[key] = name
+                plan.append((key, name, config))
+    results = [
+        {**cached[_cache_id(key)], "name": name, "matrix": cached[_cache_id(key)]["matrices"][eval_split]}
+        for key, name, _ in plan
+        if _cache_id(key) in cached
+    ]
+    todo = [(key, name, config) for key, name, config in plan if _cache_id(key) not in cached]
+    keys = list(dict.fromkeys((key[0], key[1]) for key, _, _ in todo))
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(1,)) as pool:
         olds = dict(
             zip(
@@ -265,19 +298,44 @@ def run_all(
             )
         )
         jobs = [
-            Job(name, config, seed, olds[(protocol, seed)], epochs, eval_split, device, protocol)
-            for protocol, seed in keys
-            for name, config in configs.items()
+            Job(name, config, key[1], olds[(key[0], key[1])], epochs, eval_split, device, key[0])
+            for key, name, config in todo
         ]
-        results = []
-        for result in pool.map(run_job, jobs):
+        for (key, _, _), result in zip(todo, pool.map(run_job, jobs), strict=True):
             print(
                 f"  {result['protocol']:<18} {result['name']:<28} seed {result['seed']}: "
                 f"{_brief(result['matrix'])}",
                 flush=True,
             )
             results.append(result)
-    return results
+            if cache is not None:
+                with cache.open("a") as handle:
+                    handle.write(json.dumps({"cache_id": _cache_id(key), **result}) + "\n")
+    for protocol, seed, name, same_as in aliases:
+        source = next(
+            r for r in results if (r["protocol"], r["seed"], r["name"]) == (protocol, seed, same_as)
+        )
+        results.append({**source, "name": name, "same_run_as": same_as})
+    order = {name: i for i, name in enumerate(configs)}
+    return sorted(results, key=lambda r: (protocols.index(r["protocol"]), r["seed"], order[r["name"]]))
+
+
+def _cache_id(key: tuple[str, int, str]) -> str:
+    return json.dumps(list(key))
+
+
+def _read_cache(cache: Path | None) -> dict[str, dict[str, Any]]:
+    if cache is None or not cache.exists():
+        return {}
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    return {row.pop("cache_id"): row for row in rows}
+
+
+def _training_key(config: CompatConfig, train_items: int, epochs: int) -> str:
+    """Two configs with the same key train bit-identically on CPU: ``min_epoch_steps`` matters
+    only through the epochs it yields (e.g. on MNIST-5k every value up to 47 gives 8 epochs)."""
+    effective = config.training_epochs(train_items, TrainConfig().batch_size, epochs)
+    return config.model_copy(update={"min_epoch_steps": 0}).model_dump_json() + f"|epochs={effective}"
 
 
 def _brief(matrix: dict[str, dict[str, float]]) -> str:
@@ -405,8 +463,12 @@ def protocol_configs() -> dict[str, CompatConfig]:
 
 
 def knob_ablations() -> dict[str, CompatConfig]:
-    """The default with each data-adaptive knob switched back to its pre-adaptive value."""
-    return {"min_epoch_steps=0": DEFAULT_CONFIG.model_copy(update={"min_epoch_steps": 0})}
+    """The default with each data-adaptive knob at other values: off (the pre-adaptive method)
+    and the other candidate the default was chosen against on val."""
+    return {
+        f"min_epoch_steps={value}": DEFAULT_CONFIG.model_copy(update={"min_epoch_steps": value})
+        for value in (0, 24)
+    }
 
 
 # --------------------------------------------------------------------------- tuning
@@ -469,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device for training and extraction")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--name", help="results file stem (default compat / compat-quick / compat-tuning)")
+    parser.add_argument("--cache", type=Path, help="JSON-lines file of finished runs: resume from it")
     args = parser.parse_args(argv)
 
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -486,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         configs, split = tuning_configs(args.grid, base), "val"
         stem = "compat-protocols-tuning" if multi else "compat-tuning"
     elif multi:
-        configs, split = protocol_configs(), "test"
+        configs, split = protocol_configs(), "val"  # selection on val; the tables report test too
         stem = "compat-protocols-quick" if args.quick else "compat-protocols"
     else:
         configs, split = method_configs(), "test"
@@ -497,9 +560,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{split} split, {args.workers} workers"
     )
     start = time.perf_counter()
-    results = run_all(configs, seeds, epochs, split, args.workers, args.device, protocols)
+    results = run_all(configs, seeds, epochs, split, args.workers, args.device, protocols, args.cache)
     wall = time.perf_counter() - start
     summaries = {p: summarise([r for r in results if r["protocol"] == p]) for p in protocols}
+    test_summaries = {
+        p: summarise([{**r, "matrix": r["matrices"]["test"]} for r in results if r["protocol"] == p])
+        for p in protocols
+    }
     record = {
         "benchmark": "compat",
         "protocol": {
@@ -515,13 +582,34 @@ def main(argv: list[str] | None = None) -> int:
         },
         "configs": {name: c.model_dump() for name, c in configs.items()},
         "summary": summaries if multi else summaries[protocols[0]],
+        **({"summary_test": test_summaries} if multi else {}),
         "runs": results,
         "wall_seconds": wall,
         "machine": machine(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    if multi:
+    if multi and not args.tune:
+        test_results = [{**r, "matrix": r["matrices"]["test"]} for r in results]
+        lines = protocols_markdown(stem, test_summaries, test_results, "test", seeds, epochs)
+        lines += ["", "## Selection on the val split", ""]
+        lines += [
+            "| config | " + " | ".join(f"{p} mAP | {p} top-1" for p in protocols) + " |",
+            "|---|" + "---|---|" * len(protocols),
+        ]
+        for name in configs:
+            if name == "independent":
+                continue
+            cells = [
+                f"{summaries[p][name]['passed'][m]}/{summaries[p][name]['n_seeds']}"
+                for p in protocols
+                for m in CRITERION_METRICS
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Ranking on val (criterion passes over protocols and seeds, then mean gain):", ""]
+        ranking = rank_tuning(*summaries.values())
+        lines += [f"{i + 1}. {name} ({score:.3f})" for i, (name, score) in enumerate(ranking)]
+    elif multi:
         lines = protocols_markdown(stem, summaries, results, split, seeds, epochs)
     else:
         lines = [
