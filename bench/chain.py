@@ -12,8 +12,9 @@ leave-one-out over the gallery items. Policies compared on the same chain:
 - ``always-skip``    no refresh ever re-extracts (``decision.policy = "skip"``);
 - ``champion-only``  compatible training against the champion alone (``compat.targets = "champion"``).
 
-Per step: live mAP and top-1, the decision, items re-extracted and the gallery's share per model
-version. Over the chain: AC and AM (components/audit.py) of the models that were live, on the
+Per step: live mAP and top-1, the decision, items re-extracted (embedded by the step's new
+model in the gallery version its backfill wrote, promoted or not) and the live gallery's share
+per model version. Over the chain: AC and AM (components/audit.py) of the models that were live, on the
 validation split of every class.
 
 The class subset of a refresh is the ``data.classes`` setting; the policies use
@@ -117,12 +118,35 @@ def step_overrides(chain: Chain, policy: str, step: int, home: Path, num_classes
     return overrides
 
 
+def unknown_fields(model: type, values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names in ``values`` that the settings model (or its sub-models) does not define.
+
+    Needed because some settings sections ignore unknown keys instead of rejecting them, and a
+    chain step whose class subset were silently dropped would measure the wrong thing.
+    """
+    from pydantic import BaseModel
+
+    missing = []
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            missing.append(prefix + key)
+            continue
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            missing += unknown_fields(sub, value, f"{prefix}{key}.")
+    return missing
+
+
 def check_settings(overrides: dict[str, Any], where: str) -> None:
-    """Fail with one line when the installed settings reject a field the chain needs."""
+    """Fail with one line when the installed settings lack or reject a field the chain needs."""
     from pydantic import ValidationError
 
     from components.settings import HotswapSettings
 
+    missing = unknown_fields(HotswapSettings, overrides)
+    if missing:
+        raise ChainSettingsError(f"{where}: settings field(s) {', '.join(missing)} unknown to this hotswap")
     try:
         HotswapSettings(**overrides)
     except ValidationError as exc:
@@ -173,6 +197,18 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def extracted_items(overrides: dict[str, Any], gallery_version: str | None, model_version: str | None) -> int:
+    """Items a step's backfill embedded with its new model (work done, promoted or not)."""
+    if gallery_version is None or model_version is None:
+        return 0
+    from components.backfill import feature_models
+    from tasks.context import gallery_store, settings_from
+
+    settings = settings_from(overrides)
+    models = feature_models(gallery_store(settings), settings.gallery_name, gallery_version)
+    return int((models == str(model_version)).sum())
+
+
 def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any]:
     """AC and AM over the versions that were live, on the val split of every class."""
     from components.audit import audit_models
@@ -221,7 +257,11 @@ def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
             live = live_quality(overrides)
             if live["champion"] not in live_versions:
                 live_versions.append(live["champion"])
-            re_extracted = live["items"] if k == 0 else (live["by_champion"] if flow.get("promoted") else 0)
+            re_extracted = (
+                live["items"]
+                if k == 0
+                else extracted_items(overrides, flow.get("gallery_version"), flow.get("challenger"))
+            )
             steps.append(
                 {
                     "step": k + 1,

@@ -82,6 +82,11 @@ class CompatConfig(BaseModel):
         True, description="unit-normalise prototypes (cosine logits); False keeps raw class means"
     )
     margin: float = Field(0.15, ge=0, description="margin m of the prototype-triplet variant")
+    anchor_weight: float = Field(
+        0.0,
+        ge=0,
+        description="instance anchor: ‖φ_n(x) − sg[φ_o(x)]‖² per sample (0 = off; see training_epochs)",
+    )
     min_epoch_steps: int = Field(
         44,
         ge=0,
@@ -323,8 +328,13 @@ class CompatObjective:
                 terms["proto"] = cfg.proto_weight * proto
             if cfg.n2o_weight > 0:
                 terms["n2o"] = cfg.n2o_weight * n2o_loss(features, labels, self.old_model, self.lookup)
+            old_features = None
             if cfg.o2n_weight > 0:
-                terms["o2n"] = cfg.o2n_weight * o2n_loss(self._old_features(images), labels, model)
+                old_features = self._old_features(images)
+                terms["o2n"] = cfg.o2n_weight * o2n_loss(old_features, labels, model)
+            if cfg.anchor_weight > 0:
+                old_features = self._old_features(images) if old_features is None else old_features
+                terms["anchor"] = cfg.anchor_weight * l2_loss(features, old_features)
         return terms
 
 
