@@ -32,7 +32,7 @@ from components.report import CompatThresholds, build_report
 from components.training import TrainConfig, TrainHistory
 
 Split = Literal["train", "val", "test"]
-SEARCHED_KNOBS = ("proto_weight", "margin", "o2n_weight", "min_epoch_steps")
+SEARCHED_KNOBS = ("proto_weight", "margin", "o2n_weight", "anchor_weight", "min_epoch_steps")
 
 
 class CompatSearchConfig(BaseModel):
@@ -49,8 +49,10 @@ class CompatSearchConfig(BaseModel):
     max_trials: int = Field(6, ge=0, description="at most this many candidate trainings")
     max_seconds: float = Field(1800.0, gt=0, description="no new trial starts after this many seconds")
     parallel: int = Field(2, ge=1, description="trials per wave (mapped Prefect tasks run together)")
-    strategy: Literal["random", "grid"] = Field(
-        "random", description="random: seeded shuffle of the grid; grid: the product in order"
+    strategy: Literal["nearest", "random", "grid"] = Field(
+        "nearest",
+        description="nearest: fewest knobs changed from the configured config first (seeded order "
+        "within); random: seeded shuffle of the grid; grid: the product in order",
     )
     seed: int = Field(0, description="seed of the random order")
     stop_on_pass: bool = Field(True, description="stop after the first wave with a passing trial")
@@ -60,9 +62,10 @@ class CompatSearchConfig(BaseModel):
         description="the split the gate judges the selected model on; None = the data settings' "
         "gate split where set, else 'test'. Must differ from selection_split",
     )
-    proto_weight: list[float] = Field(default_factory=lambda: [4.0, 8.0, 16.0, 32.0])
+    proto_weight: list[float] = Field(default_factory=lambda: [8.0, 16.0, 32.0])
     margin: list[float] = Field(default_factory=lambda: [0.15, 0.3])
-    o2n_weight: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    o2n_weight: list[float] = Field(default_factory=lambda: [1.0, 2.0])
+    anchor_weight: list[float] = Field(default_factory=lambda: [0.0, 1.0])
     min_epoch_steps: list[int] = Field(default_factory=lambda: [44, 88])
 
     @model_validator(mode="after")
@@ -103,8 +106,10 @@ def candidate_configs(base: CompatConfig, search: CompatSearchConfig) -> list[Co
         if _key(config) not in seen:
             seen.add(_key(config))
             candidates.append(config)
-    if search.strategy == "random":
+    if search.strategy in ("random", "nearest"):
         random.Random(search.seed).shuffle(candidates)
+    if search.strategy == "nearest":  # stable sort: the shuffle orders candidates within a distance
+        candidates.sort(key=lambda c: sum(getattr(c, k) != getattr(base, k) for k in SEARCHED_KNOBS))
     return candidates
 
 

@@ -48,6 +48,7 @@ def searched(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[
             "proto_weight": [8.0],
             "margin": [0.15],
             "o2n_weight": [1.0],
+            "anchor_weight": [0.0],
             "min_epoch_steps": [0, 88, 132],
         },
     }

@@ -20,7 +20,13 @@ from components.compatibility import DEFAULT_CONFIG, CompatConfig
 from components.report import CompatThresholds
 from components.settings import HotswapSettings
 
-SMALL = {"proto_weight": [4.0, 8.0], "margin": [0.15], "o2n_weight": [1.0, 2.0], "min_epoch_steps": [44]}
+SMALL = {
+    "proto_weight": [4.0, 8.0],
+    "margin": [0.15],
+    "o2n_weight": [1.0, 2.0],
+    "anchor_weight": [0.0],
+    "min_epoch_steps": [44],
+}
 
 
 def _matrix(old_old: float, new_old: float, new_new: float) -> dict[str, dict[str, float]]:
@@ -37,6 +43,10 @@ def test_candidates_cover_the_grid_without_the_configured_config():
     shuffled = candidate_configs(DEFAULT_CONFIG, CompatSearchConfig(strategy="random", seed=3, **SMALL))
     again = candidate_configs(DEFAULT_CONFIG, CompatSearchConfig(strategy="random", seed=3, **SMALL))
     assert shuffled == again and sorted(map(str, shuffled)) == sorted(map(str, candidates))
+    nearest = candidate_configs(DEFAULT_CONFIG, CompatSearchConfig(strategy="nearest", **SMALL))
+    # one knob changed before two
+    assert {(c.proto_weight, c.o2n_weight) for c in nearest[:2]} == {(4.0, 1.0), (8.0, 2.0)}
+    assert (nearest[2].proto_weight, nearest[2].o2n_weight) == (4.0, 2.0)
 
 
 def test_the_gate_split_must_differ_from_the_selection_split():
@@ -141,6 +151,7 @@ def test_train_compatible_runs_the_raised_epochs():
     data = make_synthetic(48, 3, image_size=8, seed=0)
     old = build_model(BackboneSpec(arch="small", embedding_dim=8, num_classes=2, image_size=8), seed=0)
     spec = BackboneSpec(arch="small", embedding_dim=8, num_classes=3, image_size=8)
-    config = CompatConfig(min_epoch_steps=3)  # 48 items at batch 64: 1 step per epoch -> 3 epochs
+    config = CompatConfig(min_epoch_steps=3, anchor_weight=1.0)  # 48 items, batch 64: 1 step/epoch
     _, history = train_compatible(old, spec, data, config, TrainConfig(epochs=1), progress=False)
     assert len(history.epochs) == 3
+    assert history.final["anchor"] > 0  # the instance anchor is a logged term of its own
