@@ -277,13 +277,15 @@ def run_all(
                 seen[key] = name
                 plan.append((key, name, config))
     results = [
-        {**cached[_cache_id(key)], "name": name, "matrix": cached[_cache_id(key)]["matrices"][eval_split]}
+        {**cached[_cache_id(key, name)], "matrix": cached[_cache_id(key, name)]["matrices"][eval_split]}
         for key, name, _ in plan
-        if _cache_id(key) in cached
+        if _cache_id(key, name) in cached
     ]
-    todo = [(key, name, config) for key, name, config in plan if _cache_id(key) not in cached]
+    todo = [(key, name, config) for key, name, config in plan if _cache_id(key, name) not in cached]
     keys = list(dict.fromkeys((key[0], key[1]) for key, _, _ in todo))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=max(1, min(workers, len(todo))), initializer=_init_worker, initargs=(1,)
+    ) as pool:
         olds = dict(
             zip(
                 keys,
@@ -301,6 +303,8 @@ def run_all(
             Job(name, config, key[1], olds[(key[0], key[1])], epochs, eval_split, device, key[0])
             for key, name, config in todo
         ]
+        if not jobs:
+            print("  every run read back from the cache", flush=True)
         for (key, _, _), result in zip(todo, pool.map(run_job, jobs), strict=True):
             print(
                 f"  {result['protocol']:<18} {result['name']:<28} seed {result['seed']}: "
@@ -310,7 +314,7 @@ def run_all(
             results.append(result)
             if cache is not None:
                 with cache.open("a") as handle:
-                    handle.write(json.dumps({"cache_id": _cache_id(key), **result}) + "\n")
+                    handle.write(json.dumps({"cache_id": _cache_id(key, result["name"]), **result}) + "\n")
     for protocol, seed, name, same_as in aliases:
         source = next(
             r for r in results if (r["protocol"], r["seed"], r["name"]) == (protocol, seed, same_as)
@@ -320,15 +324,16 @@ def run_all(
     return sorted(results, key=lambda r: (protocols.index(r["protocol"]), r["seed"], order[r["name"]]))
 
 
-def _cache_id(key: tuple[str, int, str]) -> str:
-    return json.dumps(list(key))
+def _cache_id(key: tuple[str, int, str], name: str) -> str:
+    """Runs are cached by protocol, seed and row name (the names fix the configs of this bench)."""
+    return json.dumps([key[0], key[1], name])
 
 
 def _read_cache(cache: Path | None) -> dict[str, dict[str, Any]]:
     if cache is None or not cache.exists():
         return {}
     rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-    return {row.pop("cache_id"): row for row in rows}
+    return {_cache_id((row["protocol"], row["seed"], ""), row["name"]): row for row in rows}
 
 
 def _training_key(config: CompatConfig, train_items: int, epochs: int) -> str:
@@ -638,6 +643,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def headline_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per protocol and Dual-Tuning row: the criterion counts next to the means they judge."""
+    lines = [
+        "| protocol | config | old/old mAP | new/old mAP | new/new mAP | indep. new/new mAP | old/old top-1 "
+        "| new/old top-1 | new/new top-1 | indep. new/new top-1 | pass mAP | pass top-1 |",
+        "|" + "---|" * 12,
+    ]
+    for protocol, summary in summaries.items():
+        ind = summary.get("independent", {}).get("stats", {}).get("new/new")
+        for name, s in summary.items():
+            if name == "independent":
+                continue
+            st, n = s["stats"], s["n_seeds"]
+            cells = [_fmt(st[p]["map"]) for p in ("old/old", "new/old", "new/new")]
+            cells.append(_fmt(ind["map"]) if ind else "n/a")
+            cells += [_fmt(st[p]["top1"]) for p in ("old/old", "new/old", "new/new")]
+            cells.append(_fmt(ind["top1"]) if ind else "n/a")
+            cells += [f"{s['passed'][m]}/{n}" for m in CRITERION_METRICS]
+            lines.append(f"| {protocol} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def protocols_markdown(
     stem: str,
     summaries: dict[str, dict[str, Any]],
@@ -658,6 +685,7 @@ def protocols_markdown(
         f"criterion = new/old > old/old and new/new >= independent - {NEW_NEW_TOLERANCE * 100:.0f} point.",
         "",
     ]
+    lines += headline_table(summaries) + [""]
     for protocol, summary in summaries.items():
         lines += [f"## {protocol}: {PROTOCOLS[protocol].description}", "", markdown_table(summary), ""]
     lines += [
