@@ -396,9 +396,13 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     for ax, chain in zip(axes[0], chains, strict=True):
         for r in (r for r in records if r["chain"] == chain):
             xs = [s["step"] for s in r["steps"]]
-            ax.plot(xs, [s["live"]["map"] for s in r["steps"]], marker="o", label=r["policy"])
+            label = r["policy"] + (" (did not run)" if r.get("error") and not r["steps"] else "")
+            ax.plot(xs, [s["live"]["map"] for s in r["steps"]], marker="o", label=label)
         ax.set_title(f"{chain}: live mAP as served")
-        ax.set_xlabel("step (model version live)")
+        ax.set_xlabel("step")
+        steps = sorted({s["step"] for r in records if r["chain"] == chain for s in r["steps"]})
+        if steps:
+            ax.set_xticks(steps)
         ax.set_ylabel("mAP")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -8,8 +8,8 @@ from prefect import flow
 
 from components.registry import CHAMPION
 from flows.switch import switch_live
-from tasks.context import settings_from
 from tasks.compat_search import search_compatible
+from tasks.context import settings_from
 from tasks.gallery import decide_backfill, execute_decision
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
