@@ -13,6 +13,11 @@ Protocol (MNIST-5k, the bundled real digits; split seed 0, 60/20/20 per class):
 Run from the repository root:
     python -m bench.compat            # 3 seeds, 8 epochs, test split -> bench/results/compat.{json,md,png}
     python -m bench.compat --quick    # 1 seed, 3 epochs -> bench/results/compat-quick.*
+    python -m bench.compat --protocols all --cache bench/results/compat-protocols-runs.jsonl
+                                      # 5 protocols (MNIST-5k 0-4 / odd digits / a quarter of the
+                                      # training data, synthetic 50 -> 100, sklearn digits as an image
+                                      # folder) -> bench/results/compat-protocols.{json,md}; val for
+                                      # selection and test for the tables, from one training each
     python -m bench.compat --tune --grid bench/compat_grids/round1.json --name compat-tuning-round1
                                       # weight search on the val split (rounds 1-6 were run on a GPU:
                                       # --device cuda --workers 14; see bench/results/compat-tuning.md)
