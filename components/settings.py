@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from components.compat_search import CompatSearchConfig
 from components.compatibility import DEFAULT_CONFIG, CompatConfig
 from components.decision import DecisionConfig
 from components.quantization import DPQConfig
@@ -196,6 +197,7 @@ class HotswapSettings(BaseSettings):
     auto_promote: bool = Field(False, description="scheduled refresh promotes a blessed model by itself")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     compat: CompatConfig = Field(default_factory=lambda: DEFAULT_CONFIG)
+    compat_search: CompatSearchConfig = Field(default_factory=CompatSearchConfig)
     dpq: DPQConfig = Field(default_factory=DPQConfig)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
     data: DataSettings = Field(default_factory=DataSettings)

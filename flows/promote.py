@@ -48,7 +48,8 @@ class PromotionInput(RunInput):
     )
     fraction: float | None = Field(
         None,
-        description="Share of the gallery to re-extract (0 < fraction < 1); only for backfill mode 'partial'.",
+        description="Share of the gallery to re-extract (0 < fraction < 1); only for backfill mode "
+        "'partial'.",
     )
 
     @model_validator(mode="after")

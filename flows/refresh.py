@@ -9,6 +9,7 @@ from prefect.states import Completed, State
 
 from components.registry import CHAMPION
 from flows.switch import switch_live
+from tasks.compat_search import search_compatible
 from tasks.context import settings_from
 from tasks.gallery import decide_backfill, execute_decision
 from tasks.links import rename_flow_run
@@ -73,6 +74,12 @@ def refresh(
         challenger = train_challenger(settings, champion, targets)
         rename_flow_run(refresh_name(challenger, champion, data_version))
         report = validate_compatibility(settings, champion, challenger, composition, targets)
+        search = settings.compat_search
+        if not report["blessed"] and search.enabled and search.max_trials > 0:
+            challenger, report = search_compatible(
+                settings, champion, challenger, report, composition, targets
+            )
+            rename_flow_run(refresh_name(challenger, champion, data_version))
         train_codebooks(settings, challenger)
         decision = decide_backfill(settings, champion, challenger, report, composition)
         gallery_version = execute_decision(settings, challenger, decision)

@@ -106,6 +106,30 @@ def train_first_model(settings: HotswapSettings) -> str:
     return version
 
 
+def compat_targets_for(
+    reg: Any, old_version: str, targets: list[dict[str, Any]] | None, train: Any
+) -> tuple[list[TargetWeight], list[CompatTarget], list[int]]:
+    """The frozen targets of a compatible training, each with its class map, and the new class map.
+
+    ``targets`` are TargetWeight dicts (None = the champion alone, weight 1); each target's
+    recorded class map gives the new → old head rows of its structural terms.
+    """
+    plan = (
+        [TargetWeight.model_validate(t) for t in targets]
+        if targets
+        else [TargetWeight(version=str(old_version), share=1.0, weight=1.0, champion=True)]
+    )
+    class_map = class_map_of(train)
+    compat_targets = []
+    for target in plan:
+        model = reg.load_model(target.version)
+        old_map = load_class_map(reg, target.version, model.spec.num_classes)
+        compat_targets.append(
+            CompatTarget(model, target.weight, cross_map(class_map, old_map), name=f"v{target.version}")
+        )
+    return plan, compat_targets, class_map
+
+
 @task(name="train-challenger", task_run_name="train a compatible challenger against v{old_version}")
 def train_challenger(
     settings: HotswapSettings, old_version: str, targets: list[dict[str, Any]] | None = None
@@ -117,21 +141,9 @@ def train_challenger(
     Each target's recorded class map gives the new → old head rows of its structural terms.
     """
     reg = registry(settings)
-    plan = (
-        [TargetWeight.model_validate(t) for t in targets]
-        if targets
-        else [TargetWeight(version=str(old_version), share=1.0, weight=1.0, champion=True)]
-    )
     data = dataset(settings)
     train = data.split("train")
-    class_map = class_map_of(train)
-    compat_targets = []
-    for target in plan:
-        model = reg.load_model(target.version)
-        old_map = load_class_map(reg, target.version, model.spec.num_classes)
-        compat_targets.append(
-            CompatTarget(model, target.weight, cross_map(class_map, old_map), name=f"v{target.version}")
-        )
+    plan, compat_targets, class_map = compat_targets_for(reg, old_version, targets, train)
     spec = BackboneSpec(
         arch=settings.training.new_arch,
         embedding_dim=compat_targets[0].model.embedding_dim,

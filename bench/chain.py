@@ -1,0 +1,471 @@
+"""Chain benchmark: many upgrades in a row, each refresh deciding by itself, as a live system would.
+
+A class-incremental chain: the first model knows a few classes; each later version is trained on
+the classes seen so far and goes through the real ``refresh`` flow with auto-promotion (training,
+validation, search when needed, codebooks, decision, backfill, switch) in a throw-away home.
+After every step the live system is measured *as served*: queries embedded by the champion,
+against the live gallery's stored DPQ codes decoded (the asymmetric search the faiss index runs),
+leave-one-out over the gallery items. Policies compared on the same chain:
+
+- ``default``        the default settings: every decision is the refresh's own;
+- ``always-full``    every refresh re-extracts the whole gallery (``decision.policy = "full"``);
+- ``always-skip``    no refresh ever re-extracts (``decision.policy = "skip"``);
+- ``champion-only``  compatible training against the champion alone (``compat.targets = "champion"``).
+
+Per step: live mAP and top-1, the decision, items re-extracted (embedded by the step's new
+model in the gallery version its backfill wrote, promoted or not) and the live gallery's share
+per model version. Over the chain: AC and AM (components/audit.py) of the models that were live, on the
+validation split of every class.
+
+The class subset of a refresh is the ``data.classes`` setting; the policies use
+``decision.policy`` and ``compat.targets``. Where the installed hotswap lacks one of these
+fields the step fails with one line naming it, and the chain records that failure.
+
+Run from the repository root:
+    python -m bench.chain                      # both chains (MNIST-5k 0-3 ... 0-9; synthetic 25 ... 100)
+    python -m bench.chain --chains mnist --policies default always-full
+    python -m bench.chain --quick              # 2-step synthetic chain, tiny training -> chain-quick.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    source: str
+    steps: tuple[tuple[int, ...], ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def _upto(*stops: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(range(stop)) for stop in stops)
+
+
+CHAINS: dict[str, Chain] = {
+    "mnist": Chain(
+        "mnist", "mnist5k", _upto(4, 6, 8, 10), description="MNIST-5k, digits 0-3 > 0-5 > 0-7 > 0-9"
+    ),
+    "synthetic": Chain(
+        "synthetic",
+        "synthetic:6000:100",
+        _upto(25, 50, 75, 100),
+        description="procedural images, 100 classes (6,000 items) arriving 25 at a time",
+    ),
+}
+QUICK = Chain(
+    "quick",
+    "synthetic:1200:8",
+    _upto(4, 8),
+    overrides={
+        "data": {"image_size": 16},
+        "training": {"epochs": 2, "embedding_dim": 32},
+        "dpq": {"epochs": 3, "n_blocks": 2, "n_codewords": 64, "kmeans_iters": 5},
+        "decision": {"partial_fractions": [0.25, 0.5], "timing_repeats": 1, "timing_sample": 64},
+        "compat_search": {"max_trials": 2},
+    },
+    description="smoke run: procedural images, 8 classes, 4 then 8",
+)
+POLICIES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "always-full": {"decision": {"policy": "full"}},
+    "always-skip": {"decision": {"policy": "skip"}},
+    "champion-only": {"compat": {"targets": "champion"}},
+}
+
+
+class ChainSettingsError(RuntimeError):
+    """A step's settings are not accepted by the installed hotswap (e.g. a field it lacks)."""
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: ``extra`` wins; sub-dicts are merged, not replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def step_overrides(chain: Chain, policy: str, step: int, home: Path, num_classes: int) -> dict[str, Any]:
+    """The settings of one step: the chain's data and size, the policy, the step's classes."""
+    classes = list(chain.steps[step])
+    overrides = merge(
+        {"home": str(home), "model_name": f"chain-{chain.name}", "data": {"source": chain.source}},
+        chain.overrides,
+    )
+    overrides = merge(overrides, POLICIES[policy])
+    if step == 0:
+        overrides = merge(overrides, {"data": {"bootstrap_classes": classes}})
+    elif len(classes) < num_classes:  # the full class set is the data set itself: no subset field needed
+        overrides = merge(overrides, {"data": {"classes": classes}})
+    return overrides
+
+
+def unknown_fields(model: type, values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names in ``values`` that the settings model (or its sub-models) does not define.
+
+    Needed because some settings sections ignore unknown keys instead of rejecting them, and a
+    chain step whose class subset were silently dropped would measure the wrong thing.
+    """
+    from pydantic import BaseModel
+
+    missing = []
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            missing.append(prefix + key)
+            continue
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            missing += unknown_fields(sub, value, f"{prefix}{key}.")
+    return missing
+
+
+def check_settings(overrides: dict[str, Any], where: str) -> None:
+    """Fail with one line when the installed settings lack or reject a field the chain needs."""
+    from pydantic import ValidationError
+
+    from components.settings import HotswapSettings
+
+    missing = unknown_fields(HotswapSettings, overrides)
+    if missing:
+        raise ChainSettingsError(f"{where}: settings field(s) {', '.join(missing)} unknown to this hotswap")
+    try:
+        HotswapSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ChainSettingsError(f"{where}: settings rejected ({problems})") from None
+
+
+def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The live system as served: champion queries vs the live gallery's decoded DPQ codes.
+
+    Leave-one-out over the gallery's items (each query's own row excluded). Also returns the
+    gallery's share of items per model version (its provenance).
+    """
+    from components.backfill import feature_models
+    from components.metrics import retrieval_metrics
+    from components.registry import CHAMPION
+    from components.training import extract_features
+    from tasks.context import dataset, gallery_store, registry, settings_from
+    from tasks.quantization import load_codebooks
+
+    settings = settings_from(overrides)
+    reg = registry(settings)
+    champion = reg.resolve(CHAMPION).version
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    manifest = galleries.load_manifest(settings.gallery_name, live)
+    arrays = galleries.load_arrays(settings.gallery_name, live)
+    data = dataset(settings)
+    rows = {item: i for i, item in enumerate(data.item_ids)}
+    index = np.array([rows[str(item)] for item in arrays.ids])
+    labels = data.labels[index]
+    codebooks = load_codebooks(settings, manifest.codebook_version or manifest.model_version)
+    served = codebooks.decode(arrays.codes) if arrays.codes is not None else arrays.features
+    queries = extract_features(reg.load_model(champion), data.images[index], device=settings.torch_device)
+    metrics = retrieval_metrics(queries, labels, served, labels, exclude_self=True)
+    models = feature_models(galleries, settings.gallery_name, live)
+    values, counts = np.unique(models, return_counts=True)
+    return {
+        "champion": champion,
+        "gallery_version": live,
+        "map": metrics.map,
+        "top1": metrics.top1,
+        "items": int(len(models)),
+        "share": {str(v): int(c) / len(models) for v, c in zip(values, counts, strict=True)},
+        "by_champion": int((models == champion).sum()),
+    }
+
+
+def extracted_items(overrides: dict[str, Any], gallery_version: str | None, model_version: str | None) -> int:
+    """Items a step's backfill embedded with its new model (work done, promoted or not)."""
+    if gallery_version is None or model_version is None:
+        return 0
+    from components.backfill import feature_models
+    from tasks.context import gallery_store, settings_from
+
+    settings = settings_from(overrides)
+    models = feature_models(gallery_store(settings), settings.gallery_name, gallery_version)
+    return int((models == str(model_version)).sum())
+
+
+def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any]:
+    """AC and AM over the versions that were live, on the val split of every class."""
+    from components.audit import audit_models
+    from tasks.context import dataset, registry, settings_from
+
+    settings = settings_from(overrides)
+    reg = registry(settings)
+    held_out = dataset(settings).split("val")
+    result = audit_models({v: reg.load_model(v) for v in versions}, held_out, device=settings.torch_device)
+    return {
+        "versions": versions,
+        "ac": {m: result.ac(m) for m in ("map", "top1")},
+        "am": {m: result.am(m) for m in ("map", "top1")},
+        "matrix": {m: result.matrices[m].round(4).to_dict() for m in ("map", "top1")},
+    }
+
+
+def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
+    """Bootstrap, then one auto-promoting refresh per later step; measure after each step."""
+    from components.data import load_dataset
+    from flows.bootstrap import bootstrap
+    from flows.refresh import refresh
+
+    num_classes = load_dataset(chain.source).num_classes
+    steps: list[dict[str, Any]] = []
+    live_versions: list[str] = []
+    record: dict[str, Any] = {"chain": chain.name, "policy": policy, "steps": steps}
+    start = time.perf_counter()
+    try:
+        for k in range(len(chain.steps)):
+            overrides = step_overrides(chain, policy, k, home, num_classes)
+            where = f"chain {chain.name}, policy {policy}, step {k + 1}"
+            check_settings(overrides, where)
+            t0 = time.perf_counter()
+            if k == 0:
+                result = bootstrap(overrides=overrides)
+                flow = {
+                    "decision": "initial",
+                    "blessed": True,
+                    "promoted": True,
+                    "challenger": result["version"],
+                }
+            else:
+                flow = refresh(overrides=overrides, auto_promote=True)
+            seconds = time.perf_counter() - t0
+            live = live_quality(overrides)
+            if live["champion"] not in live_versions:
+                live_versions.append(live["champion"])
+            re_extracted = (
+                live["items"]
+                if k == 0
+                else extracted_items(overrides, flow.get("gallery_version"), flow.get("challenger"))
+            )
+            steps.append(
+                {
+                    "step": k + 1,
+                    "classes": len(chain.steps[k]),
+                    "challenger": flow.get("challenger"),
+                    "blessed": flow.get("blessed"),
+                    "decision": flow.get("decision"),
+                    "promoted": flow.get("promoted"),
+                    "skipped": flow.get("skipped") or flow.get("noop"),
+                    "live": live,
+                    "re_extracted": re_extracted,
+                    "seconds": seconds,
+                }
+            )
+            print(
+                f"  {chain.name}/{policy} step {k + 1}: {flow.get('decision')} "
+                f"live mAP {live['map']:.3f} top-1 {live['top1']:.3f}, re-extracted {re_extracted}",
+                flush=True,
+            )
+        record["audit"] = chain_audit(
+            step_overrides(chain, policy, len(chain.steps) - 1, home, num_classes), live_versions
+        )
+    except ChainSettingsError as exc:
+        record["error"] = str(exc)
+        print(f"  {exc}", flush=True)
+    except Exception as exc:  # a step failed: keep what was measured and say why
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc(limit=5)
+        print(f"  chain {chain.name}, policy {policy}: {record['error']}", flush=True)
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per chain: each policy's final live quality, items re-extracted (after the first
+    extraction) relative to always-full, monotonicity of live mAP, AC/AM."""
+    out: dict[str, Any] = {}
+    for chain in dict.fromkeys(r["chain"] for r in records):
+        rows = {r["policy"]: r for r in records if r["chain"] == chain}
+        full = rows.get("always-full")
+        full_items = (
+            sum(s["re_extracted"] for s in full["steps"][1:]) if full and not full.get("error") else None
+        )
+        full_map = (
+            full["steps"][-1]["live"]["map"] if full and not full.get("error") and full["steps"] else None
+        )
+        out[chain] = {}
+        for policy, r in rows.items():
+            live = [s["live"]["map"] for s in r["steps"]]
+            items = sum(s["re_extracted"] for s in r["steps"][1:])
+            out[chain][policy] = {
+                "complete": not r.get("error"),
+                "error": r.get("error"),
+                "final_map": live[-1] if live else None,
+                "final_top1": r["steps"][-1]["live"]["top1"] if r["steps"] else None,
+                "never_falls": all(b >= a for a, b in zip(live, live[1:], strict=False)),
+                "re_extracted": items,
+                "re_extracted_vs_full": items / full_items if full_items else None,
+                "final_map_vs_full": (live[-1] / full_map) if live and full_map else None,
+                "ac_map": r.get("audit", {}).get("ac", {}).get("map"),
+                "am_map": r.get("audit", {}).get("am", {}).get("map"),
+                "ac_top1": r.get("audit", {}).get("ac", {}).get("top1"),
+                "am_top1": r.get("audit", {}).get("am", {}).get("top1"),
+            }
+    return out
+
+
+def _f(value: Any, pct: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    return f"{100 * value:.1f}" if pct else f"{value:.2f}"
+
+
+def markdown(stem: str, records: list[dict[str, Any]], summary: dict[str, Any], wall: float) -> str:
+    lines = [
+        f"# Chain benchmark ({stem})",
+        "",
+        "Each step is a real `bootstrap`/`refresh` flow with auto-promotion on the chain's default "
+        "settings plus the policy; live quality is measured as served (champion queries against the "
+        "live gallery's DPQ codes, leave-one-out over the gallery). Numbers in %.",
+        "",
+    ]
+    for chain, policies in summary.items():
+        lines += [
+            f"## {chain}",
+            "",
+            "| policy | final live mAP | final top-1 | live mAP never falls "
+            "| items re-extracted | vs always-full | final mAP vs always-full | AC mAP | AM mAP | AC top-1 "
+            "| AM top-1 | complete |",
+            "|" + "---|" * 12,
+        ]
+        for policy, s in policies.items():
+            lines.append(
+                f"| {policy} | {_f(s['final_map'])} | {_f(s['final_top1'])} | {_f(s['never_falls'])} | "
+                f"{s['re_extracted']} | {_f(s['re_extracted_vs_full'])} | {_f(s['final_map_vs_full'])} | "
+                f"{_f(s['ac_map'])} | {_f(s['am_map'])} | {_f(s['ac_top1'])} | {_f(s['am_top1'])} | "
+                f"{'yes' if s['complete'] else 'no: ' + str(s['error'])} |"
+            )
+        lines += [
+            "",
+            "| policy | step | classes | decision | blessed | promoted | live mAP | live top-1 "
+            "| re-extracted | gallery share per version | seconds |",
+            "|" + "---|" * 11,
+        ]
+        for r in records:
+            if r["chain"] != chain:
+                continue
+            for s in r["steps"]:
+                share = ", ".join(f"v{v} {100 * p:.0f}%" for v, p in s["live"]["share"].items())
+                lines.append(
+                    f"| {r['policy']} | {s['step']} | {s['classes']} | {s['decision']} | {s['blessed']} | "
+                    f"{s['promoted']} | {_f(s['live']['map'])} | {_f(s['live']['top1'])} | "
+                    f"{s['re_extracted']} | "
+                    f"{share} | {s['seconds']:.0f} |"
+                )
+        lines.append("")
+    lines.append(f"Wall time {wall / 60:.1f} min, {os.cpu_count()} CPU core(s).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Live mAP (as served) per step, one line per policy, one panel per chain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chains = list(dict.fromkeys(r["chain"] for r in records))
+    fig, axes = plt.subplots(1, len(chains), figsize=(6 * len(chains), 4), squeeze=False)
+    for ax, chain in zip(axes[0], chains, strict=True):
+        for r in (r for r in records if r["chain"] == chain):
+            xs = [s["step"] for s in r["steps"]]
+            label = r["policy"] + (" (did not run)" if r.get("error") and not r["steps"] else "")
+            ax.plot(xs, [s["live"]["map"] for s in r["steps"]], marker="o", label=label)
+        ax.set_title(f"{chain}: live mAP as served")
+        ax.set_xlabel("step")
+        steps = sorted({s["step"] for r in records if r["chain"] == chain for s in r["steps"]})
+        if steps:
+            ax.set_xticks(steps)
+        ax.set_ylabel("mAP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chains", nargs="+", choices=list(CHAINS), default=list(CHAINS))
+    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), help="default: all four")
+    parser.add_argument("--quick", action="store_true", help="a 2-step synthetic chain with tiny training")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="results file stem (default chain / chain-quick)")
+    args = parser.parse_args(argv)
+
+    chains = [QUICK] if args.quick else [CHAINS[c] for c in args.chains]
+    policies = args.policies or (["default"] if args.quick else list(POLICIES))
+    stem = args.name or ("chain-quick" if args.quick else "chain")
+    workdir = Path(tempfile.mkdtemp(prefix="hotswap-chain-"))
+    # Prefect reads its home at import: a throw-away one, set before any flow module is imported.
+    os.environ.setdefault("PREFECT_HOME", str(workdir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    start = time.perf_counter()
+    records = []
+    for chain in chains:
+        for policy in policies:
+            print(f"{chain.name} / {policy}", flush=True)
+            records.append(run_chain(chain, policy, workdir / f"{chain.name}-{policy}"))
+    wall = time.perf_counter() - start
+    summary = summarise(records)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chains_info = {
+        c.name: {
+            "source": c.source,
+            "steps": [len(s) for s in c.steps],
+            "overrides": c.overrides,
+            "description": c.description,
+        }
+        for c in chains
+    }
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "benchmark": "chain",
+                "chains": chains_info,
+                "policies": {p: POLICIES[p] for p in policies},
+                "summary": summary,
+                "runs": records,
+                "wall_seconds": wall,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    (args.out / f"{stem}.md").write_text(markdown(stem, records, summary, wall))
+    plot(records, args.out / f"{stem}.png")
+    print((args.out / f"{stem}.md").read_text())
+    return 0 if all(not r.get("error") for r in records) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""Bounded search over the compatibility knobs, for when the configured weights do not pass.
+
+Why: the default Dual-Tuning weights were chosen on a few protocols; on a new data set they can
+leave the new model just short of the old gallery (new/old ≤ old/old), and then every upgrade is
+a full backfill. Before giving up, the refresh tries a few other strengths of the compatibility
+terms and keeps the best one *on the selection split* (val). The gate then judges the selected
+model on a split the selection never saw, so the search cannot bless a lucky draw.
+
+Plain functions only (no Prefect): the candidates, the budget, the score of one trial, the
+selection and the loop over waves of trials. ``tasks/compat_search.py`` runs each wave's trials as
+mapped Prefect tasks and logs each as a nested MLflow run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from components.backbones import BackboneSpec, EmbeddingModel, build_model
+from components.compatibility import CompatConfig, train_compatible
+from components.cross_eval import compatibility_matrix
+from components.data import ImageDataset
+from components.report import CompatThresholds, build_report
+from components.training import TrainConfig, TrainHistory
+
+Split = Literal["train", "val", "test"]
+SEARCHED_KNOBS = ("proto_weight", "margin", "o2n_weight", "anchor_weight", "min_epoch_steps")
+
+
+class CompatSearchConfig(BaseModel):
+    """How far the refresh may search when the configured compatibility weights fail the gate.
+
+    The space is a grid of values per knob (the product, without the configured config itself);
+    ``strategy`` says in which order candidates are tried, ``max_trials`` and ``max_seconds``
+    bound the search. Trials run ``parallel`` at a time (one mapped wave).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="search when the configured weights are not blessed")
+    max_trials: int = Field(6, ge=0, description="at most this many candidate trainings")
+    max_seconds: float = Field(1800.0, gt=0, description="no new trial starts after this many seconds")
+    parallel: int = Field(2, ge=1, description="trials per wave (mapped Prefect tasks run together)")
+    strategy: Literal["nearest", "random", "grid"] = Field(
+        "nearest",
+        description="nearest: fewest knobs changed from the configured config first (seeded order "
+        "within); random: seeded shuffle of the grid; grid: the product in order",
+    )
+    seed: int = Field(0, description="seed of the random order")
+    stop_on_pass: bool = Field(True, description="stop after the first wave with a passing trial")
+    selection_split: Split = Field("val", description="the split trials are scored and selected on")
+    gate_split: Split | None = Field(
+        None,
+        description="the split the gate judges the selected model on; None = the data settings' "
+        "gate split where set, else 'test'. Must differ from selection_split",
+    )
+    proto_weight: list[float] = Field(default_factory=lambda: [8.0, 16.0, 32.0])
+    margin: list[float] = Field(default_factory=lambda: [0.15, 0.3])
+    o2n_weight: list[float] = Field(default_factory=lambda: [1.0, 2.0])
+    anchor_weight: list[float] = Field(default_factory=lambda: [0.0, 1.0])
+    min_epoch_steps: list[int] = Field(default_factory=lambda: [44, 88])
+
+    @model_validator(mode="after")
+    def _check(self) -> CompatSearchConfig:
+        for knob in SEARCHED_KNOBS:
+            values = getattr(self, knob)
+            if not values:
+                raise ValueError(f"compat_search.{knob}: give at least one value")
+            if any(v < 0 for v in values):
+                raise ValueError(f"compat_search.{knob}: values must be >= 0, got {values}")
+        if self.gate_split is not None and self.gate_split == self.selection_split:
+            raise ValueError(
+                f"compat_search.gate_split {self.gate_split!r} equals selection_split: the gate must "
+                "judge on data the selection never saw"
+            )
+        return self
+
+    def resolve_gate_split(self, data_gate_split: str | None = None) -> str:
+        """The split the gate judges a searched model on (never the selection split)."""
+        split = self.gate_split or data_gate_split or "test"
+        if split == self.selection_split:
+            split = "test" if self.selection_split != "test" else "val"
+        return split
+
+
+def candidate_configs(base: CompatConfig, search: CompatSearchConfig) -> list[CompatConfig]:
+    """Every grid point as a full config on top of ``base`` (Dual-Tuning), ``base`` itself left out,
+    in the search order. Knobs the grid does not name keep ``base``'s value."""
+    base = base if base.method == "dual_tuning" else base.model_copy(update={"method": "dual_tuning"})
+    grid = [
+        dict(zip(SEARCHED_KNOBS, values, strict=True))
+        for values in itertools.product(*(getattr(search, knob) for knob in SEARCHED_KNOBS))
+    ]
+    seen = {_key(base)}
+    candidates = []
+    for point in grid:
+        config = base.model_copy(update=point)
+        if _key(config) not in seen:
+            seen.add(_key(config))
+            candidates.append(config)
+    if search.strategy in ("random", "nearest"):
+        random.Random(search.seed).shuffle(candidates)
+    if search.strategy == "nearest":  # stable sort: the shuffle orders candidates within a distance
+        candidates.sort(key=lambda c: sum(getattr(c, k) != getattr(base, k) for k in SEARCHED_KNOBS))
+    return candidates
+
+
+def _key(config: CompatConfig) -> str:
+    return config.model_dump_json()
+
+
+@dataclass
+class TrialResult:
+    """One candidate config, trained and scored on the selection split."""
+
+    index: int
+    config: CompatConfig
+    matrix: dict[str, dict[str, float]] | None
+    score: float
+    passed: bool
+    seconds: float
+    skipped: bool = False
+    run_id: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "config": {k: getattr(self.config, k) for k in SEARCHED_KNOBS},
+            "matrix": self.matrix,
+            "score": None if math.isinf(self.score) else self.score,
+            "passed": self.passed,
+            "seconds": self.seconds,
+            "skipped": self.skipped,
+            "run_id": self.run_id,
+            "reasons": self.reasons,
+        }
+
+
+def score_matrix(
+    matrix: dict[str, dict[str, float]], thresholds: CompatThresholds, data_version: str = "selection"
+) -> tuple[float, bool, list[str]]:
+    """(score, passed, reasons) of one matrix under the gate's own checks.
+
+    The score is the smallest slack over every check (candidate − bound); a config passes when
+    every check does, i.e. exactly when the gate would bless it on this split. Maximising the
+    worst slack prefers the config that passes with the most room on every metric.
+    """
+    report = build_report(
+        matrix, old_version="old", new_version="new", data_version=data_version, thresholds=thresholds
+    )
+    deltas = [c.delta for c in report.checks]
+    score = min((d if d is not None else -math.inf) for d in deltas) if deltas else -math.inf
+    return score, report.blessed, report.reasons
+
+
+# torch's default initialisers draw from the global RNG: build models one at a time so that
+# trials running in threads side by side still get the same initial weights for the same seed.
+_INIT_LOCK = threading.Lock()
+
+
+def train_trial(
+    old_model: EmbeddingModel | Sequence[Any],
+    new_spec: BackboneSpec,
+    train: ImageDataset,
+    selection: ImageDataset,
+    config: CompatConfig,
+    train_config: TrainConfig,
+    thresholds: CompatThresholds,
+    class_map: dict[int, int] | None = None,
+    champion: EmbeddingModel | None = None,
+) -> tuple[EmbeddingModel, TrainHistory, dict[str, dict[str, float]], float, bool, list[str]]:
+    """Train one candidate against the frozen old model(s) and score it on ``selection``.
+
+    ``old_model`` is one frozen model or a list of targets (as :func:`train_compatible` takes
+    them); the selection matrix is scored against ``champion`` (default: ``old_model`` itself).
+    Returns (model, history, matrix, score, passed, reasons).
+    """
+    reference = champion if champion is not None else old_model
+    if not isinstance(reference, EmbeddingModel):
+        raise ValueError("train_trial: give the champion when training against several targets")
+    with _INIT_LOCK:
+        model = build_model(new_spec, seed=train_config.seed)
+    model, history = train_compatible(
+        old_model, model, train, config, train_config, class_map=class_map, progress=False
+    )
+    matrix = {
+        pair: m.as_dict()
+        for pair, m in compatibility_matrix(reference, model, selection, device=train_config.device).items()
+    }
+    score, passed, reasons = score_matrix(matrix, thresholds)
+    return model, history, matrix, score, passed, reasons
+
+
+@dataclass
+class SearchOutcome:
+    """Every trial (tried or skipped), the selected one and why the search stopped."""
+
+    trials: list[TrialResult]
+    selected: TrialResult | None
+    stopped: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.selected is not None and self.selected.passed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trials": [t.as_dict() for t in self.trials],
+            "selected": None if self.selected is None else self.selected.index,
+            "passed": self.passed,
+            "stopped": self.stopped,
+            "seconds": self.seconds,
+        }
+
+
+def select_trial(trials: Sequence[TrialResult]) -> TrialResult | None:
+    """The tried trial with the highest score (ties: the earlier one); None if nothing ran."""
+    tried = [t for t in trials if not t.skipped and t.matrix is not None]
+    if not tried:
+        return None
+    return max(tried, key=lambda t: (t.score, -t.index))
+
+
+WaveRunner = Callable[[list[tuple[int, CompatConfig]], float], list[TrialResult]]
+
+
+def run_search(
+    candidates: Sequence[CompatConfig],
+    search: CompatSearchConfig,
+    run_wave: WaveRunner,
+    clock: Callable[[], float] = time.monotonic,
+) -> SearchOutcome:
+    """Try candidates in waves of ``search.parallel`` within the budget; select on the scores.
+
+    ``run_wave(batch, deadline)`` trains and scores each (index, config) of a wave — one mapped
+    Prefect task per trial in the flow, a plain loop in tests — and returns their results; a
+    trial that would start after ``deadline`` (a ``clock()`` value) comes back ``skipped``.
+    No wave starts once ``max_trials`` trials ran or ``max_seconds`` passed.
+    """
+    start = clock()
+    deadline = start + search.max_seconds
+    pending = list(enumerate(candidates[: search.max_trials]))
+    trials: list[TrialResult] = []
+    stopped = "no candidates" if not pending else "all candidates tried"
+    while pending:
+        if clock() >= deadline:
+            stopped = f"time budget of {search.max_seconds:g} s spent"
+            break
+        batch, pending = pending[: search.parallel], pending[search.parallel :]
+        results = run_wave(batch, deadline)
+        trials.extend(results)
+        if search.stop_on_pass and any(t.passed for t in results):
+            stopped = "a trial passed on the selection split"
+            break
+    else:
+        if len(candidates) > search.max_trials and trials:
+            stopped = f"trial budget of {search.max_trials} spent"
+    if any(t.skipped for t in trials):
+        stopped = f"time budget of {search.max_seconds:g} s spent"
+    return SearchOutcome(
+        trials=trials, selected=select_trial(trials), stopped=stopped, seconds=clock() - start
+    )
+
+
+def skipped_trial(index: int, config: CompatConfig) -> TrialResult:
+    """A trial that did not start because the time budget was spent."""
+    return TrialResult(
+        index, config, None, -math.inf, False, 0.0, skipped=True, reasons=["time budget spent"]
+    )
