@@ -12,6 +12,12 @@ from tasks.context import settings_from
 from tasks.gallery import decide_backfill, execute_decision
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
+from tasks.streaming import (
+    decide_backfill_streaming,
+    train_challenger_streaming,
+    train_codebooks_streaming,
+    validate_compatibility_streaming,
+)
 from tasks.training import train_challenger
 from tasks.validation import validate_compatibility
 
@@ -33,10 +39,16 @@ def refresh(overrides: dict[str, Any] | None = None, auto_promote: bool | None =
     if champion is None:
         raise NoChampionError(f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first")
 
-    challenger = train_challenger(settings, champion)
-    report = validate_compatibility(settings, champion, challenger)
-    train_codebooks(settings, challenger)
-    decision = decide_backfill(settings, champion, challenger, report)
+    if settings.stream.enabled:  # the team's manifests, read lazily; each model its own preprocessing
+        challenger = train_challenger_streaming(settings, champion)
+        report = validate_compatibility_streaming(settings, champion, challenger)
+        train_codebooks_streaming(settings, challenger)
+        decision = decide_backfill_streaming(settings, champion, challenger, report)
+    else:
+        challenger = train_challenger(settings, champion)
+        report = validate_compatibility(settings, champion, challenger)
+        train_codebooks(settings, challenger)
+        decision = decide_backfill(settings, champion, challenger, report)
     gallery_version = execute_decision(settings, challenger, decision)
 
     summary: dict[str, Any] = {

@@ -29,4 +29,5 @@ pytest_plugins = [
     "tests.fixtures.mlflow",
     "tests.fixtures.prefect",
     "tests.fixtures.lifecycle",
+    "tests.fixtures.images",
 ]
