@@ -56,6 +56,8 @@ def write_feature_version(
     ``model_version``). Resumable with the same ``version``: finished shards are not rewritten.
     """
     ids = np.asarray(ids)
+    if ids.dtype.kind == "O":  # pandas string columns
+        ids = ids.astype(str)
     features = np.asarray(features, dtype=np.float32)
     if ids.ndim != 1 or len(ids) == 0 or features.shape[0] != len(ids):
         raise BackfillError(f"gallery {gallery!r}: {len(ids)} ids for features of shape {features.shape}")
