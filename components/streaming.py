@@ -329,6 +329,9 @@ class LoaderConfig:
     batch_size: int = 64
     workers: int = 2
     prefetch_factor: int = 4
+    # Workers start from a clean forkserver process, not by forking the caller: a caller that runs
+    # Prefect (event loop, API client threads) or a thread pool cannot be forked safely.
+    start_method: str = "forkserver"
 
 
 DEFAULT_LOADER = LoaderConfig()
@@ -354,7 +357,16 @@ def make_loader(
         collate_fn=_collate,
         persistent_workers=persistent and workers > 0,
         prefetch_factor=config.prefetch_factor if workers > 0 else None,
+        multiprocessing_context=_context(config.start_method) if workers > 0 else None,
     )
+
+
+def _context(method: str) -> Any:
+    import multiprocessing
+
+    if method == "forkserver":
+        multiprocessing.set_forkserver_preload(["components.streaming"])
+    return multiprocessing.get_context(method)
 
 
 def batches(loader: DataLoader) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
@@ -411,8 +423,15 @@ class ManifestItemSource:
         subset = self.manifest.with_ids(item_ids)
         p = self.preprocessing
         out = np.empty((len(subset), p.in_channels, p.image_size, p.image_size), dtype=np.float32)
-        workers = min(self.config.workers, max(1, len(subset) // max(self.config.batch_size, 1)))
-        config = LoaderConfig(self.config.batch_size, workers, self.config.prefetch_factor)
+        # one batch or less is read in this process: starting workers would cost more than it saves
+        workers = (
+            0
+            if len(subset) <= self.config.batch_size
+            else min(self.config.workers, -(-len(subset) // self.config.batch_size))
+        )
+        config = LoaderConfig(
+            self.config.batch_size, workers, self.config.prefetch_factor, self.config.start_method
+        )
         for rows, views in batches(make_loader(subset, [p], self.reader, config)):
             out[rows] = views[p.key].numpy()
         return out

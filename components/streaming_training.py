@@ -88,7 +88,7 @@ def train_streaming(
         manifest,
         transforms,
         reader,
-        LoaderConfig(config.batch_size, loader.workers, loader.prefetch_factor),
+        LoaderConfig(config.batch_size, loader.workers, loader.prefetch_factor, loader.start_method),
         shuffle=True,
         seed=config.seed,
         persistent=config.epochs > 1,

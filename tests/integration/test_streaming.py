@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from components.backfill import feature_models, run_backfill
 from components.data import DataError
@@ -38,8 +36,16 @@ from tests.fixtures.s3 import create_bucket, s3_client
 from tests.fixtures.user_models import resnet
 
 D = 16
-OLD = dict(arch="tests.fixtures.user_models:resnet", kwargs={"widths": [8, 16], "out_dim": D}, projection=False,
-           embedding_dim=D, image_size=24, channels="RGB", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # fmt: skip
+OLD = dict(
+    arch="tests.fixtures.user_models:resnet",
+    kwargs={"widths": [8, 16], "out_dim": D},
+    projection=False,
+    embedding_dim=D,
+    image_size=24,
+    channels="RGB",
+    mean=(0.5, 0.5, 0.5),
+    std=(0.25, 0.25, 0.25),
+)
 
 
 def _codebooks(d: int = D, seed: int = 0) -> DPQCodebooks:
@@ -155,16 +161,35 @@ def test_gallery_add_and_remove_without_a_backfill(s3_images: S3ImageSet, tmp_pa
     galleries = GalleryStore(LocalObjectStore(tmp_path / "store"))
     features = _features(model, first, s3_images.data)
     books = _codebooks()
-    write_feature_version(galleries, "g", first["item_id"].to_numpy(), features, books, model_version="1",
-                          codebook_version="1", version="v1", shard_size=50, publish=True)  # fmt: skip
+    write_feature_version(
+        galleries,
+        "g",
+        first["item_id"].to_numpy(),
+        features,
+        books,
+        model_version="1",
+        codebook_version="1",
+        version="v1",
+        shard_size=50,
+        publish=True,
+    )
     removed = set(first["item_id"][:20])
     added = s3_images.gallery(150)[120:]
     wanted = pd.concat([first[~first["item_id"].isin(removed)], added])
     manifest, counts = sync_gallery(
-        galleries, "g", "v1", manifest_from_frame(wanted, "g2", require_labels=False, require_splits=False),
-        model, books, CountingReader(s3_images.endpoint), model_version="1", version="v2", shard_size=50,
-        loader=LoaderConfig(batch_size=16, workers=0), publish=True,
-    )  # fmt: skip
+        galleries,
+        "g",
+        "v1",
+        manifest_from_frame(wanted, "g2", require_labels=False, require_splits=False),
+        model,
+        books,
+        CountingReader(s3_images.endpoint),
+        model_version="1",
+        version="v2",
+        shard_size=50,
+        loader=LoaderConfig(batch_size=16, workers=0),
+        publish=True,
+    )
     assert counts == {"kept": 100, "added": 30, "removed": 20}
     assert sorted(CountingReader.reads) == sorted(added["uri"])  # only the new images were read
     arrays = galleries.load_arrays("g", "v2")
@@ -179,52 +204,6 @@ def test_gallery_add_and_remove_without_a_backfill(s3_images: S3ImageSet, tmp_pa
     assert set(feature_models(galleries, "g", "v2")) == {"1"}
 
 
-MEMORY_SCRIPT = textwrap.dedent(
-    """
-    import json, resource, sys, tracemalloc
-    import numpy as np, pandas as pd, torch
-    torch.set_num_threads(1)
-    from components.backfill import DatasetItemSource, run_backfill
-    from components.data import ImageDataset
-    from components.gallery import GalleryStore
-    from components.gallery_import import write_feature_version
-    from components.model_spec import ModelSpec, build_user_model
-    from components.quantization import DPQCodebooks
-    from components.store import LocalObjectStore
-    from components.streaming import (LoaderConfig, ManifestItemSource, ObjectReader, decode_uint8,
-                                      manifest_from_frame)
-    args = json.loads(sys.argv[1])
-    frame = pd.read_parquet(args["manifest"])
-    spec = ModelSpec(**args["spec"])
-    model = build_user_model(spec, seed=0).eval()
-    books = DPQCodebooks(np.random.default_rng(0).normal(0, .3, size=(2, 16, spec.embedding_dim)).astype("float32"))
-    ids = frame["item_id"].to_numpy()
-    out = {}
-    for kind in ("streamed", "in_memory"):
-        galleries = GalleryStore(LocalObjectStore(args["store"] + "/" + kind))
-        write_feature_version(galleries, "g", ids, np.eye(spec.embedding_dim, dtype="float32")[np.arange(len(ids)) % spec.embedding_dim],
-                              books, model_version="1", codebook_version="1", version="v1", shard_size=128, publish=True)
-        tracemalloc.start()
-        if kind == "streamed":
-            source = ManifestItemSource(manifest_from_frame(frame, require_labels=False, require_splits=False),
-                                        model.preprocessing, ObjectReader(args["endpoint"]), LoaderConfig(32, 2))
-        else:  # what holding the image set would cost: every image decoded into one array
-            p = model.preprocessing
-            images = np.stack([p(decode_uint8(open(f"{args['local']}/{i}.jpg", "rb").read())) for i in ids])
-            source = DatasetItemSource(ImageDataset(images, np.zeros(len(ids), dtype="int64"), ids.astype(str),
-                                                    np.full(len(ids), "test")))
-        run_backfill(galleries, "g", "v1", "full", model, books, source, model_version="2", version="v2",
-                     shard_size=128, workers=1, batch_size=64)
-        out[kind] = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        del source
-    out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps(out))
-    sys.stderr.write(json.dumps(out))
-    """
-)
-
-
 def test_full_backfill_streams_with_bounded_peak_memory(s3_images: S3ImageSet, tmp_path: Path) -> None:
     """Peak traced allocations of a full backfill over 400 S3 images (64×64 RGB: 19.7 MB as one array)
     stay below a bound that holding every decoded image trips, measured in a fresh process."""
@@ -234,10 +213,17 @@ def test_full_backfill_streams_with_bounded_peak_memory(s3_images: S3ImageSet, t
     for item in frame["item_id"]:
         (tmp_path / "local" / f"{item}.jpg").write_bytes(s3_images.data[item])
     spec = {**OLD, "image_size": 64, "num_classes": 3}
-    args = {"manifest": str(tmp_path / "gallery.parquet"), "spec": spec, "endpoint": s3_images.endpoint,
-            "store": str(tmp_path / "store"), "local": str(tmp_path / "local")}  # fmt: skip
+    args = {
+        "manifest": str(tmp_path / "gallery.parquet"),
+        "spec": spec,
+        "endpoint": s3_images.endpoint,
+        "store": str(tmp_path / "store"),
+        "local": str(tmp_path / "local"),
+    }
     done = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, json.dumps(args)], capture_output=True, text=True
+        [sys.executable, "-m", "tests.integration.backfill_memory_probe", json.dumps(args)],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     peaks = json.loads(done.stdout.strip().splitlines()[-1])
@@ -257,19 +243,29 @@ def test_an_exported_old_model_is_the_frozen_teacher(s3_images: S3ImageSet, tmp_
     training = s3_images.training()
     manifest = manifest_from_frame(training, "train.parquet")
     train = manifest.split("train").rows(range(96))
-    spec = ModelSpec(**{**OLD, "format": "export", "arch": "team.pt2", "kwargs": {}}, num_classes=manifest.num_classes,
-                     class_names=manifest.class_names)  # fmt: skip
+    spec = ModelSpec(
+        **{**OLD, "format": "export", "arch": "team.pt2", "kwargs": {}},
+        num_classes=manifest.num_classes,
+        class_names=manifest.class_names,
+    )
     old = load_team_model(spec, tmp_path / "team.pt2")
     reader = ObjectReader(s3_images.endpoint)
     loader = LoaderConfig(batch_size=32, workers=2)
     (feats,) = extract_manifest([old], train, reader, loader)
     old.head.weight.data.copy_(fit_cosine_head(feats, train.labels, manifest.num_classes))
     before = {k: v.clone() for k, v in old.state_dict().items()}
-    new_spec = ModelSpec(arch="tests.fixtures.user_models:convnet", kwargs={"in_channels": 1, "width": 8},
-                         embedding_dim=D, num_classes=manifest.num_classes, image_size=32, channels="L")  # fmt: skip
+    new_spec = ModelSpec(
+        arch="tests.fixtures.user_models:convnet",
+        kwargs={"in_channels": 1, "width": 8},
+        embedding_dim=D,
+        num_classes=manifest.num_classes,
+        image_size=32,
+        channels="L",
+    )
     new = build_user_model(new_spec, seed=0)
-    history = train_compatible_streaming(old, new, train, reader, train_config=TrainConfig(epochs=1, batch_size=32),
-                                         loader=loader)  # fmt: skip
+    history = train_compatible_streaming(
+        old, new, train, reader, train_config=TrainConfig(epochs=1, batch_size=32), loader=loader
+    )
     assert {"ce", "proto", "n2o", "o2n"} <= set(history.final)
     assert all(torch.equal(before[k], v) for k, v in old.state_dict().items())  # the teacher never moved
     (again,) = extract_manifest([old], train, reader, loader)

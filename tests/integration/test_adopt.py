@@ -1,0 +1,158 @@
+"""hotswap adopt on the real engine: the team's ResNet (random weights in safetensors) and its own
+pre-extracted gallery features become v1 and the live gallery; a refresh then trains a different
+architecture reading a different input size from the same S3 JPEGs, and a backfill streams them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from components.backfill import feature_models
+from components.registry import TAG_KIND, ModelRegistry
+from components.settings import HotswapSettings
+from components.streaming import ObjectReader, decode_uint8, extract_manifest, manifest_from_frame
+from tasks.context import gallery_store
+from tests.fixtures.images import S3ImageSet
+from tests.fixtures.s3 import create_bucket
+from tests.fixtures.user_models import resnet
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+D = 32
+GALLERY = 300
+TEAM_SPEC = {
+    "arch": "tests.fixtures.user_models:resnet",
+    "kwargs": {"widths": [8, 16], "out_dim": D},
+    "projection": False,
+    "embedding_dim": D,
+    "image_size": 24,
+    "channels": "RGB",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+}
+NEW_MODEL = {
+    "arch": "tests.fixtures.user_models:convnet",
+    "kwargs": {"in_channels": 1, "width": 12},
+    "image_size": 32,
+    "channels": "L",
+    "mean": [0.5],
+    "std": [0.25],
+}
+
+
+@pytest.fixture(scope="module")
+def adopted(
+    prefect_harness, s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    from flows.adopt import adopt
+    from flows.refresh import refresh
+
+    root = tmp_path_factory.mktemp("adopt")
+    torch.manual_seed(11)
+    team = resnet(widths=[8, 16], out_dim=D).eval()
+    save_file({k: v.contiguous() for k, v in team.state_dict().items()}, root / "team.safetensors")
+    s3_images.training().to_parquet(root / "train.parquet")
+    gallery = s3_images.gallery(GALLERY)
+    gallery.to_parquet(root / "gallery.parquet")
+    # the deployed system's features, extracted "long ago" from the images it stored
+    from components.preprocess import Preprocessing
+
+    p = Preprocessing(image_size=24, channels="RGB", mean=(0.5,) * 3, std=(0.25,) * 3)
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([p(decode_uint8(s3_images.data[i])) for i in gallery["item_id"]]))
+        feats = torch.nn.functional.normalize(team(x), dim=1).numpy()
+    pd.DataFrame({"item_id": gallery["item_id"], "feature": list(feats)}).to_parquet(
+        root / "features.parquet"
+    )
+    bucket = create_bucket(s3_images.endpoint, "adopt")
+    overrides = {
+        "home": str(root / "home"),
+        "store_uri": f"s3://{bucket}/store",
+        "s3_endpoint_url": s3_images.endpoint,
+        "model_name": "adopted",
+        "data": {"source": str(root / "train.parquet"), "validation_split": "val", "bootstrap_classes": None},
+        "stream": {
+            "enabled": True,
+            "gallery_manifest": str(root / "gallery.parquet"),
+            "workers": 2,
+            "batch_size": 60,
+            "new_model": NEW_MODEL,
+        },
+        "training": {"epochs": 1, "batch_size": 60, "embedding_dim": D},
+        "dpq": {"epochs": 2, "n_blocks": 2, "n_codewords": 32, "kmeans_iters": 3},
+        "decision": {"partial_fractions": [0.5], "timing_repeats": 1, "timing_sample": 32},
+        "backfill": {"shard_size": 100, "workers": 2},
+    }
+    first = adopt(spec=TEAM_SPEC, weights=str(root / "team.safetensors"),
+                  gallery_features=str(root / "features.parquet"), overrides=overrides)  # fmt: skip
+    second = refresh(overrides=overrides, auto_promote=False)
+    settings = HotswapSettings(**overrides)
+    return {"first": first, "second": second, "settings": settings, "features": feats, "gallery": gallery}
+
+
+def test_adopt_registers_the_team_model_and_imports_its_gallery(adopted: dict[str, Any]) -> None:
+    settings, first = adopted["settings"], adopted["first"]
+    registry = ModelRegistry.from_settings(settings)
+    assert first["version"] == "1" and registry.aliases()["champion"] == "1"
+    model = registry.load_model("1")
+    assert (
+        model.spec.arch == TEAM_SPEC["arch"] and model.spec.image_size == 24 and model.spec.channels == "RGB"
+    )
+    assert model.spec.class_names == tuple(f"c{i}" for i in range(10))
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    assert live == first["gallery_version"] == "v1-adopted"
+    arrays = galleries.load_arrays(settings.gallery_name, live)
+    # the imported features are served as they were: nothing re-extracted
+    np.testing.assert_allclose(arrays.features, adopted["features"], atol=1e-6)
+    assert list(arrays.ids.astype(str)) == list(adopted["gallery"]["item_id"])
+    assert arrays.codes is not None and galleries.load_index(settings.gallery_name, live) is not None
+    report = first["report"]
+    assert report["gallery_items"] == GALLERY and report["codebook_bits"] == 10
+    assert 0 < report["classifier_train_accuracy"] <= 1 and set(report["self_test"]) == {
+        "map",
+        "top1",
+        "top5",
+    }
+    runs = registry.client.search_runs([registry.experiment_id], f"tags.`{TAG_KIND}` = 'adopt'")
+    assert len(runs) == 1
+    assert (
+        "re-extracted: none" in registry.run_artifact_bytes(runs[0].info.run_id, "adopt/report.md").decode()
+    )
+    # the adopted model itself reproduces the stored features from the S3 images
+    sample = manifest_from_frame(adopted["gallery"].head(20), require_labels=False, require_splits=False)
+    (again,) = extract_manifest([model], sample, ObjectReader(settings.s3_endpoint_url))
+    np.testing.assert_allclose(again, adopted["features"][:20], atol=1e-5)
+
+
+def test_refresh_trains_another_architecture_at_another_input_size(adopted: dict[str, Any]) -> None:
+    settings, second = adopted["settings"], adopted["second"]
+    registry = ModelRegistry.from_settings(settings)
+    assert second["champion"] == "1" and second["challenger"] == "2"
+    new = registry.load_model("2")
+    assert new.spec.arch == NEW_MODEL["arch"] and (new.spec.image_size, new.spec.channels) == (32, "L")
+    report = registry.load_report("2")
+    assert report.old_version == "1" and {"old/old", "new/new", "new/old"} <= set(report.matrix)
+    assert registry.get_tags("2")["backfill.decision"] == second["decision"]
+
+
+def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, Any]) -> None:
+    from flows.backfill import backfill
+
+    settings = adopted["settings"]
+    overrides = settings.model_dump(mode="json")
+    result = backfill(overrides=overrides, mode="full", version="2", publish=True)
+    galleries = gallery_store(settings)
+    assert galleries.read_current(settings.gallery_name) == result["gallery_version"]
+    arrays = galleries.load_arrays(settings.gallery_name, result["gallery_version"])
+    assert set(feature_models(galleries, settings.gallery_name, result["gallery_version"])) == {"2"}
+    new = ModelRegistry.from_settings(settings).load_model("2")
+    sample = manifest_from_frame(adopted["gallery"].head(10), require_labels=False, require_splits=False)
+    (expected,) = extract_manifest([new], sample, ObjectReader(settings.s3_endpoint_url))
+    rows = [list(arrays.ids.astype(str)).index(i) for i in sample.item_ids]
+    np.testing.assert_allclose(arrays.features[rows], expected, atol=1e-5)
