@@ -14,6 +14,7 @@ from tasks.adopt import (
     record_adopt_report,
     register_adopted_model,
     self_test_adopted,
+    sync_gallery_items,
     train_gallery_codebooks,
 )
 from tasks.context import settings_from
@@ -50,3 +51,12 @@ def adopt(
     live = switch_live(settings, version, gallery["gallery_version"])
     report = record_adopt_report(settings, version, weights, model, self_test, codebooks, gallery)
     return {"version": version, "report": report, **live}
+
+
+@flow(name="gallery-sync", log_prints=True)
+def gallery_sync(overrides: dict[str, Any] | None = None, publish: bool = True) -> dict[str, Any]:
+    """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones."""
+    settings = settings_from(
+        {**(overrides or {}), "stream": {**(overrides or {}).get("stream", {}), "enabled": True}}
+    )
+    return sync_gallery_items(settings, publish)

@@ -222,3 +222,39 @@ def record_adopt_report(
     )
     publish_markdown(f"adopt-report-{settings.model_name}", markdown, "What hotswap adopted")
     return report.model_dump(mode="json")
+
+
+@task(name="sync-gallery", task_run_name="sync the gallery with its manifest", cache_policy=NONE)
+def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[str, Any]:
+    """The next gallery version holds exactly the gallery manifest's ids: new ids embedded by the
+    champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted."""
+    from components.gallery_import import sync_gallery
+    from components.gallery_records import new_version_id
+    from tasks.streaming import gallery_manifest
+
+    reg = registry(settings)
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    if live is None:
+        raise DataError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap adopt` first")
+    source = galleries.load_manifest(settings.gallery_name, live)
+    champion = reg.resolve("champion").version
+    codebooks = load_codebooks(settings, source.codebook_version or champion)
+    manifest, counts = sync_gallery(
+        galleries,
+        settings.gallery_name,
+        live,
+        gallery_manifest(settings),
+        reg.load_model(champion),
+        codebooks,
+        reader(settings),
+        model_version=champion,
+        loader=loader_config(settings),
+        device=settings.torch_device,
+        version=f"{new_version_id()}-sync",
+        shard_size=settings.backfill.shard_size,
+        index_builder=_index_builder(codebooks),
+        publish=publish,
+    )
+    get_run_logger().info("gallery %s → %s: %s", live, manifest.version, counts)
+    return {"source_version": live, "gallery_version": manifest.version, "published": publish, **counts}

@@ -4,6 +4,7 @@ architecture reading a different input size from the same S3 JPEGs, and a backfi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,12 +14,13 @@ import torch
 from safetensors.torch import save_file
 
 from components.backfill import feature_models
+from components.data import DataError
 from components.registry import TAG_KIND, ModelRegistry
 from components.settings import HotswapSettings
 from components.streaming import ObjectReader, decode_uint8, extract_manifest, manifest_from_frame
 from tasks.context import gallery_store
 from tests.fixtures.images import S3ImageSet
-from tests.fixtures.s3 import create_bucket
+from tests.fixtures.s3 import create_bucket, s3_client
 from tests.fixtures.user_models import resnet
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -88,8 +90,12 @@ def adopted(
         "decision": {"partial_fractions": [0.5], "timing_repeats": 1, "timing_sample": 32},
         "backfill": {"shard_size": 100, "workers": 2},
     }
-    first = adopt(spec=TEAM_SPEC, weights=str(root / "team.safetensors"),
-                  gallery_features=str(root / "features.parquet"), overrides=overrides)  # fmt: skip
+    first = adopt(
+        spec=TEAM_SPEC,
+        weights=str(root / "team.safetensors"),
+        gallery_features=str(root / "features.parquet"),
+        overrides=overrides,
+    )
     second = refresh(overrides=overrides, auto_promote=False)
     settings = HotswapSettings(**overrides)
     return {"first": first, "second": second, "settings": settings, "features": feats, "gallery": gallery}
@@ -156,3 +162,64 @@ def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, A
     (expected,) = extract_manifest([new], sample, ObjectReader(settings.s3_endpoint_url))
     rows = [list(arrays.ids.astype(str)).index(i) for i in sample.item_ids]
     np.testing.assert_allclose(arrays.features[rows], expected, atol=1e-5)
+
+
+def test_gallery_sync_adds_and_removes_items_without_a_backfill(
+    adopted: dict[str, Any], s3_images: S3ImageSet, tmp_path: Path
+) -> None:
+    from flows.adopt import gallery_sync
+
+    settings = adopted["settings"]
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    before = galleries.load_arrays(settings.gallery_name, live)
+    wanted = pd.concat([adopted["gallery"].iloc[10:], s3_images.gallery(GALLERY + 15).iloc[GALLERY:]])
+    wanted.to_parquet(tmp_path / "gallery-next.parquet")
+    overrides = settings.model_dump(mode="json")
+    overrides["stream"]["gallery_manifest"] = str(tmp_path / "gallery-next.parquet")
+    result = gallery_sync(overrides=overrides)
+    assert (result["kept"], result["added"], result["removed"]) == (GALLERY - 10, 15, 10)
+    assert galleries.read_current(settings.gallery_name) == result["gallery_version"]
+    after = galleries.load_arrays(settings.gallery_name, result["gallery_version"])
+    assert set(after.ids.astype(str)) == set(wanted["item_id"])
+    old_rows = {item: row for row, item in enumerate(before.ids.astype(str))}
+    kept = [r for r, item in enumerate(after.ids.astype(str)) if item in old_rows]
+    np.testing.assert_array_equal(
+        after.features[kept], before.features[[old_rows[i] for i in after.ids.astype(str)[kept]]]
+    )
+    champion = ModelRegistry.from_settings(settings).resolve("champion").version
+    models = feature_models(galleries, settings.gallery_name, result["gallery_version"])
+    assert list(models[-15:]) == [champion] * 15
+
+
+def test_adopt_with_a_corrupt_training_object_stores_nothing(
+    s3_images: S3ImageSet, tmp_path: Path, sqlite_tracking_uri: str
+) -> None:
+    from tasks.adopt import register_adopted_model
+
+    bucket = create_bucket(s3_images.endpoint, "corrupt")
+    client = s3_client(s3_images.endpoint)
+    frame = s3_images.training().groupby("split").head(30).reset_index(drop=True)
+    uris = []
+    for n, item in enumerate(frame["item_id"]):
+        body = b"GIF89a not really" if n == 7 else s3_images.data[item]
+        client.put_object(Bucket=bucket, Key=f"t/{item}.jpg", Body=body)
+        uris.append(f"s3://{bucket}/t/{item}.jpg")
+    frame.assign(uri=uris).to_parquet(tmp_path / "train.parquet")
+    torch.manual_seed(0)
+    save_file(
+        {k: v.contiguous() for k, v in resnet(widths=[8, 16], out_dim=D).state_dict().items()},
+        tmp_path / "team.safetensors",
+    )
+    settings = HotswapSettings(
+        home=str(tmp_path / "home"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        s3_endpoint_url=s3_images.endpoint,
+        model_name="corrupt",
+        data={"source": str(tmp_path / "train.parquet")},
+        stream={"enabled": True, "workers": 0},
+    )
+    bad = frame["item_id"][7]
+    with pytest.raises(DataError, match=rf"item '{bad}' \(s3://{bucket}/t/{bad}.jpg\): unreadable image"):
+        register_adopted_model.fn(settings, TEAM_SPEC, str(tmp_path / "team.safetensors"))
+    assert ModelRegistry.from_settings(settings).list_versions() == []
