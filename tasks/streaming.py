@@ -296,3 +296,15 @@ def gallery_item_source(settings: HotswapSettings, model: Any) -> ManifestItemSo
     return ManifestItemSource(
         gallery_manifest(settings), model.preprocessing, reader(settings), loader_config(settings)
     )
+
+
+def streamed_audit(settings: HotswapSettings, models: dict[str, Any]) -> Any:
+    """The audit matrix from one streamed pass over the held-out split (every version's view)."""
+    from components.audit import audit_features
+
+    held = _held_out(settings)
+    versions = list(models)
+    feats = extract_manifest(
+        [models[v] for v in versions], held, reader(settings), loader_config(settings), settings.torch_device
+    )
+    return audit_features(dict(zip(versions, feats, strict=True)), held.labels)
