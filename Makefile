@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python -m bench.quant
 	$(BIN)/python -m bench.backfill
 	$(BIN)/python -m bench.metrics
+	$(BIN)/python -m bench.streaming
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

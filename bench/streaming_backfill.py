@@ -2,9 +2,11 @@
 its peak resident memory is the backfill's and not the benchmark's."""
 
 import json
-import resource
+import os
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,45 @@ from components.model_spec import ModelSpec, build_user_model
 from components.quantization import DPQCodebooks
 from components.store import LocalObjectStore
 from components.streaming import LoaderConfig, ManifestItemSource, ObjectReader, manifest_from_frame
+
+
+def _status(field: str, pid: str = "self") -> int:
+    """A /proc/<pid>/status field in KiB (VmRSS: resident now, VmHWM: peak since the last reset)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class _WorkerPeaks:
+    """Polls the DataLoader workers (children of the forkserver, not of this process) for their peak RSS."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.5):
+            parents = {}
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    parents[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+            servers = {pid for pid, parent in parents.items() if parent == me}
+            for pid, parent in parents.items():
+                if parent in servers:  # a worker forked by this process's forkserver
+                    try:
+                        self.peak = max(self.peak, _status("VmHWM", str(pid)))
+                    except OSError:
+                        continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> None:
@@ -41,7 +82,9 @@ def main() -> None:
         shard_size=args["shard"],
         publish=True,
     )
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    watcher = _WorkerPeaks()
     gallery = manifest_from_frame(frame, require_labels=False, require_splits=False)
     source = ManifestItemSource(
         gallery, model.preprocessing, ObjectReader(), LoaderConfig(256, args["workers"])
@@ -62,17 +105,15 @@ def main() -> None:
         batch_size=256,
     )
     seconds = time.perf_counter() - start
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "items": manifest.num_items,
-                "seconds": seconds,
-                "maxrss_mib": usage / 1024,
-                "maxrss_before_backfill_mib": base / 1024,
-            }
-        )
-    )
+    watcher.stop()
+    result = {
+        "items": manifest.num_items,
+        "seconds": seconds,
+        "peak_rss_mib": _status("VmHWM") / 1024,
+        "rss_before_mib": rss_before / 1024,
+        "worker_peak_rss_mib": watcher.peak / 1024,
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

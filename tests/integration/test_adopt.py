@@ -26,7 +26,7 @@ from tests.fixtures.user_models import resnet
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 D = 32
-GALLERY = 300
+GALLERY = 200
 TEAM_SPEC = {
     "arch": "tests.fixtures.user_models:resnet",
     "kwargs": {"widths": [8, 16], "out_dim": D},
