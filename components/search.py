@@ -72,16 +72,71 @@ def search_live(
     if index_bytes is None:
         raise NoLiveGalleryError(f"gallery {settings.gallery_name!r} version {version} has no index")
     arrays = galleries.load_arrays(settings.gallery_name, version)
+    streamed = settings.stream.enabled
+    pixels = (
+        _streamed_query(settings, model, image, item_id)
+        if streamed
+        else _query_image(settings, image, item_id)
+    )
     with torch.no_grad():
-        query = model.eval().embed(torch.from_numpy(_query_image(settings, image, item_id))).numpy()
+        query = model.eval().embed(torch.from_numpy(pixels)).numpy()
     found = search(index_from_bytes(index_bytes), query, k=min(k, len(arrays.ids)))
-    labels = _labels_by_id(settings)
+    labels = _streamed_labels(settings) if streamed else _labels_by_id(settings)
     results = [
         Hit(item_id=str(arrays.ids[row]), score=float(score), label=labels.get(str(arrays.ids[row])))
         for row, score in zip(found.ids[0], found.scores[0], strict=True)
         if row >= 0
     ]
     return SearchHits(model_version=info.version, gallery_version=version, results=results)
+
+
+def _manifests(settings: HotswapSettings) -> list:
+    """The gallery manifest and the training manifest (rows only; nothing decoded)."""
+    from components.streaming import read_image_manifest
+
+    out = []
+    if settings.stream.gallery_manifest:
+        out.append(
+            read_image_manifest(settings.stream.gallery_manifest, require_labels=False, require_splits=False)
+        )
+    if settings.data.source.endswith((".csv", ".parquet")):
+        out.append(read_image_manifest(settings.data.source, require_labels=False, require_splits=False))
+    return out
+
+
+def _streamed_query(
+    settings: HotswapSettings, model: object, image: Path | None, item_id: str | None
+) -> np.ndarray:
+    """With streamed data: the query from its file or manifest row, in the model's own preprocessing."""
+    from components.streaming import ObjectReader, decode_uint8
+
+    where = f"query image {image}" if image is not None else f"item {item_id!r}"
+    try:
+        if image is not None:
+            data = Path(image).read_bytes()
+        else:
+            for manifest in _manifests(settings):
+                rows = manifest.frame.index[manifest.frame["item_id"] == str(item_id)]
+                if len(rows):
+                    uri = manifest.frame.loc[rows[0], "uri"]
+                    data = ObjectReader(settings.s3_endpoint_url).read(uri, manifest.base_dir)
+                    break
+            else:
+                raise DataError(f"item id {item_id!r} is in neither the gallery nor the training manifest")
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{where}: cannot be read ({exc})") from exc
+    return model.preprocessing(decode_uint8(data, where), where)[None]
+
+
+def _streamed_labels(settings: HotswapSettings) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for manifest in reversed(_manifests(settings)):
+        labels.update(
+            {i: x for i, x in zip(manifest.frame["item_id"], manifest.frame["label"], strict=True) if x}
+        )
+    return labels
 
 
 def _labels_by_id(settings: HotswapSettings) -> dict[str, str]:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -62,7 +63,7 @@ def register_adopted_model(settings: HotswapSettings, spec: dict[str, Any], weig
     head = fit_cosine_head(
         feats, train.labels, model_spec.num_classes, model_spec.classifier_scale, seed=settings.seed
     )
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         model.head.weight.copy_(head)
     accuracy = float((np.argmax(feats @ head.numpy().T, axis=1) == train.labels).mean())
     reg = registry(settings)

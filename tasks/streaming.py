@@ -5,6 +5,7 @@ and each model reads its own preprocessing. Tasks still take settings and versio
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -47,8 +48,18 @@ def loader_config(settings: HotswapSettings) -> LoaderConfig:
     return LoaderConfig(batch_size=s.batch_size, workers=s.workers, prefetch_factor=s.prefetch_factor)
 
 
-@lru_cache(maxsize=4)
 def _manifest(path: str, labels: bool) -> ImageManifest:
+    """Rows of a manifest file, re-read when the file changes (keyed on its mtime and size)."""
+    try:
+        stat = os.stat(path)
+        key = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = (0, 0)  # read_image_manifest names the missing file
+    return _cached_manifest(path, labels, key)
+
+
+@lru_cache(maxsize=8)
+def _cached_manifest(path: str, labels: bool, key: tuple[int, int]) -> ImageManifest:
     return read_image_manifest(path, require_labels=labels, require_splits=labels)
 
 
