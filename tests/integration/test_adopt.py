@@ -223,3 +223,20 @@ def test_adopt_with_a_corrupt_training_object_stores_nothing(
     with pytest.raises(DataError, match=rf"item '{bad}' \(s3://{bucket}/t/{bad}.jpg\): unreadable image"):
         register_adopted_model.fn(settings, TEAM_SPEC, str(tmp_path / "team.safetensors"))
     assert ModelRegistry.from_settings(settings).list_versions() == []
+
+
+def test_search_and_audit_read_the_streamed_data(adopted: dict[str, Any]) -> None:
+    from components.search import search_live
+    from flows.audit import audit
+
+    settings = adopted["settings"]
+    first = adopted["gallery"]["item_id"][0]
+    hits = search_live(settings, item_id=first, k=3)
+    assert hits.model_version == "1" and len(hits.results) == 3
+    live_ids = set(
+        gallery_store(settings).load_arrays(settings.gallery_name, hits.gallery_version).ids.astype(str)
+    )
+    assert {h.item_id for h in hits.results} <= live_ids
+    result = audit(overrides=settings.model_dump(mode="json"))
+    assert result["versions"] == ["1", "2"]
+    assert 0 <= result["am"]["map"] <= 1
