@@ -227,6 +227,7 @@ def test_full_backfill_streams_with_bounded_peak_memory(s3_images: S3ImageSet, t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    print("backfill peak traced bytes", peaks)
     all_images = len(frame) * 3 * 64 * 64 * 4
     bound = all_images // 2
     assert peaks["in_memory"] > bound, peaks  # the measurement sees a held image set...
