@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python -m bench.metrics
 	$(BIN)/python -m bench.calibration
 	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.streaming
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -79,18 +79,23 @@ def audit_models(
     """Score every (newer query model, older gallery model) pair, oldest version first."""
     if not models:
         raise ValueError("an audit needs at least one model version")
-    versions = sorted(models, key=lambda v: int(v) if str(v).isdigit() else str(v))
-    dims = {v: models[v].embedding_dim for v in versions}
-    feats = {v: extract_features(models[v], data.images, device=device) for v in versions}
+    feats = {v: extract_features(models[v], data.images, device=device) for v in models}
+    return audit_features(feats, data.labels)
+
+
+def audit_features(feats: Mapping[str, np.ndarray], labels: np.ndarray) -> AuditResult:
+    """The audit from each version's features of the same held-out items (e.g. streamed ones)."""
+    if not feats:
+        raise ValueError("an audit needs at least one model version")
+    versions = sorted(feats, key=lambda v: int(v) if str(v).isdigit() else str(v))
+    dims = {v: feats[v].shape[1] for v in versions}
     n = len(versions)
     grids = {m: np.full((n, n), np.nan) for m in METRICS}
     for i, query in enumerate(versions):
         for j, gallery in enumerate(versions[: i + 1]):
             if dims[query] != dims[gallery]:
                 continue  # incomparable spaces stay empty rather than failing the whole audit
-            result = retrieval_metrics(
-                feats[query], data.labels, feats[gallery], data.labels, exclude_self=True
-            )
+            result = retrieval_metrics(feats[query], labels, feats[gallery], labels, exclude_self=True)
             for metric, value in result.as_dict().items():
                 if metric in grids:
                     grids[metric][i, j] = value

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
+from components.preprocess import Preprocessing, builtin_preprocessing, select_view
+
 WEIGHTS_FILE = "model.pt"
 SPEC_FILE = "spec.json"
 
@@ -101,9 +103,16 @@ class EmbeddingModel(nn.Module):
     def embedding_dim(self) -> int:
         return self.spec.embedding_dim
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """Grayscale in [0, 1] at the spec's size: what the in-memory datasets hold."""
+        return builtin_preprocessing(self.spec.image_size)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The retrieval feature: unit-norm, shape [B, d]."""
-        return F.normalize(self.projection(self.trunk(images)), dim=1)
+        """The retrieval feature: unit-norm, shape [B, d]. ``images`` may be a
+        ``{preprocessing key: tensor}`` batch (streamed data); the model reads its own view."""
+        x = select_view(images, self.preprocessing.key)
+        return F.normalize(self.projection(self.trunk(x)), dim=1)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.head(embeddings)
@@ -130,7 +139,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def model_to_bytes(model: EmbeddingModel) -> dict[str, bytes]:
-    """The two files of a stored model, as bytes (for object stores and MLflow)."""
+    """The two files of a stored model, as bytes (for object stores and MLflow).
+
+    Models built from the team's code (components/model_spec.py) store their own files:
+    spec.json, weights.safetensors and, for an exported program, model.pt2."""
+    if hasattr(model, "to_files"):
+        return model.to_files()
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     return {WEIGHTS_FILE: buffer.getvalue(), SPEC_FILE: model.spec.model_dump_json(indent=2).encode()}
@@ -138,6 +152,10 @@ def model_to_bytes(model: EmbeddingModel) -> dict[str, bytes]:
 
 def model_from_bytes(files: dict[str, bytes], source: str = "model") -> EmbeddingModel:
     """Rebuild a model from its spec and weights without unpickling anything."""
+    from components.model_spec import is_user_spec, model_from_files
+
+    if SPEC_FILE in files and is_user_spec(files[SPEC_FILE]):
+        return model_from_files(files, source)
     for name in (SPEC_FILE, WEIGHTS_FILE):
         if name not in files:
             raise ModelFormatError(f"{source}: missing {name}")

@@ -43,6 +43,7 @@ from mlflow.exceptions import MlflowException
 
 from components.backbones import SPEC_FILE, WEIGHTS_FILE, EmbeddingModel, model_from_bytes, model_to_bytes
 from components.faults import fault_point
+from components.model_spec import is_user_spec, parse_spec, stored_files
 from components.report import CompatibilityReport
 from components.settings import mask_uri_credentials
 
@@ -536,11 +537,12 @@ class ModelRegistry:
             raise RegistryError(
                 f"{info.uri} was not registered by hotswap (source {mask_uri_credentials(info.source)!r})"
             )
-        files = {
-            name: self.run_artifact_bytes(info.run_id, f"{MODEL_DIR}/{name}")
-            for name in (SPEC_FILE, WEIGHTS_FILE)
-        }
-        return model_from_bytes(files, source=info.uri)
+        spec = self.run_artifact_bytes(info.run_id, f"{MODEL_DIR}/{SPEC_FILE}")
+        names = (WEIGHTS_FILE,)
+        if is_user_spec(spec):  # the team's own architecture: safetensors (+ .pt2), see model_spec.py
+            names = tuple(n for n in stored_files(parse_spec(spec, info.uri)) if n != SPEC_FILE)
+        files = {name: self.run_artifact_bytes(info.run_id, f"{MODEL_DIR}/{name}") for name in names}
+        return model_from_bytes({SPEC_FILE: spec, **files}, source=info.uri)
 
     # ------------------------------------------------------------------ compatibility reports
 

@@ -82,10 +82,16 @@ def search_live(
     searcher = GallerySearcher.from_version(
         galleries, settings.gallery_name, version, info.version, require_calibration=False
     )
+    streamed = settings.stream.enabled
+    pixels = (
+        _streamed_query(settings, model, image, item_id)
+        if streamed
+        else _query_image(settings, image, item_id)
+    )
     with torch.no_grad():
-        query = model.eval().embed(torch.from_numpy(_query_image(settings, image, item_id))).numpy()
+        query = model.eval().embed(torch.from_numpy(pixels)).numpy()
     scores, ids = searcher.search(query, k=k)
-    labels = _labels_by_id(settings)
+    labels = _streamed_labels(settings) if streamed else _labels_by_id(settings)
     results = [
         Hit(item_id=str(item), score=float(score), label=labels.get(str(item)))
         for item, score in zip(ids[0], scores[0], strict=True)
@@ -97,6 +103,55 @@ def search_live(
         results=results,
         calibration=searcher.calibration_source,
     )
+
+
+def _manifests(settings: HotswapSettings) -> list:
+    """The gallery manifest and the training manifest (rows only; nothing decoded)."""
+    from components.streaming import read_image_manifest
+
+    out = []
+    if settings.stream.gallery_manifest:
+        out.append(
+            read_image_manifest(settings.stream.gallery_manifest, require_labels=False, require_splits=False)
+        )
+    if settings.data.source.endswith((".csv", ".parquet")):
+        out.append(read_image_manifest(settings.data.source, require_labels=False, require_splits=False))
+    return out
+
+
+def _streamed_query(
+    settings: HotswapSettings, model: object, image: Path | None, item_id: str | None
+) -> np.ndarray:
+    """With streamed data: the query from its file or manifest row, in the model's own preprocessing."""
+    from components.streaming import ObjectReader, decode_uint8
+
+    where = f"query image {image}" if image is not None else f"item {item_id!r}"
+    try:
+        if image is not None:
+            data = Path(image).read_bytes()
+        else:
+            for manifest in _manifests(settings):
+                rows = manifest.frame.index[manifest.frame["item_id"] == str(item_id)]
+                if len(rows):
+                    uri = manifest.frame.loc[rows[0], "uri"]
+                    data = ObjectReader(settings.s3_endpoint_url).read(uri, manifest.base_dir)
+                    break
+            else:
+                raise DataError(f"item id {item_id!r} is in neither the gallery nor the training manifest")
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{where}: cannot be read ({exc})") from exc
+    return model.preprocessing(decode_uint8(data, where), where)[None]
+
+
+def _streamed_labels(settings: HotswapSettings) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for manifest in reversed(_manifests(settings)):
+        labels.update(
+            {i: x for i, x in zip(manifest.frame["item_id"], manifest.frame["label"], strict=True) if x}
+        )
+    return labels
 
 
 def _labels_by_id(settings: HotswapSettings) -> dict[str, str]:

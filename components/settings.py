@@ -148,6 +148,28 @@ class SettingsFileError(ValueError):
     """A settings file named explicitly is missing, unreadable or not valid TOML."""
 
 
+class StreamSettings(BaseModel):
+    """Data read lazily from a manifest (local paths or s3:// objects), for a team's own data.
+
+    With ``enabled`` the lifecycle never holds the image set: ``data.source`` must be a manifest
+    (item_id, uri, label, split), the gallery is ``gallery_manifest`` (item_id, uri; labels
+    optional), and every pass over images goes through a torch DataLoader (components/streaming.py).
+    """
+
+    enabled: bool = Field(False, description="stream data.source through a DataLoader instead of decoding it")
+    gallery_manifest: str | None = Field(
+        None, description="the gallery's own manifest (item_id, uri[, label])"
+    )
+    workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = read in the calling process)")
+    batch_size: int = Field(64, ge=1, description="images per streamed batch (extraction, decision)")
+    prefetch_factor: int = Field(4, ge=1, description="batches each worker reads ahead")
+    new_model: dict[str, Any] | None = Field(
+        None,
+        description="the challenger's architecture from the team's code: ModelSpec fields (arch "
+        "'package.module:factory', kwargs, image_size, channels, mean, std); None = training.new_arch",
+    )
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("HOTSWAP_CONFIG", "hotswap.toml"))
 
@@ -211,6 +233,7 @@ class HotswapSettings(BaseSettings):
     lease_ttl_seconds: float = Field(
         60.0, gt=0, description="a gallery lease not renewed for this long is expired (holder dead)"
     )
+    stream: StreamSettings = Field(default_factory=StreamSettings)
 
     @field_validator("model_name", "gallery_name")
     @classmethod

@@ -126,6 +126,59 @@ def bootstrap(home: Path | None = HomeOption) -> None:
 
 
 @app.command()
+def adopt(
+    spec: Path = typer.Option(
+        ...,
+        "--spec",
+        help="model spec JSON: arch, kwargs, format, embedding_dim, "
+        "image_size, channels, mean, std, projection",
+    ),
+    weights: Path = typer.Option(..., "--weights", help="safetensors state_dict, or the .pt2 export"),
+    gallery_features: Path = typer.Option(
+        ..., "--gallery-features", help=".parquet or .npy gallery features"
+    ),
+    gallery_ids: Path | None = typer.Option(
+        None, "--gallery-ids", help="ids beside an .npy (.npy/.txt/.csv)"
+    ),
+    home: Path | None = HomeOption,
+) -> None:
+    """Take over a running system: its model as v1, its gallery features as the live gallery."""
+    overrides = _prepare(home)
+    from flows.adopt import adopt as adopt_flow
+
+    try:
+        spec_fields = json.loads(spec.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{spec}: not a readable JSON model spec ({exc})") from None
+    result = adopt_flow(
+        spec=spec_fields,
+        weights=str(weights),
+        gallery_features=str(gallery_features),
+        gallery_ids=str(gallery_ids) if gallery_ids else None,
+        overrides=overrides,
+    )
+    console.print(_adopt_markdown(result))
+    _print_json({k: v for k, v in result.items() if k != "report"})
+
+
+def _adopt_markdown(result: dict[str, Any]) -> str:
+    from components.adopt import AdoptReport
+
+    return AdoptReport.model_validate(result["report"]).to_markdown()
+
+
+@app.command(name="gallery-sync")
+def gallery_sync(
+    publish: bool = typer.Option(True, help="make the new version live"), home: Path | None = HomeOption
+) -> None:
+    """Make the gallery match its manifest: embed added items with the champion, drop removed ones."""
+    overrides = _prepare(home)
+    from flows.adopt import gallery_sync as sync_flow
+
+    _print_json(sync_flow(overrides=overrides, publish=publish))
+
+
+@app.command()
 def refresh(
     home: Path | None = HomeOption,
     auto_promote: bool = typer.Option(None, "--auto-promote/--no-auto-promote", help="default: settings"),

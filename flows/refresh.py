@@ -19,6 +19,12 @@ from tasks.naming import refresh_name, refresh_run_name
 from tasks.preflight import check_refresh_inputs
 from tasks.quantization import train_codebooks
 from tasks.registry import resolve_alias
+from tasks.streaming import (
+    decide_backfill_streaming,
+    train_challenger_streaming,
+    train_codebooks_streaming,
+    validate_compatibility_streaming,
+)
 from tasks.training import check_dataset_version, train_challenger
 from tasks.validation import validate_compatibility
 
@@ -69,19 +75,26 @@ def refresh(
             return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
         check_refresh_inputs(settings, champion)
-        composition = live_composition(settings)
-        targets = plan_targets(settings, champion, composition)
-        challenger = train_challenger(settings, champion, targets)
-        rename_flow_run(refresh_name(challenger, champion, data_version))
-        report = validate_compatibility(settings, champion, challenger, composition, targets)
-        search = settings.compat_search
-        if not report["blessed"] and search.enabled and search.max_trials > 0:
-            challenger, report = search_compatible(
-                settings, champion, challenger, report, composition, targets
-            )
+        if settings.stream.enabled:  # the team's manifests, read lazily; each model its own preprocessing
+            challenger = train_challenger_streaming(settings, champion)
             rename_flow_run(refresh_name(challenger, champion, data_version))
-        train_codebooks(settings, challenger)
-        decision = decide_backfill(settings, champion, challenger, report, composition)
+            report = validate_compatibility_streaming(settings, champion, challenger)
+            train_codebooks_streaming(settings, challenger)
+            decision = decide_backfill_streaming(settings, champion, challenger, report)
+        else:
+            composition = live_composition(settings)
+            targets = plan_targets(settings, champion, composition)
+            challenger = train_challenger(settings, champion, targets)
+            rename_flow_run(refresh_name(challenger, champion, data_version))
+            report = validate_compatibility(settings, champion, challenger, composition, targets)
+            search = settings.compat_search
+            if not report["blessed"] and search.enabled and search.max_trials > 0:
+                challenger, report = search_compatible(
+                    settings, champion, challenger, report, composition, targets
+                )
+                rename_flow_run(refresh_name(challenger, champion, data_version))
+            train_codebooks(settings, challenger)
+            decision = decide_backfill(settings, champion, challenger, report, composition)
         gallery_version = execute_decision(settings, challenger, decision)
 
         summary: dict[str, Any] = {

@@ -238,6 +238,15 @@ def _target_version_id(new_version: str, mode: str, fraction: float | None) -> s
     return f"v{new_version}-{mode}{suffix}"
 
 
+def _item_source(settings: HotswapSettings, model: Any) -> Any:
+    """Gallery images: streamed from the gallery manifest (``stream.enabled``) or the in-memory data."""
+    if settings.stream.enabled:
+        from tasks.streaming import gallery_item_source
+
+        return gallery_item_source(settings, model)
+    return DatasetItemSource(dataset(settings))
+
+
 def _backfill(
     settings: HotswapSettings,
     new_version: str,
@@ -253,14 +262,15 @@ def _backfill(
     reg = registry(settings)
     old_model = reg.load_model(old_version) if old_version else None
     codebooks = load_codebooks(settings, new_version)
+    new_model = reg.load_model(new_version)
     manifest = run_backfill(
         gallery_store(settings),
         settings.gallery_name,
         source_version,
         mode,
-        reg.load_model(new_version),
+        new_model,
         codebooks,
-        DatasetItemSource(dataset(settings)),
+        _item_source(settings, new_model),
         fraction=fraction,
         ordering=config.ordering,
         shard_size=settings.backfill.shard_size,
@@ -455,10 +465,14 @@ def check_live_gallery(settings: HotswapSettings, version: str, gallery_version:
     # as served: a mixed live gallery must carry a calibration for the new champion, or this raises
     searcher = GallerySearcher.from_version(galleries, settings.gallery_name, live, version)
     model = reg.load_model(version)
-    data = dataset(settings)
-    probe = extract_features(
-        model, data.split(settings.data.gallery_split).images[:8], device=settings.torch_device
-    )
+    if settings.stream.enabled:
+        from tasks.streaming import gallery_item_source
+
+        source = gallery_item_source(settings, model)
+        images = source.images(source.manifest.item_ids[:8])
+    else:
+        images = dataset(settings).split(settings.data.gallery_split).images[:8]
+    probe = extract_features(model, images, device=settings.torch_device)
     _, found = searcher.search(probe, k=min(5, index.ntotal))
     if (found == "").any():
         raise RuntimeError(f"live index {live} returned empty results")

@@ -146,9 +146,15 @@ def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
     """C[i][j] for every registered version pair on held-out data; AC/AM; markdown, CSV, HTML."""
     reg = registry(settings)
     versions = [info.version for info in reg.list_versions()]
-    data = dataset(settings)
-    held_out = data.split(settings.data.validation_split)
-    result = audit_models({v: reg.load_model(v) for v in versions}, held_out, device=settings.torch_device)
+    if settings.stream.enabled:  # each version reads its own preprocessing of the streamed split
+        from tasks.streaming import streamed_audit
+
+        result = streamed_audit(settings, {v: reg.load_model(v) for v in versions})
+    else:
+        held_out = dataset(settings).split(settings.data.validation_split)
+        result = audit_models(
+            {v: reg.load_model(v) for v in versions}, held_out, device=settings.torch_device
+        )
     table = result.long_table()
     markdown = result.to_markdown()
     files = {

@@ -31,4 +31,5 @@ pytest_plugins = [
     "tests.fixtures.prefect_server",
     "tests.fixtures.lifecycle",
     "tests.fixtures.serving",
+    "tests.fixtures.images",
 ]

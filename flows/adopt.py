@@ -1,0 +1,62 @@
+"""adopt: take over a running system — its model as v1, its gallery features as the live gallery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from components.registry import CHAMPION
+from flows.bootstrap import AlreadyBootstrappedError
+from flows.switch import switch_live
+from tasks.adopt import (
+    import_gallery,
+    record_adopt_report,
+    register_adopted_model,
+    self_test_adopted,
+    sync_gallery_items,
+    train_gallery_codebooks,
+)
+from tasks.context import settings_from
+from tasks.registry import resolve_alias
+
+
+@flow(name="adopt", log_prints=True)
+def adopt(
+    spec: dict[str, Any],
+    weights: str,
+    gallery_features: str,
+    gallery_ids: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Register the team's model, import its gallery features, train DPQ on them, go live, report.
+
+    ``spec``: ModelSpec fields (arch, kwargs, format, embedding_dim, image_size, channels, mean,
+    std, projection); ``weights``: safetensors state_dict or a .pt2 program. The data settings
+    must stream (``stream.enabled``) a labelled training manifest for the old classifier.
+    """
+    settings = settings_from(
+        {**(overrides or {}), "stream": {**(overrides or {}).get("stream", {}), "enabled": True}}
+    )
+    champion = resolve_alias(settings, CHAMPION)
+    if champion is not None:
+        raise AlreadyBootstrappedError(
+            f"model {settings.model_name!r} already has a champion (v{champion}); run `hotswap refresh`"
+        )
+    model = register_adopted_model(settings, spec, weights)
+    version = model["version"]
+    self_test = self_test_adopted(settings, version, model["dataset_version"])
+    codebooks = train_gallery_codebooks(settings, version, gallery_features, gallery_ids)
+    gallery = import_gallery(settings, version, gallery_features, gallery_ids)
+    live = switch_live(settings, version, gallery["gallery_version"])
+    report = record_adopt_report(settings, version, weights, model, self_test, codebooks, gallery)
+    return {"version": version, "report": report, **live}
+
+
+@flow(name="gallery-sync", log_prints=True)
+def gallery_sync(overrides: dict[str, Any] | None = None, publish: bool = True) -> dict[str, Any]:
+    """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones."""
+    settings = settings_from(
+        {**(overrides or {}), "stream": {**(overrides or {}).get("stream", {}), "enabled": True}}
+    )
+    return sync_gallery_items(settings, publish)

@@ -1,0 +1,261 @@
+"""Adopt tasks: the team's model as v1, its classifier, codebooks and gallery, and the report.
+
+Each step is what components/adopt.py describes; tasks pass settings, paths and versions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from components.adopt import AdoptReport, file_sha256, read_gallery_features
+from components.cross_eval import compatibility_matrix_from_features
+from components.data import DataError
+from components.gallery_import import write_feature_version
+from components.model_spec import ModelSpec, load_team_model
+from components.quantization import train_dpq
+from components.settings import HotswapSettings
+from components.streaming import extract_manifest
+from components.streaming_training import fit_cosine_head
+from tasks.context import gallery_store, registry
+from tasks.gallery import TAG_GALLERY_VERSION, _index_builder
+from tasks.quantization import load_codebooks
+from tasks.streaming import (
+    dataset_version,
+    loader_config,
+    log_codebooks,
+    reader,
+    training_manifest,
+)
+from tasks.validation import _record_report
+
+ROLE_ADOPTED = "adopted"
+
+
+def adopted_spec(settings: HotswapSettings, spec: dict[str, Any]) -> ModelSpec:
+    """The team's spec with the classifier rows named after the training manifest's classes."""
+    manifest = training_manifest(settings)
+    fields = {k: v for k, v in spec.items() if k not in ("num_classes", "class_names")}
+    try:
+        return ModelSpec.model_validate(
+            {**fields, "num_classes": manifest.num_classes, "class_names": manifest.class_names}
+        )
+    except ValueError as exc:
+        raise DataError(f"model spec: {exc}") from exc
+
+
+@task(name="register-adopted-model", task_run_name="register the team's model", cache_policy=NONE)
+def register_adopted_model(settings: HotswapSettings, spec: dict[str, Any], weights: str) -> dict[str, Any]:
+    """Load the team's model, fit its old classifier on frozen train features, register it as v1."""
+    started = time.perf_counter()
+    model_spec = adopted_spec(settings, spec)
+    version_of_data = dataset_version(settings)  # fails naming a missing object before anything is stored
+    model = load_team_model(model_spec, weights)
+    train = training_manifest(settings).split("train")
+    (feats,) = extract_manifest(
+        [model], train, reader(settings), loader_config(settings), settings.torch_device
+    )
+    head = fit_cosine_head(
+        feats, train.labels, model_spec.num_classes, model_spec.classifier_scale, seed=settings.seed
+    )
+    with torch.no_grad():
+        model.head.weight.copy_(head)
+    accuracy = float((np.argmax(feats @ head.numpy().T, axis=1) == train.labels).mean())
+    reg = registry(settings)
+    run_id = reg.log_training_run(
+        model,
+        params={"method": ROLE_ADOPTED, "weights": str(weights), "data.source": settings.data.source},
+        history=None,
+        dataset_version=version_of_data,
+        metrics={"adopt.classifier_train_accuracy": accuracy},
+        run_name="adopt",
+        tags={"hotswap.role": ROLE_ADOPTED},
+    )
+    version = reg.register(run_id, tags={"hotswap.role": ROLE_ADOPTED})
+    get_run_logger().info(
+        "registered the team's model as v%s (old head train accuracy %.3f)", version, accuracy
+    )
+    return {
+        "version": version,
+        "run_id": run_id,
+        "dataset_version": version_of_data,
+        "train_items": len(train),
+        "classes": model_spec.num_classes,
+        "classifier_train_accuracy": accuracy,
+        "weights_sha256": file_sha256(weights),
+        "spec": model.spec.model_dump(mode="json"),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@task(name="self-test-adopted", task_run_name="self-test v{version}", cache_policy=NONE)
+def self_test_adopted(settings: HotswapSettings, version: str, dataset_version: str) -> dict[str, Any]:
+    """The adopted model's own retrieval on the streamed validation split: its rubber-stamp report."""
+    reg = registry(settings)
+    model = reg.load_model(version)
+    held = training_manifest(settings).split(settings.data.validation_split)
+    (feats,) = extract_manifest(
+        [model], held, reader(settings), loader_config(settings), settings.torch_device
+    )
+    matrix = compatibility_matrix_from_features({"new": feats}, held.labels, pairs=("new/new",))
+    report = _record_report(settings, matrix, None, version, dataset_version, rubber_stamp=True)
+    return report.model_dump(mode="json")
+
+
+def _gallery_labels(settings: HotswapSettings, labels: np.ndarray | None) -> np.ndarray | None:
+    """Gallery labels as classifier rows, when every one is a class the model knows."""
+    if labels is None:
+        return None
+    index = {c: i for i, c in enumerate(training_manifest(settings).class_names)}
+    if not all(label in index for label in labels):
+        return None
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+@task(
+    name="train-gallery-codebooks",
+    task_run_name="train DPQ codebooks for v{version} on the gallery",
+    cache_policy=NONE,
+)
+def train_gallery_codebooks(
+    settings: HotswapSettings, version: str, features: str, ids: str | None = None
+) -> dict[str, Any]:
+    """DPQ trained on the imported gallery features themselves (nothing re-extracted)."""
+    reg = registry(settings)
+    model = reg.load_model(version)
+    gallery = read_gallery_features(features, ids, embedding_dim=model.embedding_dim)
+    labels = _gallery_labels(settings, gallery.labels)
+    config = settings.dpq.model_copy(update={"seed": settings.seed})
+    codebooks = train_dpq(
+        gallery.features, labels, classifier=model.head if labels is not None else None, config=config
+    )
+    held = training_manifest(settings).split(settings.data.validation_split)
+    (held_f,) = extract_manifest(
+        [model], held, reader(settings), loader_config(settings), settings.torch_device
+    )
+    return log_codebooks(settings, version, reg.resolve(version).run_id, codebooks, held_f, held.labels)
+
+
+@task(name="import-gallery", task_run_name="import the gallery features for v{version}", cache_policy=NONE)
+def import_gallery(
+    settings: HotswapSettings, version: str, features: str, ids: str | None = None
+) -> dict[str, Any]:
+    """The imported features as the first gallery version (staged; switch_live publishes it)."""
+    reg = registry(settings)
+    model = reg.load_model(version)
+    gallery = read_gallery_features(features, ids, embedding_dim=model.embedding_dim)
+    galleries = gallery_store(settings)
+    if galleries.read_current(settings.gallery_name) is not None:
+        raise DataError(
+            f"gallery {settings.gallery_name!r} already has a live version; adopt starts a new one"
+        )
+    codebooks = load_codebooks(settings, version)
+    manifest = write_feature_version(
+        galleries,
+        settings.gallery_name,
+        gallery.ids,
+        gallery.features,
+        codebooks,
+        model_version=version,
+        codebook_version=version,
+        version=f"v{version}-adopted",
+        shard_size=settings.backfill.shard_size,
+        index_builder=_index_builder(codebooks),
+        metadata={"backfill": {"mode": "adopt", "source": str(features), "reextracted": 0}},
+    )
+    reg.set_tags(version, {TAG_GALLERY_VERSION: manifest.version})
+    return {
+        "gallery_version": manifest.version,
+        "items": manifest.num_items,
+        "labelled": gallery.labels is not None,
+        "renormalised": gallery.renormalised,
+        "source": gallery.source,
+    }
+
+
+@task(name="record-adopt-report", task_run_name="record the adopt report of v{version}", cache_policy=NONE)
+def record_adopt_report(
+    settings: HotswapSettings,
+    version: str,
+    weights: str,
+    model_info: dict[str, Any],
+    self_test: dict[str, Any],
+    codebooks: dict[str, Any],
+    gallery: dict[str, Any],
+) -> dict[str, Any]:
+    """The adopt report as JSON + markdown in MLflow (a record run) and as a Prefect artifact."""
+    from tasks.reporting import publish_markdown
+
+    matrix = self_test.get("matrix", {}).get("new/new", {})
+    report = AdoptReport(
+        model_name=settings.model_name,
+        model_version=version,
+        spec=model_info["spec"],
+        weights=weights,
+        weights_sha256=model_info["weights_sha256"],
+        dataset_version=model_info["dataset_version"],
+        train_items=model_info["train_items"],
+        classes=model_info["classes"],
+        classifier_train_accuracy=model_info["classifier_train_accuracy"],
+        self_test={k: float(matrix[k]) for k in ("map", "top1", "top5") if k in matrix},
+        gallery=settings.gallery_name,
+        gallery_source=gallery["source"],
+        gallery_items=gallery["items"],
+        gallery_labelled=gallery["labelled"],
+        gallery_renormalised=gallery["renormalised"],
+        gallery_version=gallery["gallery_version"],
+        codebook_bits=codebooks["bits"],
+        seconds={"register": model_info["seconds"]},
+    )
+    markdown = report.to_markdown()
+    reg = registry(settings)
+    reg.log_record_run(
+        "adopt",
+        f"adopt-v{version}",
+        {"report.json": report.model_dump_json(indent=2).encode(), "report.md": markdown.encode()},
+        tags={"hotswap.version": version},
+        directory="adopt",
+    )
+    publish_markdown(f"adopt-report-{settings.model_name}", markdown, "What hotswap adopted")
+    return report.model_dump(mode="json")
+
+
+@task(name="sync-gallery", task_run_name="sync the gallery with its manifest", cache_policy=NONE)
+def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[str, Any]:
+    """The next gallery version holds exactly the gallery manifest's ids: new ids embedded by the
+    champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted."""
+    from components.gallery_import import sync_gallery
+    from components.gallery_records import new_version_id
+    from tasks.streaming import gallery_manifest
+
+    reg = registry(settings)
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    if live is None:
+        raise DataError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap adopt` first")
+    source = galleries.load_manifest(settings.gallery_name, live)
+    champion = reg.resolve("champion").version
+    codebooks = load_codebooks(settings, source.codebook_version or champion)
+    manifest, counts = sync_gallery(
+        galleries,
+        settings.gallery_name,
+        live,
+        gallery_manifest(settings),
+        reg.load_model(champion),
+        codebooks,
+        reader(settings),
+        model_version=champion,
+        loader=loader_config(settings),
+        device=settings.torch_device,
+        version=f"{new_version_id()}-sync",
+        shard_size=settings.backfill.shard_size,
+        index_builder=_index_builder(codebooks),
+        publish=publish,
+    )
+    get_run_logger().info("gallery %s → %s: %s", live, manifest.version, counts)
+    return {"source_version": live, "gallery_version": manifest.version, "published": publish, **counts}

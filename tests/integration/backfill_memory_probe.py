@@ -1,0 +1,98 @@
+"""Run by test_streaming.py in a fresh process: the peak traced allocations of one full backfill
+with the gallery streamed from S3, and of the same backfill with every image decoded up front."""
+
+import json
+import resource
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.backfill import DatasetItemSource, run_backfill
+from components.data import ImageDataset
+from components.gallery import GalleryStore
+from components.gallery_import import write_feature_version
+from components.model_spec import ModelSpec, build_user_model
+from components.quantization import DPQCodebooks
+from components.store import LocalObjectStore
+from components.streaming import (
+    LoaderConfig,
+    ManifestItemSource,
+    ObjectReader,
+    decode_uint8,
+    manifest_from_frame,
+)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    args = json.loads(sys.argv[1])
+    frame = pd.read_parquet(args["manifest"])
+    spec = ModelSpec(**args["spec"])
+    model = build_user_model(spec, seed=0).eval()
+    books = DPQCodebooks(
+        np.random.default_rng(0).normal(0, 0.3, size=(2, 16, spec.embedding_dim)).astype("float32")
+    )
+    ids = frame["item_id"].to_numpy()
+    out = {}
+    for kind in ("streamed", "in_memory"):
+        galleries = GalleryStore(LocalObjectStore(args["store"] + "/" + kind))
+        write_feature_version(
+            galleries,
+            "g",
+            ids,
+            np.eye(spec.embedding_dim, dtype="float32")[np.arange(len(ids)) % spec.embedding_dim],
+            books,
+            model_version="1",
+            codebook_version="1",
+            version="v1",
+            shard_size=128,
+            publish=True,
+        )
+        if kind == "streamed":
+            source = ManifestItemSource(
+                manifest_from_frame(frame, require_labels=False, require_splits=False),
+                model.preprocessing,
+                ObjectReader(args["endpoint"]),
+                LoaderConfig(32, 2),
+            )
+            # one-time costs are not the backfill's: botocore's service model, first imports
+            source.images(ids[:40])
+            source.images(ids[:4])
+        tracemalloc.start()
+        if kind == "in_memory":  # what holding the image set would cost: every image decoded into one array
+            p = model.preprocessing
+            local = Path(args["local"])
+            images = np.stack([p(decode_uint8((local / f"{i}.jpg").read_bytes())) for i in ids])
+            source = DatasetItemSource(
+                ImageDataset(
+                    images, np.zeros(len(ids), dtype="int64"), ids.astype(str), np.full(len(ids), "test")
+                )
+            )
+        run_backfill(
+            galleries,
+            "g",
+            "v1",
+            "full",
+            model,
+            books,
+            source,
+            model_version="2",
+            version="v2",
+            shard_size=64,
+            workers=1,
+            batch_size=64,
+        )
+        out[kind] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del source
+    out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(out))
+    sys.stderr.write(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

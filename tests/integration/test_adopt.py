@@ -1,0 +1,242 @@
+"""hotswap adopt on the real engine: the team's ResNet (random weights in safetensors) and its own
+pre-extracted gallery features become v1 and the live gallery; a refresh then trains a different
+architecture reading a different input size from the same S3 JPEGs, and a backfill streams them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from components.backfill import feature_models
+from components.data import DataError
+from components.registry import TAG_KIND, ModelRegistry
+from components.settings import HotswapSettings
+from components.streaming import ObjectReader, decode_uint8, extract_manifest, manifest_from_frame
+from tasks.context import gallery_store
+from tests.fixtures.images import S3ImageSet
+from tests.fixtures.s3 import create_bucket, s3_client
+from tests.fixtures.user_models import resnet
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+D = 32
+GALLERY = 200
+TEAM_SPEC = {
+    "arch": "tests.fixtures.user_models:resnet",
+    "kwargs": {"widths": [8, 16], "out_dim": D},
+    "projection": False,
+    "embedding_dim": D,
+    "image_size": 24,
+    "channels": "RGB",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+}
+NEW_MODEL = {
+    "arch": "tests.fixtures.user_models:convnet",
+    "kwargs": {"in_channels": 1, "width": 12},
+    "image_size": 32,
+    "channels": "L",
+    "mean": [0.5],
+    "std": [0.25],
+}
+
+
+@pytest.fixture(scope="module")
+def adopted(
+    prefect_harness, s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    from flows.adopt import adopt
+    from flows.refresh import refresh
+
+    root = tmp_path_factory.mktemp("adopt")
+    torch.manual_seed(11)
+    team = resnet(widths=[8, 16], out_dim=D).eval()
+    save_file({k: v.contiguous() for k, v in team.state_dict().items()}, root / "team.safetensors")
+    s3_images.training().to_parquet(root / "train.parquet")
+    gallery = s3_images.gallery(GALLERY)
+    gallery.to_parquet(root / "gallery.parquet")
+    # the deployed system's features, extracted "long ago" from the images it stored
+    from components.preprocess import Preprocessing
+
+    p = Preprocessing(image_size=24, channels="RGB", mean=(0.5,) * 3, std=(0.25,) * 3)
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([p(decode_uint8(s3_images.data[i])) for i in gallery["item_id"]]))
+        feats = torch.nn.functional.normalize(team(x), dim=1).numpy()
+    pd.DataFrame({"item_id": gallery["item_id"], "feature": list(feats)}).to_parquet(
+        root / "features.parquet"
+    )
+    bucket = create_bucket(s3_images.endpoint, "adopt")
+    overrides = {
+        "home": str(root / "home"),
+        "store_uri": f"s3://{bucket}/store",
+        "s3_endpoint_url": s3_images.endpoint,
+        "model_name": "adopted",
+        "data": {"source": str(root / "train.parquet"), "validation_split": "val", "bootstrap_classes": None},
+        "stream": {
+            "enabled": True,
+            "gallery_manifest": str(root / "gallery.parquet"),
+            "workers": 2,
+            "batch_size": 60,
+            "new_model": NEW_MODEL,
+        },
+        "training": {"epochs": 1, "batch_size": 60, "embedding_dim": D},
+        "dpq": {"epochs": 2, "n_blocks": 2, "n_codewords": 32, "kmeans_iters": 3},
+        "decision": {"partial_fractions": [0.5], "timing_repeats": 1, "timing_sample": 32},
+        "backfill": {"shard_size": 100, "workers": 2},
+    }
+    first = adopt(
+        spec=TEAM_SPEC,
+        weights=str(root / "team.safetensors"),
+        gallery_features=str(root / "features.parquet"),
+        overrides=overrides,
+    )
+    second = refresh(overrides=overrides, auto_promote=False)
+    settings = HotswapSettings(**overrides)
+    return {"first": first, "second": second, "settings": settings, "features": feats, "gallery": gallery}
+
+
+def test_adopt_registers_the_team_model_and_imports_its_gallery(adopted: dict[str, Any]) -> None:
+    settings, first = adopted["settings"], adopted["first"]
+    registry = ModelRegistry.from_settings(settings)
+    assert first["version"] == "1" and registry.aliases()["champion"] == "1"
+    model = registry.load_model("1")
+    assert (
+        model.spec.arch == TEAM_SPEC["arch"] and model.spec.image_size == 24 and model.spec.channels == "RGB"
+    )
+    assert model.spec.class_names == tuple(f"c{i}" for i in range(10))
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    assert live == first["gallery_version"] == "v1-adopted"
+    arrays = galleries.load_arrays(settings.gallery_name, live)
+    # the imported features are served as they were: nothing re-extracted
+    np.testing.assert_allclose(arrays.features, adopted["features"], atol=1e-6)
+    assert list(arrays.ids.astype(str)) == list(adopted["gallery"]["item_id"])
+    assert arrays.codes is not None and galleries.load_index(settings.gallery_name, live) is not None
+    report = first["report"]
+    assert report["gallery_items"] == GALLERY and report["codebook_bits"] == 10
+    assert 0 < report["classifier_train_accuracy"] <= 1 and set(report["self_test"]) == {
+        "map",
+        "top1",
+        "top5",
+    }
+    runs = registry.client.search_runs([registry.experiment_id], f"tags.`{TAG_KIND}` = 'adopt'")
+    assert len(runs) == 1
+    assert (
+        "re-extracted: none" in registry.run_artifact_bytes(runs[0].info.run_id, "adopt/report.md").decode()
+    )
+    # the adopted model itself reproduces the stored features from the S3 images
+    sample = manifest_from_frame(adopted["gallery"].head(20), require_labels=False, require_splits=False)
+    (again,) = extract_manifest([model], sample, ObjectReader(settings.s3_endpoint_url))
+    np.testing.assert_allclose(again, adopted["features"][:20], atol=1e-5)
+
+
+def test_refresh_trains_another_architecture_at_another_input_size(adopted: dict[str, Any]) -> None:
+    settings, second = adopted["settings"], adopted["second"]
+    registry = ModelRegistry.from_settings(settings)
+    assert second["champion"] == "1" and second["challenger"] == "2"
+    new = registry.load_model("2")
+    assert new.spec.arch == NEW_MODEL["arch"] and (new.spec.image_size, new.spec.channels) == (32, "L")
+    report = registry.load_report("2")
+    assert report.old_version == "1" and {"old/old", "new/new", "new/old"} <= set(report.matrix)
+    assert registry.get_tags("2")["backfill.decision"] == second["decision"]
+
+
+def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, Any]) -> None:
+    from flows.backfill import backfill
+
+    settings = adopted["settings"]
+    overrides = settings.model_dump(mode="json")
+    result = backfill(overrides=overrides, mode="full", version="2", publish=True)
+    galleries = gallery_store(settings)
+    assert galleries.read_current(settings.gallery_name) == result["gallery_version"]
+    arrays = galleries.load_arrays(settings.gallery_name, result["gallery_version"])
+    assert set(feature_models(galleries, settings.gallery_name, result["gallery_version"])) == {"2"}
+    new = ModelRegistry.from_settings(settings).load_model("2")
+    sample = manifest_from_frame(adopted["gallery"].head(10), require_labels=False, require_splits=False)
+    (expected,) = extract_manifest([new], sample, ObjectReader(settings.s3_endpoint_url))
+    rows = [list(arrays.ids.astype(str)).index(i) for i in sample.item_ids]
+    np.testing.assert_allclose(arrays.features[rows], expected, atol=1e-5)
+
+
+def test_gallery_sync_adds_and_removes_items_without_a_backfill(
+    adopted: dict[str, Any], s3_images: S3ImageSet, tmp_path: Path
+) -> None:
+    from flows.adopt import gallery_sync
+
+    settings = adopted["settings"]
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    before = galleries.load_arrays(settings.gallery_name, live)
+    wanted = pd.concat([adopted["gallery"].iloc[10:], s3_images.gallery(GALLERY + 15).iloc[GALLERY:]])
+    wanted.to_parquet(tmp_path / "gallery-next.parquet")
+    overrides = settings.model_dump(mode="json")
+    overrides["stream"]["gallery_manifest"] = str(tmp_path / "gallery-next.parquet")
+    result = gallery_sync(overrides=overrides)
+    assert (result["kept"], result["added"], result["removed"]) == (GALLERY - 10, 15, 10)
+    assert galleries.read_current(settings.gallery_name) == result["gallery_version"]
+    after = galleries.load_arrays(settings.gallery_name, result["gallery_version"])
+    assert set(after.ids.astype(str)) == set(wanted["item_id"])
+    old_rows = {item: row for row, item in enumerate(before.ids.astype(str))}
+    kept = [r for r, item in enumerate(after.ids.astype(str)) if item in old_rows]
+    np.testing.assert_array_equal(
+        after.features[kept], before.features[[old_rows[i] for i in after.ids.astype(str)[kept]]]
+    )
+    champion = ModelRegistry.from_settings(settings).resolve("champion").version
+    models = feature_models(galleries, settings.gallery_name, result["gallery_version"])
+    assert list(models[-15:]) == [champion] * 15
+
+
+def test_adopt_with_a_corrupt_training_object_stores_nothing(
+    s3_images: S3ImageSet, tmp_path: Path, sqlite_tracking_uri: str
+) -> None:
+    from tasks.adopt import register_adopted_model
+
+    bucket = create_bucket(s3_images.endpoint, "corrupt")
+    client = s3_client(s3_images.endpoint)
+    frame = s3_images.training().groupby("split").head(30).reset_index(drop=True)
+    uris = []
+    for n, item in enumerate(frame["item_id"]):
+        body = b"GIF89a not really" if n == 7 else s3_images.data[item]
+        client.put_object(Bucket=bucket, Key=f"t/{item}.jpg", Body=body)
+        uris.append(f"s3://{bucket}/t/{item}.jpg")
+    frame.assign(uri=uris).to_parquet(tmp_path / "train.parquet")
+    torch.manual_seed(0)
+    save_file(
+        {k: v.contiguous() for k, v in resnet(widths=[8, 16], out_dim=D).state_dict().items()},
+        tmp_path / "team.safetensors",
+    )
+    settings = HotswapSettings(
+        home=str(tmp_path / "home"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        s3_endpoint_url=s3_images.endpoint,
+        model_name="corrupt",
+        data={"source": str(tmp_path / "train.parquet")},
+        stream={"enabled": True, "workers": 0},
+    )
+    bad = frame["item_id"][7]
+    with pytest.raises(DataError, match=rf"item '{bad}' \(s3://{bucket}/t/{bad}.jpg\): unreadable image"):
+        register_adopted_model.fn(settings, TEAM_SPEC, str(tmp_path / "team.safetensors"))
+    assert ModelRegistry.from_settings(settings).list_versions() == []
+
+
+def test_search_and_audit_read_the_streamed_data(adopted: dict[str, Any]) -> None:
+    from components.search import search_live
+    from flows.audit import audit
+
+    settings = adopted["settings"]
+    first = adopted["gallery"]["item_id"][0]
+    hits = search_live(settings, item_id=first, k=3)
+    assert hits.model_version == "1" and len(hits.results) == 3
+    live_ids = set(
+        gallery_store(settings).load_arrays(settings.gallery_name, hits.gallery_version).ids.astype(str)
+    )
+    assert {h.item_id for h in hits.results} <= live_ids
+    result = audit(overrides=settings.model_dump(mode="json"))
+    assert result["versions"] == ["1", "2"]
+    assert 0 <= result["am"]["map"] <= 1
