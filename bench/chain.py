@@ -157,12 +157,14 @@ def check_settings(overrides: dict[str, Any], where: str) -> None:
 
 
 def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
-    """The live system as served: champion queries vs the live gallery's decoded DPQ codes.
+    """The live system as served: champion queries vs the live gallery's decoded DPQ codes,
+    a mixed gallery ranked by its stored calibration for the champion (identity when single-model).
 
     Leave-one-out over the gallery's items (each query's own row excluded). Also returns the
     gallery's share of items per model version (its provenance).
     """
     from components.backfill import feature_models
+    from components.gallery_calibration import calibration_for
     from components.metrics import retrieval_metrics
     from components.registry import CHAMPION
     from components.training import extract_features
@@ -183,8 +185,19 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     codebooks = load_codebooks(settings, manifest.codebook_version or manifest.model_version)
     served = codebooks.decode(arrays.codes) if arrays.codes is not None else arrays.features
     queries = extract_features(reg.load_model(champion), data.images[index], device=settings.torch_device)
-    metrics = retrieval_metrics(queries, labels, served, labels, exclude_self=True)
     models = feature_models(galleries, settings.gallery_name, live)
+    # a mixed gallery is ranked by the calibration stored for the champion's queries, as served
+    calibration, _ = calibration_for(
+        galleries, settings.gallery_name, live, champion, require=False, models=sorted(set(models.tolist()))
+    )
+    metrics = retrieval_metrics(
+        queries,
+        labels,
+        served,
+        labels,
+        exclude_self=True,
+        score_adjust=lambda scores: calibration.adjust(scores, models),
+    )
     values, counts = np.unique(models, return_counts=True)
     return {
         "champion": champion,
