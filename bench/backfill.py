@@ -36,22 +36,21 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from components.backbones import BackboneSpec, build_model
-from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
-from components.compatibility import DEFAULT_CONFIG, CompatConfig, train_compatible
-from components.data import load_mnist5k, make_synthetic
-from components.decision import measure_costs
-from components.ordering import (
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
+from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig, train_compatible
+from hotswap.components.data import load_mnist5k, make_synthetic
+from hotswap.components.decision import measure_costs
+from hotswap.components.ordering import (
     UNCERTAINTY_SCORES,
     backfill_curve,
     backfill_order,
     order_by_scores,
     random_order,
 )
-from components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from components.store import LocalObjectStore, ObjectStore, open_store
-from components.training import TrainConfig, extract_features, train_model
+from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.store import LocalObjectStore, ObjectStore, open_store
+from hotswap.components.training import TrainConfig, extract_features, train_model
 
 RESULTS = Path(__file__).parent / "results"
 OLD_CLASSES = (0, 1, 2, 3, 4)

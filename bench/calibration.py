@@ -37,15 +37,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.calibration import CALIBRATION_RULES, DEFAULT_RULE, CalibrationConfig, fit_calibration
+from hotswap.components.compatibility import DEFAULT_CONFIG, train_compatible
+from hotswap.components.data import ImageDataset, stratified_splits
+from hotswap.components.ordering import backfill_curve, backfill_order, random_order
+from hotswap.components.quantization import DPQConfig, train_dpq
+from hotswap.components.training import TrainConfig, extract_features, train_model
 
 from bench.backfill import EMBEDDING_DIM, LESS_CALIBRATED, OLD_CLASSES, train_mnist_models
-from components.backbones import BackboneSpec, build_model
-from components.calibration import CALIBRATION_RULES, DEFAULT_RULE, CalibrationConfig, fit_calibration
-from components.compatibility import DEFAULT_CONFIG, train_compatible
-from components.data import ImageDataset, stratified_splits
-from components.ordering import backfill_curve, backfill_order, random_order
-from components.quantization import DPQConfig, train_dpq
-from components.training import TrainConfig, extract_features, train_model
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("map", "top1")

@@ -140,9 +140,8 @@ def unknown_fields(model: type, values: dict[str, Any], prefix: str = "") -> lis
 
 def check_settings(overrides: dict[str, Any], where: str) -> None:
     """Fail with one line when the installed settings lack or reject a field the chain needs."""
+    from hotswap.components.settings import HotswapSettings
     from pydantic import ValidationError
-
-    from components.settings import HotswapSettings
 
     missing = unknown_fields(HotswapSettings, overrides)
     if missing:
@@ -163,13 +162,13 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     Leave-one-out over the gallery's items (each query's own row excluded). Also returns the
     gallery's share of items per model version (its provenance).
     """
-    from components.backfill import feature_models
-    from components.gallery_calibration import calibration_for
-    from components.metrics import retrieval_metrics
-    from components.registry import CHAMPION
-    from components.training import extract_features
-    from tasks.context import dataset, gallery_store, registry, settings_from
-    from tasks.quantization import load_codebooks
+    from hotswap.components.backfill import feature_models
+    from hotswap.components.gallery_calibration import calibration_for
+    from hotswap.components.metrics import retrieval_metrics
+    from hotswap.components.registry import CHAMPION
+    from hotswap.components.training import extract_features
+    from hotswap.tasks.context import dataset, gallery_store, registry, settings_from
+    from hotswap.tasks.quantization import load_codebooks
 
     settings = settings_from(overrides)
     reg = registry(settings)
@@ -214,8 +213,8 @@ def extracted_items(overrides: dict[str, Any], gallery_version: str | None, mode
     """Items a step's backfill embedded with its new model (work done, promoted or not)."""
     if gallery_version is None or model_version is None:
         return 0
-    from components.backfill import feature_models
-    from tasks.context import gallery_store, settings_from
+    from hotswap.components.backfill import feature_models
+    from hotswap.tasks.context import gallery_store, settings_from
 
     settings = settings_from(overrides)
     models = feature_models(gallery_store(settings), settings.gallery_name, gallery_version)
@@ -224,8 +223,8 @@ def extracted_items(overrides: dict[str, Any], gallery_version: str | None, mode
 
 def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any]:
     """AC and AM over the versions that were live, on the val split of every class."""
-    from components.audit import audit_models
-    from tasks.context import dataset, registry, settings_from
+    from hotswap.components.audit import audit_models
+    from hotswap.tasks.context import dataset, registry, settings_from
 
     settings = settings_from(overrides)
     reg = registry(settings)
@@ -241,9 +240,9 @@ def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any
 
 def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
     """Bootstrap, then one auto-promoting refresh per later step; measure after each step."""
-    from components.data import load_dataset
-    from flows.bootstrap import bootstrap
-    from flows.refresh import refresh
+    from hotswap.components.data import load_dataset
+    from hotswap.flows.bootstrap import bootstrap
+    from hotswap.flows.refresh import refresh
 
     num_classes = load_dataset(chain.source).num_classes
     steps: list[dict[str, Any]] = []

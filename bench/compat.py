@@ -42,9 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from components.backbones import BackboneSpec, build_model, model_from_bytes, model_to_bytes
-from components.compatibility import (
+from hotswap.components.backbones import BackboneSpec, build_model, model_from_bytes, model_to_bytes
+from hotswap.components.compatibility import (
     BASELINES,
     DEFAULT_CONFIG,
     PAPER_PRESET,
@@ -52,10 +51,10 @@ from components.compatibility import (
     CompatConfig,
     train_compatible,
 )
-from components.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
-from components.data import ImageDataset, load_image_folder, load_mnist5k, make_synthetic
-from components.metrics import RetrievalMetrics
-from components.training import TrainConfig, train_model
+from hotswap.components.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
+from hotswap.components.data import ImageDataset, load_image_folder, load_mnist5k, make_synthetic
+from hotswap.components.metrics import RetrievalMetrics
+from hotswap.components.training import TrainConfig, train_model
 
 RESULTS = Path(__file__).parent / "results"
 DATA_SEED = 0

@@ -35,9 +35,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.compatibility import (
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.compatibility import (
     DEFAULT_CONFIG,
     CompatObjective,
     class_map_lookup,
@@ -45,12 +44,12 @@ from components.compatibility import (
     old_prototypes,
     train_compatible,
 )
-from components.data import ImageDataset, load_mnist5k, make_synthetic
-from components.dpq_joint import finetune_with_dpq
-from components.index import build_flat_index, build_ivf_index, bytes_per_item, search
-from components.metrics import retrieval_metrics
-from components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from components.training import TrainConfig, extract_features, train_model
+from hotswap.components.data import ImageDataset, load_mnist5k, make_synthetic
+from hotswap.components.dpq_joint import finetune_with_dpq
+from hotswap.components.index import build_flat_index, build_ivf_index, bytes_per_item, search
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.training import TrainConfig, extract_features, train_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("pq", "opq", "rq1", "rq5", "lsq")

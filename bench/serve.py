@@ -35,14 +35,13 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-
-from components.backbones import BackboneSpec, build_model
-from components.data import load_dataset
-from components.gallery import GalleryStore
-from components.index import build_flat_index, build_ivf_index, index_to_bytes
-from components.live_state import TAG_GALLERY_VERSION
-from components.registry import ModelRegistry
-from components.store import open_store
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.data import load_dataset
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.index import build_flat_index, build_ivf_index, index_to_bytes
+from hotswap.components.live_state import TAG_GALLERY_VERSION
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.store import open_store
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM, BLOCKS, CODEWORDS = 64, 4, 256
@@ -187,7 +186,7 @@ def run_case(
         "OMP_NUM_THREADS": "1",
     }
     log = (root / f"serve-{kind}-{n}.log").open("w")
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--home", str(root), "--port", str(port)]
+    cmd = [sys.executable, "-m", "hotswap.flows.cli", "serve", "--home", str(root), "--port", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

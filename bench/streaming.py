@@ -42,7 +42,7 @@ SPEC = {
 
 
 def _model(image_size: int):
-    from components.model_spec import ModelSpec, build_user_model
+    from hotswap.components.model_spec import ModelSpec, build_user_model
 
     return build_user_model(ModelSpec(**SPEC, image_size=image_size), seed=0).eval()
 
@@ -98,9 +98,8 @@ def _time(fn) -> float:
 def extraction(items: int, image_size: int, workers: list[int], root: Path) -> dict:
     """img/s of feature extraction from memory, from S3 (moto) and from local files."""
     import boto3
-
-    from components.procedural import procedural_images
-    from components.streaming import (
+    from hotswap.components.procedural import procedural_images
+    from hotswap.components.streaming import (
         LoaderConfig,
         ObjectReader,
         decode_uint8,
@@ -193,7 +192,7 @@ def extraction(items: int, image_size: int, workers: list[int], root: Path) -> d
 
 
 def gallery_backfill(n: int, image_size: int, workers: int, root: Path, shard: int = 2048) -> dict:
-    from components.procedural import procedural_images
+    from hotswap.components.procedural import procedural_images
 
     folder = root / "gallery"
     folder.mkdir()

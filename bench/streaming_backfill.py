@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from components.backfill import run_backfill
-from components.gallery import GalleryStore
-from components.gallery_import import write_feature_version
-from components.model_spec import ModelSpec, build_user_model
-from components.quantization import DPQCodebooks
-from components.store import LocalObjectStore
-from components.streaming import LoaderConfig, ManifestItemSource, ObjectReader, manifest_from_frame
+from hotswap.components.backfill import run_backfill
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.gallery_import import write_feature_version
+from hotswap.components.model_spec import ModelSpec, build_user_model
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.store import LocalObjectStore
+from hotswap.components.streaming import LoaderConfig, ManifestItemSource, ObjectReader, manifest_from_frame
 
 
 def _status(field: str, pid: str = "self") -> int:

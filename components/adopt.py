@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from hotswap.components.data import DataError
 from pydantic import BaseModel, Field
-
-from components.data import DataError
 
 FEATURE_COLUMNS = ("feature", "features", "embedding")
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-from components.backbones import EmbeddingModel
-from components.data import ImageDataset
-from components.metrics import retrieval_metrics
-from components.training import extract_features
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.data import ImageDataset
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.training import extract_features
 
 METRICS = ("map", "top1", "top5")
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hotswap.components.preprocess import Preprocessing, builtin_preprocessing, select_view
 from pydantic import BaseModel, Field, ValidationError
 from torch import nn
-
-from components.preprocess import Preprocessing, builtin_preprocessing, select_view
 
 WEIGHTS_FILE = "model.pt"
 SPEC_FILE = "spec.json"
@@ -152,7 +151,7 @@ def model_to_bytes(model: EmbeddingModel) -> dict[str, bytes]:
 
 def model_from_bytes(files: dict[str, bytes], source: str = "model") -> EmbeddingModel:
     """Rebuild a model from its spec and weights without unpickling anything."""
-    from components.model_spec import is_user_spec, model_from_files
+    from hotswap.components.model_spec import is_user_spec, model_from_files
 
     if SPEC_FILE in files and is_user_spec(files[SPEC_FILE]):
         return model_from_files(files, source)

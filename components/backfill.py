@@ -41,13 +41,11 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import JsonValue
-
-from components.backbones import EmbeddingModel
-from components.calibration import ScoreCalibration
-from components.data import ImageDataset
-from components.faults import fault_point
-from components.gallery import (
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.calibration import ScoreCalibration
+from hotswap.components.data import ImageDataset
+from hotswap.components.faults import fault_point
+from hotswap.components.gallery import (
     GalleryError,
     GalleryManifest,
     GalleryStore,
@@ -55,12 +53,19 @@ from components.gallery import (
     VersionWriter,
     new_version_id,
 )
-from components.gallery_calibration import write_calibration
-from components.gallery_records import npy_bytes, npy_load, sha256_hex
-from components.ordering import DEFAULT_SCORE, Ordering, UncertaintyScore, backfill_order, backfilled_count
-from components.quantization import DPQCodebooks
-from components.store import ObjectNotFoundError, ObjectStore
-from components.training import extract_features
+from hotswap.components.gallery_calibration import write_calibration
+from hotswap.components.gallery_records import npy_bytes, npy_load, sha256_hex
+from hotswap.components.ordering import (
+    DEFAULT_SCORE,
+    Ordering,
+    UncertaintyScore,
+    backfill_order,
+    backfilled_count,
+)
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.store import ObjectNotFoundError, ObjectStore
+from hotswap.components.training import extract_features
+from pydantic import JsonValue
 
 Mode = Literal["skip", "requantize", "partial", "full"]
 MODES: tuple[str, ...] = ("skip", "requantize", "partial", "full")

@@ -18,8 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-
-from components.data import DataError, ImageDataset
+from hotswap.components.data import DataError, ImageDataset
 
 CLASS_MAP_ARTIFACT = "class_map/class_map.json"
 TAG_CLASSES = "hotswap.num_classes"
@@ -110,7 +109,7 @@ def save_class_map(registry: Any, run_id: str, class_map: Sequence[int]) -> None
 
 def load_class_map(registry: Any, version: str, num_classes: int) -> list[int]:
     """The recorded map of ``version``; versions recorded without one are the identity map."""
-    from components.registry import RegistryError
+    from hotswap.components.registry import RegistryError
 
     try:
         data = registry.load_artifact_bytes(version, CLASS_MAP_ARTIFACT)

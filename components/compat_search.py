@@ -22,14 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.compatibility import CompatConfig, train_compatible
+from hotswap.components.cross_eval import compatibility_matrix
+from hotswap.components.data import ImageDataset
+from hotswap.components.report import CompatThresholds, build_report
+from hotswap.components.training import TrainConfig, TrainHistory
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.compatibility import CompatConfig, train_compatible
-from components.cross_eval import compatibility_matrix
-from components.data import ImageDataset
-from components.report import CompatThresholds, build_report
-from components.training import TrainConfig, TrainHistory
 
 Split = Literal["train", "val", "test"]
 SEARCHED_KNOBS = ("proto_weight", "margin", "o2n_weight", "anchor_weight", "min_epoch_steps")

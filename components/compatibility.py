@@ -35,11 +35,9 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model, require_same_dim
-from components.data import ImageDataset
-from components.training import (
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model, require_same_dim
+from hotswap.components.data import ImageDataset
+from hotswap.components.training import (
     EpochCallback,
     Objective,
     TrainConfig,
@@ -48,6 +46,7 @@ from components.training import (
     resolve_device,
     train_model,
 )
+from pydantic import BaseModel, ConfigDict, Field
 
 Method = Literal["independent", "l2", "bct", "dual_tuning"]
 ProtoVariant = Literal["softmax", "triplet"]

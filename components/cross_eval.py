@@ -18,11 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from components.backbones import EmbeddingModel, require_same_dim
-from components.data import ImageDataset
-from components.metrics import RetrievalMetrics, retrieval_metrics, update_gain
-from components.training import extract_features
+from hotswap.components.backbones import EmbeddingModel, require_same_dim
+from hotswap.components.data import ImageDataset
+from hotswap.components.metrics import RetrievalMetrics, retrieval_metrics, update_gain
+from hotswap.components.training import extract_features
 
 PAIRS = ("old/old", "new/new", "new/old", "old/new")
 CRITERION_METRICS = ("map", "top1")

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.data import load_dataset
-from components.registry import TAG_DATA_VERSION, ModelRegistry
-from components.settings import HotswapSettings
+from hotswap.components.data import load_dataset
+from hotswap.components.registry import TAG_DATA_VERSION, ModelRegistry
+from hotswap.components.settings import HotswapSettings
 
 DATASET_KIND = "dataset"
 TAG_DATA_SOURCE = "data.source"

@@ -47,14 +47,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from components.backbones import EmbeddingModel, require_same_dim
-from components.calibration import CalibrationConfig, fit_backfill_calibration
-from components.data import ImageDataset
-from components.live import LiveComposition
-from components.metrics import retrieval_metrics
-from components.ordering import (
+from hotswap.components.backbones import EmbeddingModel, require_same_dim
+from hotswap.components.calibration import CalibrationConfig, fit_backfill_calibration
+from hotswap.components.data import ImageDataset
+from hotswap.components.live import LiveComposition
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.ordering import (
     DEFAULT_SCORE,
     Ordering,
     UncertaintyScore,
@@ -63,9 +61,10 @@ from components.ordering import (
     backfill_order,
     backfilled_count,
 )
-from components.quantization import DPQCodebooks
-from components.served import assign_gallery_models, compose_gallery, served_metrics
-from components.training import extract_features
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.served import assign_gallery_models, compose_gallery, served_metrics
+from hotswap.components.training import extract_features
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Choice = Literal["skip", "requantize", "partial", "full", "reject"]
 OptionMode = Literal["skip", "requantize", "partial", "full"]

@@ -19,11 +19,10 @@ from __future__ import annotations
 import copy
 
 import torch
-
-from components.backbones import EmbeddingModel
-from components.data import ImageDataset
-from components.quantization import DPQCodebooks, DPQConfig, dpq_loss_terms
-from components.training import (
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.data import ImageDataset
+from hotswap.components.quantization import DPQCodebooks, DPQConfig, dpq_loss_terms
+from hotswap.components.training import (
     Objective,
     TrainConfig,
     TrainHistory,

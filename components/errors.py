@@ -29,7 +29,7 @@ import errno
 import sqlite3
 from dataclasses import dataclass
 
-from components.settings import mask_uri_credentials
+from hotswap.components.settings import mask_uri_credentials
 
 EXIT_CODES: dict[str, int] = {
     "internal": 1,
@@ -246,7 +246,7 @@ _INPUT_NAMES = {"ParameterTypeError", "ParameterBindError", "SettingsFileError"}
 _INTEGRITY_NAMES = {"ShardCorruptedError", "ManifestError", "ReportFormatError", "ModelFormatError"}
 
 
-_OURS = ("components.", "flows.", "tasks.")
+_OURS = ("hotswap.",)
 
 
 def _raised_by_us(exc: BaseException) -> bool:

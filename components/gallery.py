@@ -48,9 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
-from pydantic import JsonValue, ValidationError
-
-from components.gallery_records import (
+from hotswap.components.gallery_records import (
     ARRAY_KINDS,
     INDEX_FILE,
     MANIFEST_FILE,
@@ -82,7 +80,8 @@ from components.gallery_records import (
     to_json,
     validate_name,
 )
-from components.store import ObjectNotFoundError, ObjectStore
+from hotswap.components.store import ObjectNotFoundError, ObjectStore
+from pydantic import JsonValue, ValidationError
 
 __all__ = [
     "ARRAY_KINDS",

@@ -27,16 +27,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.calibration import CalibrationConfig, ScoreCalibration, fit_calibration
+from hotswap.components.data import ImageDataset
+from hotswap.components.gallery import GalleryError, GalleryStore, ShardCorruptedError, VersionImmutableError
+from hotswap.components.gallery_records import first_error, sha256_hex, to_json, validate_name
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.store import ObjectNotFoundError
+from hotswap.components.training import extract_features
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
-
-from components.backbones import EmbeddingModel
-from components.calibration import CalibrationConfig, ScoreCalibration, fit_calibration
-from components.data import ImageDataset
-from components.gallery import GalleryError, GalleryStore, ShardCorruptedError, VersionImmutableError
-from components.gallery_records import first_error, sha256_hex, to_json, validate_name
-from components.quantization import DPQCodebooks
-from components.store import ObjectNotFoundError
-from components.training import extract_features
 
 CALIBRATION_DIR = "calibration/"
 
@@ -69,7 +68,7 @@ def _key(galleries: GalleryStore, gallery: str, version: str, query_model: str) 
 
 def version_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
     """The model versions whose features a version actually holds (sorted, each at least one row)."""
-    from components.backfill import feature_models  # backfill writes calibrations: import lazily
+    from hotswap.components.backfill import feature_models  # backfill writes calibrations: import lazily
 
     return sorted(set(feature_models(galleries, gallery, version).tolist()))
 

@@ -19,13 +19,18 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from hotswap.components.backfill import PROVENANCE_FILE, BackfillError, feature_models
+from hotswap.components.gallery import GalleryManifest, GalleryStore, new_version_id
+from hotswap.components.gallery_records import npy_bytes, sha256_hex
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.streaming import (
+    DEFAULT_LOADER,
+    ImageManifest,
+    LoaderConfig,
+    ObjectReader,
+    extract_manifest,
+)
 from pydantic import JsonValue
-
-from components.backfill import PROVENANCE_FILE, BackfillError, feature_models
-from components.gallery import GalleryManifest, GalleryStore, new_version_id
-from components.gallery_records import npy_bytes, sha256_hex
-from components.quantization import DPQCodebooks
-from components.streaming import DEFAULT_LOADER, ImageManifest, LoaderConfig, ObjectReader, extract_manifest
 
 IndexBuilder = Callable[[np.ndarray, np.ndarray], bytes]
 

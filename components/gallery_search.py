@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-
-from components.calibration import ScoreCalibration
-from components.gallery import GalleryError, GalleryStore
-from components.gallery_calibration import calibration_for
-from components.index import index_from_bytes, search
+from hotswap.components.calibration import ScoreCalibration
+from hotswap.components.gallery import GalleryError, GalleryStore
+from hotswap.components.gallery_calibration import calibration_for
+from hotswap.components.index import index_from_bytes, search
 
 
 class GallerySearcher:
@@ -100,7 +99,7 @@ class GallerySearcher:
         model version); a mixed version without one raises ``CalibrationMissingError`` unless
         ``require_calibration=False`` (then scores are served raw, as before calibrations).
         """
-        from components.backfill import feature_models
+        from hotswap.components.backfill import feature_models
 
         index_bytes = galleries.load_index(gallery, version)
         if index_bytes is None:

@@ -28,11 +28,10 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from hotswap.components.errors import BusyError
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.store import ObjectStore
 from pydantic import BaseModel, ValidationError
-
-from components.errors import BusyError
-from components.gallery import GalleryStore
-from components.store import ObjectStore
 
 LEASE_FILE = "LEASE.json"
 

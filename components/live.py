@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
+from hotswap.components.backfill import feature_models
+from hotswap.components.gallery import GalleryStore
 from pydantic import BaseModel, ConfigDict, Field
-
-from components.backfill import feature_models
-from components.gallery import GalleryStore
 
 
 class LiveComposition(BaseModel):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.gallery import GalleryStore, ManifestError
-from components.registry import CHAMPION, PREVIOUS, ModelRegistry, VersionNotFoundError
+from hotswap.components.gallery import GalleryStore, ManifestError
+from hotswap.components.registry import CHAMPION, PREVIOUS, ModelRegistry, VersionNotFoundError
 
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 

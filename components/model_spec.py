@@ -34,11 +34,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from hotswap.components.backbones import CosineClassifier, ModelFormatError
+from hotswap.components.preprocess import Channels, Preprocessing, select_view
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from torch import nn
-
-from components.backbones import CosineClassifier, ModelFormatError
-from components.preprocess import Channels, Preprocessing, select_view
 
 SPEC_FILE = "spec.json"
 SAFETENSORS_FILE = "weights.safetensors"

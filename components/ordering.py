@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-
-from components.calibration import ScoreCalibration
-from components.metrics import retrieval_metrics
+from hotswap.components.calibration import ScoreCalibration
+from hotswap.components.metrics import retrieval_metrics
 
 Ordering = Literal["random", "uncertainty"]
 UncertaintyScore = Literal["margin", "max_similarity", "entropy"]

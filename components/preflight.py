@@ -10,11 +10,10 @@ what is wrong, and what to do.
 from __future__ import annotations
 
 import numpy as np
-
-from components.backbones import EmbeddingModel
-from components.data import ImageDataset
-from components.errors import InputError
-from components.settings import HotswapSettings
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.data import ImageDataset
+from hotswap.components.errors import InputError
+from hotswap.components.settings import HotswapSettings
 
 
 def _explicit(section: object, name: str) -> bool:

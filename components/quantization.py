@@ -276,7 +276,7 @@ def prefix_retrieval(
     feature against the decoded codes of all *other* items (tie-aware mAP and CMC, see
     components/metrics.py). ``rel_error`` = Σ‖x − x̂‖² / Σ‖x‖² of the prefix reconstruction.
     """
-    from components.metrics import retrieval_metrics  # metrics is numpy-only; imported where used
+    from hotswap.components.metrics import retrieval_metrics  # metrics is numpy-only; imported where used
 
     x = check_features(features, "features", dim=codebooks.dim)
     codes = codebooks.encode(x)

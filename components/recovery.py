@@ -14,12 +14,12 @@ says so). A caller that does not hold the lease takes it for the few writes a re
 
 from __future__ import annotations
 
-from components.gallery import GalleryStore
-from components.lease import GalleryLease, LeaseHeldError, live_holder
-from components.registry import ModelRegistry
-from components.settings import HotswapSettings
-from components.store import open_store
-from components.switch_intent import read_intent, recover_switch
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.lease import GalleryLease, LeaseHeldError, live_holder
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.store import open_store
+from hotswap.components.switch_intent import read_intent, recover_switch
 
 
 def recover_live_state(settings: HotswapSettings, *, holding_lease: bool = False) -> list[str]:

@@ -37,18 +37,23 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from hotswap.components.backbones import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    EmbeddingModel,
+    model_from_bytes,
+    model_to_bytes,
+)
+from hotswap.components.faults import fault_point
+from hotswap.components.model_spec import is_user_spec, parse_spec, stored_files
+from hotswap.components.report import CompatibilityReport
+from hotswap.components.settings import mask_uri_credentials
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
-from components.backbones import SPEC_FILE, WEIGHTS_FILE, EmbeddingModel, model_from_bytes, model_to_bytes
-from components.faults import fault_point
-from components.model_spec import is_user_spec, parse_spec, stored_files
-from components.report import CompatibilityReport
-from components.settings import mask_uri_credentials
-
 if TYPE_CHECKING:
-    from components.training import TrainHistory
+    from hotswap.components.training import TrainHistory
 
 MODEL_DIR = "model"
 REPORT_DIR = "compat"

@@ -37,10 +37,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from hotswap.components.metrics import RetrievalMetrics, clamp_score, update_gain
+from hotswap.components.served import ServedQuality
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from components.metrics import RetrievalMetrics, clamp_score, update_gain
-from components.served import ServedQuality
 
 PAIRS = ("old/old", "new/new", "new/old", "old/new")
 METRICS = ("top1", "top5", "map")

@@ -8,8 +8,8 @@ request artifact and MLflow for everything else.
 
 from __future__ import annotations
 
-from components.decision import DecisionRecord
-from components.report import PAIRS, CompatibilityReport
+from hotswap.components.decision import DecisionRecord
+from hotswap.components.report import PAIRS, CompatibilityReport
 
 KEY_PARTIAL_POINTS = (0.1, 0.25, 0.5, 0.75)
 

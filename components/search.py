@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from components.data import DataError, decode_image, load_dataset
-from components.gallery import GalleryStore
-from components.gallery_search import GallerySearcher
-from components.preflight import check_query_size
-from components.registry import CHAMPION, ModelRegistry
-from components.settings import HotswapSettings
-from components.store import open_store
+from hotswap.components.data import DataError, decode_image, load_dataset
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.gallery_search import GallerySearcher
+from hotswap.components.preflight import check_query_size
+from hotswap.components.registry import CHAMPION, ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.store import open_store
 
 
 class NoLiveGalleryError(RuntimeError):
@@ -107,7 +106,7 @@ def search_live(
 
 def _manifests(settings: HotswapSettings) -> list:
     """The gallery manifest and the training manifest (rows only; nothing decoded)."""
-    from components.streaming import read_image_manifest
+    from hotswap.components.streaming import read_image_manifest
 
     out = []
     if settings.stream.gallery_manifest:
@@ -123,7 +122,7 @@ def _streamed_query(
     settings: HotswapSettings, model: object, image: Path | None, item_id: str | None
 ) -> np.ndarray:
     """With streamed data: the query from its file or manifest row, in the model's own preprocessing."""
-    from components.streaming import ObjectReader, decode_uint8
+    from hotswap.components.streaming import ObjectReader, decode_uint8
 
     where = f"query image {image}" if image is not None else f"item {item_id!r}"
     try:

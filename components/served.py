@@ -25,15 +25,14 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.calibration import CalibrationConfig, fit_calibration
+from hotswap.components.data import ImageDataset
+from hotswap.components.live import LiveComposition, TargetWeight
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.training import extract_features
 from pydantic import BaseModel, ConfigDict, Field
-
-from components.backbones import EmbeddingModel
-from components.calibration import CalibrationConfig, fit_calibration
-from components.data import ImageDataset
-from components.live import LiveComposition, TargetWeight
-from components.metrics import retrieval_metrics
-from components.quantization import DPQCodebooks
-from components.training import extract_features
 
 
 class ServedError(ValueError):

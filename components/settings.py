@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from hotswap.components.compat_search import CompatSearchConfig
+from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig
+from hotswap.components.decision import DecisionConfig
+from hotswap.components.quantization import DPQConfig
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -21,11 +25,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-
-from components.compat_search import CompatSearchConfig
-from components.compatibility import DEFAULT_CONFIG, CompatConfig
-from components.decision import DecisionConfig
-from components.quantization import DPQConfig
 
 
 class TrainingSettings(BaseModel):

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from components.backfill import feature_models
-from components.decision import load_decision
-from components.gallery import GalleryStore
-from components.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, RegistryError
-from components.settings import HotswapSettings
-from components.store import open_store
+from hotswap.components.backfill import feature_models
+from hotswap.components.decision import load_decision
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, RegistryError
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.store import open_store
 
 
 def system_status(settings: HotswapSettings) -> dict[str, Any]:

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from hotswap.components.data import SPLITS, DataError
+from hotswap.components.preprocess import Preprocessing
 from torch.utils.data import DataLoader, Dataset
-
-from components.data import SPLITS, DataError
-from components.preprocess import Preprocessing
 
 GALLERY_COLUMNS = ("item_id", "uri")
 OPTIONAL_COLUMNS = ("label", "split")
@@ -365,7 +364,7 @@ def _context(method: str) -> Any:
     import multiprocessing
 
     if method == "forkserver":
-        multiprocessing.set_forkserver_preload(["components.streaming"])
+        multiprocessing.set_forkserver_preload(["hotswap.components.streaming"])
     return multiprocessing.get_context(method)
 
 

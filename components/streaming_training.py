@@ -21,17 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
-from components.compatibility import (
+from hotswap.components.compatibility import (
     DEFAULT_CONFIG,
     CompatConfig,
     CompatibilityError,
     CompatObjective,
     class_map_lookup,
 )
-from components.data import DataError
-from components.streaming import (
+from hotswap.components.data import DataError
+from hotswap.components.streaming import (
     DEFAULT_LOADER,
     ImageManifest,
     LoaderConfig,
@@ -40,7 +38,7 @@ from components.streaming import (
     extract_manifest,
     make_loader,
 )
-from components.training import (
+from hotswap.components.training import (
     EpochCallback,
     Objective,
     TrainConfig,
@@ -48,6 +46,7 @@ from components.training import (
     cross_entropy_objective,
     resolve_device,
 )
+from tqdm.auto import tqdm
 
 
 def _labelled(manifest: ImageManifest) -> np.ndarray:

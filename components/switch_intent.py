@@ -27,11 +27,10 @@ import socket
 from datetime import UTC, datetime
 from typing import Literal
 
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.registry import CHAMPION, MANAGED_ALIASES, ModelRegistry
+from hotswap.components.store import ObjectNotFoundError
 from pydantic import BaseModel, ValidationError
-
-from components.gallery import GalleryStore
-from components.registry import CHAMPION, MANAGED_ALIASES, ModelRegistry
-from components.store import ObjectNotFoundError
 
 INTENT_FILE = "SWITCH-INTENT.json"
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.data import ImageDataset
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
-
-from components.backbones import EmbeddingModel
-from components.data import ImageDataset
 
 Objective = Callable[[EmbeddingModel, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 EpochCallback = Callable[[int, dict[str, float]], None]

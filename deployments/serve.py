@@ -14,13 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hotswap.flows.audit import audit  # noqa: E402
+from hotswap.flows.backfill import backfill  # noqa: E402
+from hotswap.flows.promote import promote  # noqa: E402
+from hotswap.flows.refresh import refresh  # noqa: E402
 from prefect import serve  # noqa: E402
 from prefect.events import DeploymentEventTrigger  # noqa: E402
-
-from flows.audit import audit  # noqa: E402
-from flows.backfill import backfill  # noqa: E402
-from flows.promote import promote  # noqa: E402
-from flows.refresh import refresh  # noqa: E402
 
 REFRESH_CRON = "0 3 * * 1"
 AUDIT_CRON = "0 5 1 * *"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
-from components.registry import CHAMPION
-from flows.bootstrap import AlreadyBootstrappedError
-from flows.switch import switch_live
-from tasks.adopt import (
+from hotswap.components.registry import CHAMPION
+from hotswap.flows.bootstrap import AlreadyBootstrappedError
+from hotswap.flows.switch import switch_live
+from hotswap.tasks.adopt import (
     import_gallery,
     record_adopt_report,
     register_adopted_model,
@@ -17,8 +15,9 @@ from tasks.adopt import (
     sync_gallery_items,
     train_gallery_codebooks,
 )
-from tasks.context import settings_from
-from tasks.registry import resolve_alias
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.registry import resolve_alias
+from prefect import flow
 
 
 @flow(name="adopt", log_prints=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.naming import audit_run_name
+from hotswap.tasks.validation import audit_versions
 from prefect import flow
-
-from tasks.context import settings_from
-from tasks.naming import audit_run_name
-from tasks.validation import audit_versions
 
 
 @flow(name="audit", log_prints=True, flow_run_name=audit_run_name)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from hotswap.components.registry import CHAMPION
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.gallery import backfill_gallery, publish_gallery
+from hotswap.tasks.lock import lifecycle_lock
+from hotswap.tasks.naming import backfill_run_name
+from hotswap.tasks.registry import resolve_alias
 from prefect import flow
-
-from components.registry import CHAMPION
-from tasks.context import settings_from
-from tasks.gallery import backfill_gallery, publish_gallery
-from tasks.lock import lifecycle_lock
-from tasks.naming import backfill_run_name
-from tasks.registry import resolve_alias
 
 
 class UnknownVersionError(LookupError):

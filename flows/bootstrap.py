@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from hotswap.components.registry import CHAMPION
+from hotswap.flows.switch import switch_live
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.gallery import build_first_gallery
+from hotswap.tasks.lock import lifecycle_lock
+from hotswap.tasks.naming import bootstrap_run_name
+from hotswap.tasks.preflight import check_bootstrap_inputs
+from hotswap.tasks.quantization import train_codebooks
+from hotswap.tasks.registry import resolve_alias
+from hotswap.tasks.training import train_first_model
+from hotswap.tasks.validation import rubber_stamp
 from prefect import flow
-
-from components.registry import CHAMPION
-from flows.switch import switch_live
-from tasks.context import settings_from
-from tasks.gallery import build_first_gallery
-from tasks.lock import lifecycle_lock
-from tasks.naming import bootstrap_run_name
-from tasks.preflight import check_bootstrap_inputs
-from tasks.quantization import train_codebooks
-from tasks.registry import resolve_alias
-from tasks.training import train_first_model
-from tasks.validation import rubber_stamp
 
 
 class AlreadyBootstrappedError(RuntimeError):

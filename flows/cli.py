@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from hotswap.flows.cli_errors import HotswapGroup, cli_state, guard_gallery
 from rich.console import Console
 from rich.table import Table
-
-from flows.cli_errors import HotswapGroup, cli_state, guard_gallery
 
 app = typer.Typer(
     cls=HotswapGroup,
@@ -37,7 +36,7 @@ def _prepare(home: Path | None) -> dict[str, Any]:
     Also (flows/cli_errors.py): takes the gallery's lease for lifecycle commands and repairs an
     interrupted switch before commands that read live state.
     """
-    from components.settings import load_settings
+    from hotswap.components.settings import load_settings
 
     overrides: dict[str, Any] = {"home": str(home)} if home else {}
     cli_state.home = home
@@ -59,7 +58,7 @@ def _prepare(home: Path | None) -> dict[str, Any]:
 
 
 def _print_report(payload: dict[str, Any]) -> None:
-    from components.report import CompatibilityReport
+    from hotswap.components.report import CompatibilityReport
 
     report = CompatibilityReport.model_validate(payload)
     against = "first model, no baseline" if report.old_version is None else f"vs v{report.old_version}"
@@ -77,8 +76,8 @@ def _print_report(payload: dict[str, Any]) -> None:
 
 def _print_decision(settings: Any, version: str) -> None:
     """The decision's verdict, reasons and a compact view of its options table."""
-    from components.decision import load_decision
-    from components.registry import ModelRegistry
+    from hotswap.components.decision import load_decision
+    from hotswap.components.registry import ModelRegistry
 
     record = load_decision(ModelRegistry.from_settings(settings), version)
     shown = [o for o in record.options if o.mode != "partial" or round(o.fraction * 21) in (2, 5, 10, 15)]
@@ -120,7 +119,7 @@ def _print_json(data: Any) -> None:
 def bootstrap(home: Path | None = HomeOption) -> None:
     """Train the first model, bless it (rubber stamp) and build the first live gallery."""
     overrides = _prepare(home)
-    from flows.bootstrap import bootstrap as bootstrap_flow
+    from hotswap.flows.bootstrap import bootstrap as bootstrap_flow
 
     _print_json(bootstrap_flow(overrides=overrides))
 
@@ -144,7 +143,7 @@ def adopt(
 ) -> None:
     """Take over a running system: its model as v1, its gallery features as the live gallery."""
     overrides = _prepare(home)
-    from flows.adopt import adopt as adopt_flow
+    from hotswap.flows.adopt import adopt as adopt_flow
 
     try:
         spec_fields = json.loads(spec.read_text())
@@ -162,7 +161,7 @@ def adopt(
 
 
 def _adopt_markdown(result: dict[str, Any]) -> str:
-    from components.adopt import AdoptReport
+    from hotswap.components.adopt import AdoptReport
 
     return AdoptReport.model_validate(result["report"]).to_markdown()
 
@@ -173,7 +172,7 @@ def gallery_sync(
 ) -> None:
     """Make the gallery match its manifest: embed added items with the champion, drop removed ones."""
     overrides = _prepare(home)
-    from flows.adopt import gallery_sync as sync_flow
+    from hotswap.flows.adopt import gallery_sync as sync_flow
 
     _print_json(sync_flow(overrides=overrides, publish=publish))
 
@@ -185,7 +184,7 @@ def refresh(
 ) -> None:
     """Run the lifecycle: compatible training, validation, DPQ, decision, staged backfill."""
     overrides = _prepare(home)
-    from flows.refresh import refresh as refresh_flow
+    from hotswap.flows.refresh import refresh as refresh_flow
 
     _print_json(refresh_flow(overrides=overrides, auto_promote=auto_promote))
 
@@ -201,8 +200,8 @@ def promote(
 ) -> None:
     """Promote a challenger; without --approve/--reject the run pauses for a decision in the Prefect UI."""
     overrides = _prepare(home)
-    from flows.promote import PromotionInput
-    from flows.promote import promote as promote_flow
+    from hotswap.flows.promote import PromotionInput
+    from hotswap.flows.promote import promote as promote_flow
 
     answer = None
     if approve is None and not os.environ.get("PREFECT_API_URL"):
@@ -227,11 +226,11 @@ def backfill(
     home: Path | None = HomeOption,
 ) -> None:
     """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
-    from components.preflight import check_backfill_request
+    from hotswap.components.preflight import check_backfill_request
 
     check_backfill_request(mode, fraction)
     overrides = _prepare(home)
-    from flows.backfill import backfill as backfill_flow
+    from hotswap.flows.backfill import backfill as backfill_flow
 
     _print_json(
         backfill_flow(overrides=overrides, mode=mode, fraction=fraction, version=version, publish=publish)
@@ -242,7 +241,7 @@ def backfill(
 def audit(home: Path | None = HomeOption) -> None:
     """Every registered version against every other: matrix, AC/AM, markdown/CSV/HTML in MLflow."""
     overrides = _prepare(home)
-    from flows.audit import audit as audit_flow
+    from hotswap.flows.audit import audit as audit_flow
 
     result = audit_flow(overrides=overrides)
     console.print(result["markdown"])
@@ -257,8 +256,8 @@ def search(
 ) -> None:
     """Top-k of a query image against the live gallery, with the champion model."""
     overrides = _prepare(home)
-    from components.search import search_live
-    from components.settings import load_settings
+    from hotswap.components.search import search_live
+    from hotswap.components.settings import load_settings
 
     if (image is None) == (item_id is None):
         raise typer.BadParameter("give exactly one of --image or --item-id")
@@ -273,8 +272,8 @@ def serve(
 ) -> None:
     """Serve searches over HTTP from the live model and gallery; follows promotions and rollbacks."""
     overrides = _prepare(home)
-    from components.serving.server import serve_forever
-    from components.settings import load_settings
+    from hotswap.components.serving.server import serve_forever
+    from hotswap.components.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_forever(load_settings(**overrides), host=host, port=port)
@@ -284,7 +283,7 @@ def serve(
 def rollback(home: Path | None = HomeOption) -> None:
     """Make the previous champion and its gallery live again (the same switch as a promotion)."""
     overrides = _prepare(home)
-    from flows.rollback import rollback as rollback_flow
+    from hotswap.flows.rollback import rollback as rollback_flow
 
     _print_json(rollback_flow(overrides=overrides))
 
@@ -296,14 +295,14 @@ def status(
 ) -> None:
     """Champion, challenger (matrix, verdict), live gallery composition by model version, last decision."""
     overrides = _prepare(home)
-    from components.settings import load_settings
-    from components.status import system_status
+    from hotswap.components.settings import load_settings
+    from hotswap.components.status import system_status
 
     state = system_status(load_settings(**overrides))
     if as_json:
         _print_json(state)
     else:
-        from flows.cli_views import print_status
+        from hotswap.flows.cli_views import print_status
 
         print_status(console, state)
 
@@ -315,8 +314,8 @@ def report(
 ) -> None:
     """A version's compatibility report and backfill decision, read from MLflow alone."""
     overrides = _prepare(home)
-    from components.settings import load_settings
-    from components.status import version_record
+    from hotswap.components.settings import load_settings
+    from hotswap.components.status import version_record
 
     settings = load_settings(**overrides)
     record = version_record(settings, version)
@@ -344,9 +343,9 @@ def data_register(
     """Record a dataset version and emit `hotswap.dataset.registered` (which triggers a refresh);
     data already registered emits nothing."""
     overrides = _prepare(home)
-    from components.datasets import register_dataset
-    from components.settings import load_settings
-    from tasks.events import emit_dataset_registered
+    from hotswap.components.datasets import register_dataset
+    from hotswap.components.settings import load_settings
+    from hotswap.tasks.events import emit_dataset_registered
 
     settings = load_settings(**overrides)
     registration = register_dataset(settings, manifest)
@@ -372,7 +371,7 @@ def demo(
     keep: bool = typer.Option(False, help="keep an earlier demo's state instead of starting fresh"),
 ) -> None:
     """Bootstrap v1 on digits 0-4, refresh to v2 on all digits, promote it, and answer a search."""
-    from components.settings import load_settings
+    from hotswap.components.settings import load_settings
 
     home = home or load_settings().home / "demo"
     if home.exists() and not keep:
@@ -384,8 +383,8 @@ def demo(
 
     start = time.perf_counter()
     console.rule("1/3 bootstrap: v1 on digits 0-4 (rubber-stamped)")
-    from flows.bootstrap import bootstrap as bootstrap_flow
-    from flows.refresh import refresh as refresh_flow
+    from hotswap.flows.bootstrap import bootstrap as bootstrap_flow
+    from hotswap.flows.refresh import refresh as refresh_flow
 
     first = bootstrap_flow(overrides=overrides)
     timings["bootstrap"] = time.perf_counter() - start
@@ -396,8 +395,8 @@ def demo(
     second = refresh_flow(overrides=overrides, auto_promote=True)
     timings["refresh"] = time.perf_counter() - start
 
-    from components.registry import ModelRegistry
-    from components.status import system_status
+    from hotswap.components.registry import ModelRegistry
+    from hotswap.components.status import system_status
 
     settings = load_settings(**overrides)
     registry = ModelRegistry.from_settings(settings)
@@ -406,7 +405,7 @@ def demo(
     state = system_status(settings)
 
     console.rule("3/3 search the live gallery")
-    from components.search import search_live
+    from hotswap.components.search import search_live
 
     console.print(f"query: item {state['example_item']} of the gallery")
     _print_hits(search_live(settings, item_id=state["example_item"], k=5))

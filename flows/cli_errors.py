@@ -87,7 +87,7 @@ def _write_log(exc: BaseException, line: str) -> Path | None:
 
 def report_failure(exc: BaseException) -> int:
     """Print the one ``error:`` line (and with --debug the traceback); returns the exit code."""
-    from components.errors import classify
+    from hotswap.components.errors import classify
 
     failure = classify(exc, cli_state.services)
     line = failure.line()
@@ -151,11 +151,11 @@ def quiet_prefect_console() -> None:
 
 def guard_gallery(settings: Any) -> None:
     """Lease for commands that change the gallery, repair for commands that read live state."""
-    from components.errors import Services
-    from components.lease import GalleryLease
-    from components.recovery import recover_live_state
-    from components.store import open_store
-    from tasks.context import apply_service_timeouts
+    from hotswap.components.errors import Services
+    from hotswap.components.lease import GalleryLease
+    from hotswap.components.recovery import recover_live_state
+    from hotswap.components.store import open_store
+    from hotswap.tasks.context import apply_service_timeouts
 
     cli_state.services = Services(
         tracking_uri=settings.resolved_tracking_uri,
@@ -170,7 +170,7 @@ def guard_gallery(settings: Any) -> None:
     holding = command in CHANGES_GALLERY
     if holding:
         if not os.environ.get("PREFECT_API_URL"):
-            from flows.prefect_server import tie_ephemeral_server_to_this_process
+            from hotswap.flows.prefect_server import tie_ephemeral_server_to_this_process
 
             tie_ephemeral_server_to_this_process()
         store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)

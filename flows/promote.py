@@ -5,29 +5,28 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, pause_flow_run
-from prefect.input import RunInput
-from prefect.runtime import flow_run
-from prefect.states import Completed, State
-from pydantic import Field, model_validator
-
-from components.registry import CHALLENGER, CHAMPION
-from components.review import review_summary
-from flows.switch import switch_live
-from tasks.context import settings_from
-from tasks.gallery import (
+from hotswap.components.registry import CHALLENGER, CHAMPION
+from hotswap.components.review import review_summary
+from hotswap.flows.switch import switch_live
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.gallery import (
     check_decision_is_current,
     decision_markdown_with_plot,
     execute_decision,
     load_decision,
     override_decision,
 )
-from tasks.links import TAG_FLOW_RUN_URL, links_markdown, prefect_run_tags
-from tasks.lock import lifecycle_lock
-from tasks.naming import promote_run_name
-from tasks.registry import resolve_alias, tag_version
-from tasks.reporting import artifact_key, publish_markdown
-from tasks.validation import load_report
+from hotswap.tasks.links import TAG_FLOW_RUN_URL, links_markdown, prefect_run_tags
+from hotswap.tasks.lock import lifecycle_lock
+from hotswap.tasks.naming import promote_run_name
+from hotswap.tasks.registry import resolve_alias, tag_version
+from hotswap.tasks.reporting import artifact_key, publish_markdown
+from hotswap.tasks.validation import load_report
+from prefect import flow, get_run_logger, pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
+from pydantic import Field, model_validator
 
 BackfillChoice = Literal["as-decided", "skip", "requantize", "partial", "full"]
 

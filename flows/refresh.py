@@ -4,29 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-from prefect.states import Completed, State
-
-from components.registry import CHAMPION
-from flows.switch import switch_live
-from tasks.compat_search import search_compatible
-from tasks.context import settings_from
-from tasks.gallery import decide_backfill, execute_decision
-from tasks.links import rename_flow_run
-from tasks.live import check_noop, live_composition, plan_targets, record_noop
-from tasks.lock import lifecycle_lock
-from tasks.naming import refresh_name, refresh_run_name
-from tasks.preflight import check_refresh_inputs
-from tasks.quantization import train_codebooks
-from tasks.registry import resolve_alias
-from tasks.streaming import (
+from hotswap.components.registry import CHAMPION
+from hotswap.flows.switch import switch_live
+from hotswap.tasks.compat_search import search_compatible
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.gallery import decide_backfill, execute_decision
+from hotswap.tasks.links import rename_flow_run
+from hotswap.tasks.live import check_noop, live_composition, plan_targets, record_noop
+from hotswap.tasks.lock import lifecycle_lock
+from hotswap.tasks.naming import refresh_name, refresh_run_name
+from hotswap.tasks.preflight import check_refresh_inputs
+from hotswap.tasks.quantization import train_codebooks
+from hotswap.tasks.registry import resolve_alias
+from hotswap.tasks.streaming import (
     decide_backfill_streaming,
     train_challenger_streaming,
     train_codebooks_streaming,
     validate_compatibility_streaming,
 )
-from tasks.training import check_dataset_version, train_challenger
-from tasks.validation import validate_compatibility
+from hotswap.tasks.training import check_dataset_version, train_challenger
+from hotswap.tasks.validation import validate_compatibility
+from prefect import flow
+from prefect.states import Completed, State
 
 
 class NoChampionError(RuntimeError):

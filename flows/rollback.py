@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hotswap.flows.switch import switch_live
+from hotswap.tasks.context import settings_from
+from hotswap.tasks.rollback import find_rollback_target
 from prefect import flow
-
-from flows.switch import switch_live
-from tasks.context import settings_from
-from tasks.rollback import find_rollback_target
 
 
 @flow(name="rollback", log_prints=True)

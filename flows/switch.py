@@ -12,14 +12,13 @@ state rolls the intent back (not yet checked) or forward (checked).
 
 from __future__ import annotations
 
+from hotswap.components.faults import fault_point
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.gallery import check_live_gallery, publish_gallery
+from hotswap.tasks.registry import promote_model
+from hotswap.tasks.switch import complete_switch, confirm_switch, record_switch_intent, undo_switch
 from prefect import flow
 from prefect.transactions import transaction
-
-from components.faults import fault_point
-from components.settings import HotswapSettings
-from tasks.gallery import check_live_gallery, publish_gallery
-from tasks.registry import promote_model
-from tasks.switch import complete_switch, confirm_switch, record_switch_intent, undo_switch
 
 
 @flow(name="switch-live", flow_run_name="switch live to v{version} / gallery {gallery_version}")

@@ -10,29 +10,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
-
-from components.adopt import AdoptReport, file_sha256, read_gallery_features
-from components.cross_eval import compatibility_matrix_from_features
-from components.data import DataError
-from components.gallery_import import write_feature_version
-from components.model_spec import ModelSpec, load_team_model
-from components.quantization import train_dpq
-from components.settings import HotswapSettings
-from components.streaming import extract_manifest
-from components.streaming_training import fit_cosine_head
-from tasks.context import gallery_store, registry
-from tasks.gallery import TAG_GALLERY_VERSION, _index_builder
-from tasks.quantization import load_codebooks
-from tasks.streaming import (
+from hotswap.components.adopt import AdoptReport, file_sha256, read_gallery_features
+from hotswap.components.cross_eval import compatibility_matrix_from_features
+from hotswap.components.data import DataError
+from hotswap.components.gallery_import import write_feature_version
+from hotswap.components.model_spec import ModelSpec, load_team_model
+from hotswap.components.quantization import train_dpq
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.streaming import extract_manifest
+from hotswap.components.streaming_training import fit_cosine_head
+from hotswap.tasks.context import gallery_store, registry
+from hotswap.tasks.gallery import TAG_GALLERY_VERSION, _index_builder
+from hotswap.tasks.quantization import load_codebooks
+from hotswap.tasks.streaming import (
     dataset_version,
     loader_config,
     log_codebooks,
     reader,
     training_manifest,
 )
-from tasks.validation import _record_report
+from hotswap.tasks.validation import _record_report
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 ROLE_ADOPTED = "adopted"
 
@@ -189,7 +188,7 @@ def record_adopt_report(
     gallery: dict[str, Any],
 ) -> dict[str, Any]:
     """The adopt report as JSON + markdown in MLflow (a record run) and as a Prefect artifact."""
-    from tasks.reporting import publish_markdown
+    from hotswap.tasks.reporting import publish_markdown
 
     matrix = self_test.get("matrix", {}).get("new/new", {})
     report = AdoptReport(
@@ -229,9 +228,9 @@ def record_adopt_report(
 def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[str, Any]:
     """The next gallery version holds exactly the gallery manifest's ids: new ids embedded by the
     champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted."""
-    from components.gallery_import import sync_gallery
-    from components.gallery_records import new_version_id
-    from tasks.streaming import gallery_manifest
+    from hotswap.components.gallery_import import sync_gallery
+    from hotswap.components.gallery_records import new_version_id
+    from hotswap.tasks.streaming import gallery_manifest
 
     reg = registry(settings)
     galleries = gallery_store(settings)

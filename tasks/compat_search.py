@@ -13,12 +13,9 @@ import json
 import time
 from typing import Any
 
-from prefect import get_run_logger, task, unmapped
-from prefect.cache_policies import NONE
-
-from components.backbones import BackboneSpec
-from components.classes import TAG_CLASSES, save_class_map, to_head_labels
-from components.compat_search import (
+from hotswap.components.backbones import BackboneSpec
+from hotswap.components.classes import TAG_CLASSES, save_class_map, to_head_labels
+from hotswap.components.compat_search import (
     SEARCHED_KNOBS,
     CompatSearchConfig,
     SearchOutcome,
@@ -28,15 +25,17 @@ from components.compat_search import (
     skipped_trial,
     train_trial,
 )
-from components.compatibility import CompatConfig
-from components.fingerprint import TAG_JOB, TAG_TRAINED_AGAINST
-from components.registry import CHALLENGER
-from components.report import CompatThresholds
-from components.settings import HotswapSettings
-from tasks.context import dataset, registry
-from tasks.reporting import publish_table
-from tasks.training import _train_config, compat_targets_for
-from tasks.validation import validate_compatibility
+from hotswap.components.compatibility import CompatConfig
+from hotswap.components.fingerprint import TAG_JOB, TAG_TRAINED_AGAINST
+from hotswap.components.registry import CHALLENGER
+from hotswap.components.report import CompatThresholds
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.reporting import publish_table
+from hotswap.tasks.training import _train_config, compat_targets_for
+from hotswap.tasks.validation import validate_compatibility
+from prefect import get_run_logger, task, unmapped
+from prefect.cache_policies import NONE
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under another
 TRIAL_TAG = "hotswap.compat_trial"

@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from components.classes import check_classes
-from components.data import ImageDataset, load_dataset
-from components.gallery import GalleryStore
-from components.registry import ModelRegistry
-from components.settings import HotswapSettings
-from components.store import open_store
+from hotswap.components.classes import check_classes
+from hotswap.components.data import ImageDataset, load_dataset
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.store import open_store
 
 
 def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:

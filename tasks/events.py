@@ -7,11 +7,10 @@ refresh deployment's parameters (Jinja: ``{{ event.payload.dataset_version }}``)
 
 from __future__ import annotations
 
+from hotswap.components.datasets import DatasetRegistration
+from hotswap.components.settings import HotswapSettings
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
-
-from components.datasets import DatasetRegistration
-from components.settings import HotswapSettings
 
 DATASET_REGISTERED = "hotswap.dataset.registered"
 

@@ -12,13 +12,8 @@ import threading
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NONE
-from prefect.transactions import Transaction, get_transaction
-
-from components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
-from components.decision import (
+from hotswap.components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
+from hotswap.components.decision import (
     DECISION_PNG,
     DecisionConfig,
     DecisionRecord,
@@ -26,20 +21,24 @@ from components.decision import (
     decision_plot_png,
     save_decision,
 )
-from components.decision import load_decision as read_decision
-from components.gallery_calibration import ensure_calibration, fit_for_gallery
-from components.gallery_search import GallerySearcher
-from components.index import build_flat_index, index_from_bytes, index_to_bytes
-from components.live import LiveComposition, read_composition
-from components.live_state import TAG_GALLERY_VERSION
-from components.quantization import DPQCodebooks
-from components.registry import TAG_BACKFILL
-from components.settings import HotswapSettings
-from components.training import extract_features
-from tasks.context import dataset, gallery_store, registry
-from tasks.links import artifact_link, links_markdown
-from tasks.quantization import load_codebooks
-from tasks.reporting import artifact_key, publish_markdown, publish_table
+from hotswap.components.decision import load_decision as read_decision
+from hotswap.components.gallery_calibration import ensure_calibration, fit_for_gallery
+from hotswap.components.gallery_search import GallerySearcher
+from hotswap.components.index import build_flat_index, index_from_bytes, index_to_bytes
+from hotswap.components.live import LiveComposition, read_composition
+from hotswap.components.live_state import TAG_GALLERY_VERSION
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.registry import TAG_BACKFILL
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.training import extract_features
+from hotswap.tasks.context import dataset, gallery_store, registry
+from hotswap.tasks.links import artifact_link, links_markdown
+from hotswap.tasks.quantization import load_codebooks
+from hotswap.tasks.reporting import artifact_key, publish_markdown, publish_table
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NONE
+from prefect.transactions import Transaction, get_transaction
 
 
 def _index_builder(codebooks: DPQCodebooks):
@@ -241,7 +240,7 @@ def _target_version_id(new_version: str, mode: str, fraction: float | None) -> s
 def _item_source(settings: HotswapSettings, model: Any) -> Any:
     """Gallery images: streamed from the gallery manifest (``stream.enabled``) or the in-memory data."""
     if settings.stream.enabled:
-        from tasks.streaming import gallery_item_source
+        from hotswap.tasks.streaming import gallery_item_source
 
         return gallery_item_source(settings, model)
     return DatasetItemSource(dataset(settings))
@@ -466,7 +465,7 @@ def check_live_gallery(settings: HotswapSettings, version: str, gallery_version:
     searcher = GallerySearcher.from_version(galleries, settings.gallery_name, live, version)
     model = reg.load_model(version)
     if settings.stream.enabled:
-        from tasks.streaming import gallery_item_source
+        from hotswap.tasks.streaming import gallery_item_source
 
         source = gallery_item_source(settings, model)
         images = source.images(source.manifest.item_ids[:8])

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 
+from hotswap.components.links import mlflow_artifact_url, mlflow_run_url, model_version_url
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import registry
+from hotswap.tasks.reporting import artifact_key
 from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
-
-from components.links import mlflow_artifact_url, mlflow_run_url, model_version_url
-from components.settings import HotswapSettings
-from tasks.context import registry
-from tasks.reporting import artifact_key
 
 TAG_FLOW_RUN_ID = "prefect.flow_run_id"
 TAG_FLOW_RUN_NAME = "prefect.flow_run_name"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hotswap.components.fingerprint import noop_reason, settings_hash
+from hotswap.components.live import LiveComposition, compatibility_targets, read_composition
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import dataset, gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-
-from components.fingerprint import noop_reason, settings_hash
-from components.live import LiveComposition, compatibility_targets, read_composition
-from components.settings import HotswapSettings
-from tasks.context import dataset, gallery_store, registry
 
 
 @task(name="read-live-composition", task_run_name="read the live gallery's composition", cache_policy=NONE)

@@ -12,11 +12,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from hotswap.components.registry import CHAMPION
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import dataset, registry
 from prefect.runtime import flow_run
-
-from components.registry import CHAMPION
-from components.settings import HotswapSettings
-from tasks.context import dataset, registry
 
 logger = logging.getLogger(__name__)
 DATA_VERSION_CHARS = 6

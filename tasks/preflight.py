@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from hotswap.components.preflight import check_bootstrap, check_refresh
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import dataset, gallery_store, registry
 from prefect import task
 from prefect.cache_policies import NONE
-
-from components.preflight import check_bootstrap, check_refresh
-from components.settings import HotswapSettings
-from tasks.context import dataset, gallery_store, registry
 
 
 @task(name="check-bootstrap-inputs", task_run_name="check the bootstrap inputs", cache_policy=NONE)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from hotswap.components.classes import load_class_map, to_head_labels
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.training import extract_features
+from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.reporting import publish_table
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-
-from components.classes import load_class_map, to_head_labels
-from components.metrics import retrieval_metrics
-from components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
-from components.settings import HotswapSettings
-from components.training import extract_features
-from tasks.context import dataset, registry
-from tasks.reporting import publish_table
 
 CODEBOOK_DIR = "codebooks"
 

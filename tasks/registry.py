@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from hotswap.components.registry import CHAMPION, VersionNotFoundError
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.transactions import Transaction, get_transaction
-
-from components.registry import CHAMPION, VersionNotFoundError
-from components.settings import HotswapSettings
-from tasks.context import registry
 
 _SNAPSHOT = "alias_snapshot"
 _SETTINGS = "settings"

@@ -9,9 +9,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hotswap.components.report import CompatibilityReport
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-from components.report import CompatibilityReport
 
 
 def artifact_key(*parts: object) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from hotswap.components.live_state import rollback_target
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-
-from components.live_state import rollback_target
-from components.settings import HotswapSettings
-from tasks.context import gallery_store, registry
 
 
 @task(

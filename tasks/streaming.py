@@ -10,19 +10,16 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
-
-from components.backbones import BackboneSpec, build_model
-from components.cross_eval import compatibility_matrix_from_features
-from components.data import DataError
-from components.decision import decide_from_features, measure_costs
-from components.metrics import retrieval_metrics
-from components.model_spec import ModelSpec, build_user_model
-from components.quantization import prefix_retrieval, train_dpq
-from components.registry import CHALLENGER
-from components.settings import HotswapSettings
-from components.streaming import (
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.cross_eval import compatibility_matrix_from_features
+from hotswap.components.data import DataError
+from hotswap.components.decision import decide_from_features, measure_costs
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.model_spec import ModelSpec, build_user_model
+from hotswap.components.quantization import prefix_retrieval, train_dpq
+from hotswap.components.registry import CHALLENGER
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.streaming import (
     ImageManifest,
     LoaderConfig,
     ManifestItemSource,
@@ -31,12 +28,14 @@ from components.streaming import (
     manifest_version,
     read_image_manifest,
 )
-from components.streaming_training import class_map_by_name, train_compatible_streaming
-from tasks.context import gallery_store, registry
-from tasks.quantization import CODEBOOK_DIR, load_codebooks
-from tasks.reporting import publish_table
-from tasks.training import _train_config
-from tasks.validation import _record_report
+from hotswap.components.streaming_training import class_map_by_name, train_compatible_streaming
+from hotswap.tasks.context import gallery_store, registry
+from hotswap.tasks.quantization import CODEBOOK_DIR, load_codebooks
+from hotswap.tasks.reporting import publish_table
+from hotswap.tasks.training import _train_config
+from hotswap.tasks.validation import _record_report
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 
 def reader(settings: HotswapSettings) -> ObjectReader:
@@ -249,7 +248,7 @@ def decide_backfill_streaming(
     settings: HotswapSettings, old_version: str, new_version: str, report: dict[str, Any]
 ) -> dict[str, Any]:
     """Every option's quality on streamed validation features, costs timed on a decoded sample."""
-    from tasks.gallery import store_decision
+    from hotswap.tasks.gallery import store_decision
 
     reg = registry(settings)
     galleries = gallery_store(settings)
@@ -311,7 +310,7 @@ def gallery_item_source(settings: HotswapSettings, model: Any) -> ManifestItemSo
 
 def streamed_audit(settings: HotswapSettings, models: dict[str, Any]) -> Any:
     """The audit matrix from one streamed pass over the held-out split (every version's view)."""
-    from components.audit import audit_features
+    from hotswap.components.audit import audit_features
 
     held = _held_out(settings)
     versions = list(models)

@@ -5,11 +5,8 @@ See components/switch_intent.py for why the intent exists and how a later comman
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
-
-from components.settings import HotswapSettings
-from components.switch_intent import (
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.switch_intent import (
     SwitchIntent,
     begin_switch,
     finish_switch,
@@ -17,7 +14,9 @@ from components.switch_intent import (
     read_intent,
     roll_back,
 )
-from tasks.context import gallery_store, registry
+from hotswap.tasks.context import gallery_store, registry
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 
 @task(

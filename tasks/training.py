@@ -5,11 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NONE
-
-from components.backbones import BackboneSpec, build_model
-from components.classes import (
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.classes import (
     TAG_CLASSES,
     check_classes,
     class_map_of,
@@ -18,8 +15,8 @@ from components.classes import (
     save_class_map,
     to_head_labels,
 )
-from components.compatibility import CompatTarget, train_compatible
-from components.fingerprint import (
+from hotswap.components.compatibility import CompatTarget, train_compatible
+from hotswap.components.fingerprint import (
     JOB_BOOTSTRAP,
     JOB_REFRESH,
     TAG_JOB,
@@ -27,12 +24,14 @@ from components.fingerprint import (
     TAG_TRAINED_AGAINST,
     settings_hash,
 )
-from components.live import TargetWeight
-from components.registry import CHALLENGER
-from components.settings import HotswapSettings
-from components.training import TrainConfig, train_model
-from tasks.context import dataset, registry
-from tasks.links import prefect_run_tags, publish_version_links
+from hotswap.components.live import TargetWeight
+from hotswap.components.registry import CHALLENGER
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.training import TrainConfig, train_model
+from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.links import prefect_run_tags, publish_version_links
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
 
 
 def _train_config(settings: HotswapSettings) -> TrainConfig:

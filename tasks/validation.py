@@ -6,20 +6,19 @@ import hashlib
 import json
 from typing import Any
 
+from hotswap.components.audit import audit_models
+from hotswap.components.cross_eval import compatibility_matrix, compatibility_matrix_from_features
+from hotswap.components.live import LiveComposition, TargetWeight
+from hotswap.components.report import CompatibilityReport, CompatThresholds, build_report
+from hotswap.components.served import ServedQuality, served_evaluation
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.training import extract_features
+from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.links import links_markdown, prefect_run_tags
+from hotswap.tasks.quantization import load_codebooks
+from hotswap.tasks.reporting import publish_markdown, publish_report, publish_table
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
-
-from components.audit import audit_models
-from components.cross_eval import compatibility_matrix, compatibility_matrix_from_features
-from components.live import LiveComposition, TargetWeight
-from components.report import CompatibilityReport, CompatThresholds, build_report
-from components.served import ServedQuality, served_evaluation
-from components.settings import HotswapSettings
-from components.training import extract_features
-from tasks.context import dataset, registry
-from tasks.links import links_markdown, prefect_run_tags
-from tasks.quantization import load_codebooks
-from tasks.reporting import publish_markdown, publish_report, publish_table
 
 
 def _report_cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -147,7 +146,7 @@ def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
     reg = registry(settings)
     versions = [info.version for info in reg.list_versions()]
     if settings.stream.enabled:  # each version reads its own preprocessing of the streamed split
-        from tasks.streaming import streamed_audit
+        from hotswap.tasks.streaming import streamed_audit
 
         result = streamed_audit(settings, {v: reg.load_model(v) for v in versions})
     else:

@@ -24,12 +24,16 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from hotswap.components.data import DataError, decode_image
+from hotswap.components.serving.batching import Answer, QueueFullError
+from hotswap.components.serving.metrics import CONTENT_TYPE
+from hotswap.components.serving.service import (
+    LiveService,
+    NotLiveError,
+    UnknownItemError,
+    VersionNotLiveError,
+)
 from pydantic import BaseModel, Field
-
-from components.data import DataError, decode_image
-from components.serving.batching import Answer, QueueFullError
-from components.serving.metrics import CONTENT_TYPE
-from components.serving.service import LiveService, NotLiveError, UnknownItemError, VersionNotLiveError
 
 _STATUS = {
     NotLiveError: (503, "unavailable"),

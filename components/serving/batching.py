@@ -18,8 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
-
-from components.serving.pair import LivePair
+from hotswap.components.serving.pair import LivePair
 
 log = logging.getLogger("hotswap.serve")
 

@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
-
-from components.backbones import EmbeddingModel
-from components.gallery import GalleryStore
-from components.registry import ModelRegistry
-from components.serving.searcher import GallerySearcher, open_searcher
+from hotswap.components.backbones import EmbeddingModel
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.serving.searcher import GallerySearcher, open_searcher
 
 
 class PairUnhealthyError(RuntimeError):

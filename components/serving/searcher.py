@@ -15,12 +15,11 @@ broken version fails here, before it can go live.
 from __future__ import annotations
 
 import numpy as np
-
-from components.gallery import GalleryError, GalleryStore, ManifestError
-from components.gallery_records import npy_load, sha256_hex
-from components.gallery_search import GallerySearcher as CalibratedSearcher
-from components.index import index_from_bytes, search
-from components.store import ObjectNotFoundError
+from hotswap.components.gallery import GalleryError, GalleryStore, ManifestError
+from hotswap.components.gallery_records import npy_load, sha256_hex
+from hotswap.components.gallery_search import GallerySearcher as CalibratedSearcher
+from hotswap.components.index import index_from_bytes, search
+from hotswap.components.store import ObjectNotFoundError
 
 
 class GalleryLoadError(RuntimeError):
@@ -73,7 +72,7 @@ def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> 
 
 
 def _provenance_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
-    from components.backfill import feature_models
+    from hotswap.components.backfill import feature_models
 
     return sorted(set(feature_models(galleries, gallery, version).tolist()))
 

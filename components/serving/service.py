@@ -17,17 +17,16 @@ from concurrent.futures import Future
 import faiss
 import numpy as np
 import torch
-
-from components.data import DataError, ImageDataset, load_dataset
-from components.gallery import GalleryStore
-from components.live_state import LiveTarget, read_live_target
-from components.registry import ModelRegistry
-from components.serving.batching import QueryBatcher
-from components.serving.metrics import ServeMetrics
-from components.serving.pair import LivePair, build_pair, health_check, probe_items
-from components.serving.watcher import PairWatcher
-from components.settings import HotswapSettings
-from components.store import open_store
+from hotswap.components.data import DataError, ImageDataset, load_dataset
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.live_state import LiveTarget, read_live_target
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.serving.batching import QueryBatcher
+from hotswap.components.serving.metrics import ServeMetrics
+from hotswap.components.serving.pair import LivePair, build_pair, health_check, probe_items
+from hotswap.components.serving.watcher import PairWatcher
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.store import open_store
 
 log = logging.getLogger("hotswap.serve")
 

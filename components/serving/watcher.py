@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from components.live_state import LiveTarget
-from components.serving.pair import LivePair
+from hotswap.components.live_state import LiveTarget
+from hotswap.components.serving.pair import LivePair
 
 log = logging.getLogger("hotswap.serve")
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from hotswap.flows.cli import app
 from typer.testing import CliRunner
-
-from flows.cli import app
 
 runner = CliRunner()
 COMMANDS = {"status", "search", "refresh", "promote", "backfill", "bootstrap", "audit"}

@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.errors import EXIT_CODES, HINTS
+from hotswap.components.errors import EXIT_CODES, HINTS
+
 from tests.e2e.bad_inputs import CASES
 from tests.e2e.test_crash_switch import SWITCH_STEPS
 

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
+from hotswap.flows.cli import app
 from typer.testing import CliRunner
-
-from flows.cli import app
 
 runner = CliRunner()
 HOTSWAP = Path(sys.executable).with_name("hotswap")
@@ -70,7 +69,16 @@ def test_serve_before_anything_is_live_answers_503_with_the_reason(tmp_path, sql
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "HOTSWAP_TRACKING_URI": sqlite_tracking_uri, "HOTSWAP_MODEL_NAME": "cli-serve-empty"}
-    command = [sys.executable, "-m", "flows.cli", "serve", "--home", str(tmp_path), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "hotswap.flows.cli",
+        "serve",
+        "--home",
+        str(tmp_path),
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240  # readiness wait for a subprocess, not a limit on the test

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import psutil
+from hotswap.components.lease import GalleryLease, read_lease
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.store import LocalObjectStore
 
-from components.lease import GalleryLease, read_lease
-from components.registry import ModelRegistry
-from components.store import LocalObjectStore
 from tests.e2e.bad_inputs import copy_home
 from tests.e2e.homes import error_lines
 

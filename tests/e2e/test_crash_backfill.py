@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.store import LocalObjectStore
 
-from components.gallery import GalleryStore
-from components.store import LocalObjectStore
 from tests.e2e.bad_inputs import copy_home
 from tests.e2e.homes import invoke
 

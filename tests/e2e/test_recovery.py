@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.gallery import GalleryStore
-from components.recovery import recover_live_state
-from components.registry import TAG_HOST, TAG_PID, ModelRegistry
-from components.settings import load_settings
-from components.store import LocalObjectStore
-from components.switch_intent import begin_switch, read_intent, roll_back
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.recovery import recover_live_state
+from hotswap.components.registry import TAG_HOST, TAG_PID, ModelRegistry
+from hotswap.components.settings import load_settings
+from hotswap.components.store import LocalObjectStore
+from hotswap.components.switch_intent import begin_switch, read_intent, roll_back
+
 from tests.e2e.bad_inputs import copy_home
 
 

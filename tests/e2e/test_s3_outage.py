@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.store import open_store
 
-from components.gallery import GalleryStore
-from components.store import open_store
 from tests.e2e.bad_inputs import BASE_TOML
 from tests.e2e.homes import error_lines, invoke
 from tests.fixtures.s3 import s3_client

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from components.backfill import DatasetItemSource, run_backfill
-from components.data import ImageDataset
-from components.gallery import GalleryStore
-from components.gallery_import import write_feature_version
-from components.model_spec import ModelSpec, build_user_model
-from components.quantization import DPQCodebooks
-from components.store import LocalObjectStore
-from components.streaming import (
+from hotswap.components.backfill import DatasetItemSource, run_backfill
+from hotswap.components.data import ImageDataset
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.gallery_import import write_feature_version
+from hotswap.components.model_spec import ModelSpec, build_user_model
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.store import LocalObjectStore
+from hotswap.components.streaming import (
     LoaderConfig,
     ManifestItemSource,
     ObjectReader,

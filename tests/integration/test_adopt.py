@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hotswap.components.backfill import feature_models
+from hotswap.components.data import DataError
+from hotswap.components.registry import TAG_KIND, ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.components.streaming import ObjectReader, decode_uint8, extract_manifest, manifest_from_frame
+from hotswap.tasks.context import gallery_store
 from safetensors.torch import save_file
 
-from components.backfill import feature_models
-from components.data import DataError
-from components.registry import TAG_KIND, ModelRegistry
-from components.settings import HotswapSettings
-from components.streaming import ObjectReader, decode_uint8, extract_manifest, manifest_from_frame
-from tasks.context import gallery_store
 from tests.fixtures.images import S3ImageSet
 from tests.fixtures.s3 import create_bucket, s3_client
 from tests.fixtures.user_models import resnet
@@ -51,8 +51,8 @@ NEW_MODEL = {
 def adopted(
     prefect_harness, s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    from flows.adopt import adopt
-    from flows.refresh import refresh
+    from hotswap.flows.adopt import adopt
+    from hotswap.flows.refresh import refresh
 
     root = tmp_path_factory.mktemp("adopt")
     torch.manual_seed(11)
@@ -62,7 +62,7 @@ def adopted(
     gallery = s3_images.gallery(GALLERY)
     gallery.to_parquet(root / "gallery.parquet")
     # the deployed system's features, extracted "long ago" from the images it stored
-    from components.preprocess import Preprocessing
+    from hotswap.components.preprocess import Preprocessing
 
     p = Preprocessing(image_size=24, channels="RGB", mean=(0.5,) * 3, std=(0.25,) * 3)
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_refresh_trains_another_architecture_at_another_input_size(adopted: dict
 
 
 def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, Any]) -> None:
-    from flows.backfill import backfill
+    from hotswap.flows.backfill import backfill
 
     settings = adopted["settings"]
     overrides = settings.model_dump(mode="json")
@@ -167,7 +167,7 @@ def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, A
 def test_gallery_sync_adds_and_removes_items_without_a_backfill(
     adopted: dict[str, Any], s3_images: S3ImageSet, tmp_path: Path
 ) -> None:
-    from flows.adopt import gallery_sync
+    from hotswap.flows.adopt import gallery_sync
 
     settings = adopted["settings"]
     galleries = gallery_store(settings)
@@ -195,7 +195,7 @@ def test_gallery_sync_adds_and_removes_items_without_a_backfill(
 def test_adopt_with_a_corrupt_training_object_stores_nothing(
     s3_images: S3ImageSet, tmp_path: Path, sqlite_tracking_uri: str
 ) -> None:
-    from tasks.adopt import register_adopted_model
+    from hotswap.tasks.adopt import register_adopted_model
 
     bucket = create_bucket(s3_images.endpoint, "corrupt")
     client = s3_client(s3_images.endpoint)
@@ -226,8 +226,8 @@ def test_adopt_with_a_corrupt_training_object_stores_nothing(
 
 
 def test_search_and_audit_read_the_streamed_data(adopted: dict[str, Any]) -> None:
-    from components.search import search_live
-    from flows.audit import audit
+    from hotswap.components.search import search_live
+    from hotswap.flows.audit import audit
 
     settings = adopted["settings"]
     first = adopted["gallery"]["item_id"][0]

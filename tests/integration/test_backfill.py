@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.backfill import (
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.backfill import (
     PROVENANCE_FILE,
     BackfillError,
     DatasetItemSource,
@@ -23,12 +22,13 @@ from components.backfill import (
     feature_models,
     run_backfill,
 )
-from components.data import ImageDataset, make_synthetic
-from components.gallery import GalleryError, GalleryStore, ShardCorruptedError
-from components.ordering import uncertainty_scores
-from components.quantization import DPQCodebooks
-from components.store import LocalObjectStore, ObjectStore
-from components.training import extract_features
+from hotswap.components.data import ImageDataset, make_synthetic
+from hotswap.components.gallery import GalleryError, GalleryStore, ShardCorruptedError
+from hotswap.components.ordering import uncertainty_scores
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.store import LocalObjectStore, ObjectStore
+from hotswap.components.training import extract_features
+
 from tests.fixtures import stores
 from tests.fixtures.stores import RecordingStore, sibling_store
 

@@ -14,14 +14,14 @@ import json
 from typing import Any
 
 import pytest
+from hotswap.components.cross_eval import compatibility_matrix
+from hotswap.components.data import load_dataset
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.compat_search import PARENT_RUN_TAG, TRIAL_TAG
 from mlflow import MlflowClient
 
 from bench.compat import write_digits_folder
-from components.cross_eval import compatibility_matrix
-from components.data import load_dataset
-from components.registry import ModelRegistry
-from components.settings import HotswapSettings
-from tasks.compat_search import PARENT_RUN_TAG, TRIAL_TAG
 from tests.fixtures.lifecycle import fast_overrides
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 @pytest.fixture(scope="module")
 def searched(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from flows.bootstrap import bootstrap
-    from flows.refresh import refresh
+    from hotswap.flows.bootstrap import bootstrap
+    from hotswap.flows.refresh import refresh
 
     folder = write_digits_folder(tmp_path_factory.mktemp("digits"))
     home = tmp_path_factory.mktemp("hotswap-search-home")

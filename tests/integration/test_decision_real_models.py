@@ -11,15 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.compatibility import train_compatible
-from components.cross_eval import compatibility_matrix
-from components.data import ImageDataset
-from components.decision import CostModel, DecisionConfig, decide, decide_from_features
-from components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from components.report import build_report
-from components.training import TrainConfig, extract_features, train_model
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.compatibility import train_compatible
+from hotswap.components.cross_eval import compatibility_matrix
+from hotswap.components.data import ImageDataset
+from hotswap.components.decision import CostModel, DecisionConfig, decide, decide_from_features
+from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.report import build_report
+from hotswap.components.training import TrainConfig, extract_features, train_model
 
 pytestmark = pytest.mark.slow
 

@@ -11,19 +11,18 @@ import time
 from typing import Any
 
 import pytest
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import gallery_store
 from prefect import task
-
-from components.registry import ModelRegistry
-from components.settings import HotswapSettings
-from tasks.context import gallery_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture(scope="module")
 def lifecycle(prefect_harness, lifecycle_overrides: dict[str, Any]) -> dict[str, Any]:
-    from flows.bootstrap import bootstrap
-    from flows.refresh import refresh
+    from hotswap.flows.bootstrap import bootstrap
+    from hotswap.flows.refresh import refresh
 
     first = bootstrap(overrides=lifecycle_overrides)
     second = refresh(overrides=lifecycle_overrides, auto_promote=False)
@@ -66,7 +65,7 @@ def _failing_health_check(settings, version, gallery_version):
 
 
 def test_a_failure_after_the_switch_rolls_back_aliases_and_gallery(lifecycle, monkeypatch):
-    import flows.switch as switch_module
+    import hotswap.flows.switch as switch_module
 
     settings, second = lifecycle["settings"], lifecycle["second"]
     registry, galleries = _registry(settings), gallery_store(settings)
@@ -80,18 +79,17 @@ def test_a_failure_after_the_switch_rolls_back_aliases_and_gallery(lifecycle, mo
     assert galleries.read_current(settings.gallery_name) == live_before
     if target != live_before:  # the failed switch must not leave its target sealed as published
         assert not galleries.is_sealed(settings.gallery_name, target)
-    from components.switch_intent import read_intent
+    from hotswap.components.switch_intent import read_intent
 
     assert read_intent(galleries, settings.gallery_name) is None
 
 
 def _run_paused_promotion(overrides: dict[str, Any], run_input: dict[str, Any]) -> dict[str, Any]:
     """Start `promote` in a thread, wait until it is Paused, answer its form, collect its result."""
+    from hotswap.flows.promote import promote
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
     from prefect.flow_runs import resume_flow_run
-
-    from flows.promote import promote
 
     outcome: dict[str, Any] = {}
 
@@ -155,7 +153,7 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
     manifest = galleries.load_manifest(settings.gallery_name, live)
     assert manifest.model_version == "2" and manifest.metadata["backfill"]["mode"] == "full"
     # the live pair answers a query
-    from components.search import search_live
+    from hotswap.components.search import search_live
 
     hits = search_live(settings, item_id=str(galleries.load_arrays(settings.gallery_name, live).ids[0]), k=3)
     assert hits.model_version == "2" and len(hits.results) == 3
@@ -163,8 +161,8 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
 
 
 def test_a_decision_made_against_a_gallery_that_is_no_longer_live_is_refused(lifecycle, lifecycle_overrides):
-    from flows.promote import PromotionInput, promote
-    from tasks.gallery import StaleDecisionError
+    from hotswap.flows.promote import PromotionInput, promote
+    from hotswap.tasks.gallery import StaleDecisionError
 
     settings = lifecycle["settings"]
     registry, galleries = _registry(settings), gallery_store(settings)
@@ -176,7 +174,7 @@ def test_a_decision_made_against_a_gallery_that_is_no_longer_live_is_refused(lif
 
 
 def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
-    from flows.audit import audit
+    from hotswap.flows.audit import audit
 
     settings = lifecycle["settings"]
     result = audit(overrides=lifecycle_overrides)
@@ -193,9 +191,8 @@ def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
 
 def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, lifecycle_overrides):
     from distributed import LocalCluster
-
-    from components.backfill import feature_models
-    from flows.backfill import backfill_on_dask
+    from hotswap.components.backfill import feature_models
+    from hotswap.flows.backfill import backfill_on_dask
 
     settings = lifecycle["settings"]
     galleries = gallery_store(settings)
@@ -217,10 +214,10 @@ def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, 
 
 def test_a_mixed_gallery_goes_live_with_a_calibration_for_its_champion(lifecycle):
     """A partial version for v2 gets v2's calibration when staged; the switch checks it; search uses it."""
-    from components.gallery_calibration import list_calibrations
-    from components.search import search_live
-    from flows.switch import switch_live
-    from tasks.gallery import _backfill, ensure_served_calibration
+    from hotswap.components.gallery_calibration import list_calibrations
+    from hotswap.components.search import search_live
+    from hotswap.flows.switch import switch_live
+    from hotswap.tasks.gallery import _backfill, ensure_served_calibration
 
     settings = lifecycle["settings"]
     galleries = gallery_store(settings)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.lock import GalleryBusyError, lifecycle_lock
+from hotswap.tasks.training import DatasetChangedError, check_dataset_version
 from prefect import flow
-
-from components.settings import HotswapSettings
-from tasks.lock import GalleryBusyError, lifecycle_lock
-from tasks.training import DatasetChangedError, check_dataset_version
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hotswap.components.classes import ClassMapError, load_class_map
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import gallery_store
 
-from components.classes import ClassMapError, load_class_map
-from components.registry import ModelRegistry
-from components.settings import HotswapSettings
-from tasks.context import gallery_store
 from tests.fixtures.lifecycle import fast_overrides
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -51,10 +51,10 @@ def _grown(overrides: dict[str, Any], **training: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def chain(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from flows.backfill import backfill
-    from flows.bootstrap import bootstrap
-    from flows.refresh import refresh
-    from flows.switch import switch_live
+    from hotswap.flows.backfill import backfill
+    from hotswap.flows.bootstrap import bootstrap
+    from hotswap.flows.refresh import refresh
+    from hotswap.flows.switch import switch_live
 
     overrides = _overrides(tmp_path_factory)
     settings = HotswapSettings(**overrides)
@@ -88,7 +88,7 @@ def test_bootstrap_on_a_non_contiguous_class_subset_records_its_class_map(chain)
 
 
 def test_an_unknown_bootstrap_class_is_one_line_before_anything_is_written(tmp_path):
-    from tasks.training import train_first_model
+    from hotswap.tasks.training import train_first_model
 
     home = tmp_path / "home"
     overrides = fast_overrides(str(home), str(home / "store"), None)
@@ -150,7 +150,7 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     assert bad["decision"] == "reject" and bad["gallery_version"] is None and bad["promoted"] is False
     assert chain["galleries_after_bad"] == chain["galleries_before_bad"]
     assert registry.aliases()["champion"] == "2"
-    from components.decision import load_decision
+    from hotswap.components.decision import load_decision
 
     record = load_decision(registry, bad["challenger"])
     assert record.live_quality is not None and record.better_than_champion is False

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hotswap.components.data import load_dataset, make_synthetic
+from hotswap.components.registry import ModelRegistry
+from hotswap.components.settings import HotswapSettings
 
-from components.data import load_dataset, make_synthetic
-from components.registry import ModelRegistry
-from components.settings import HotswapSettings
 from tests.fixtures.prefect_server import PREFECT, PrefectServer, stop_process_group
 from tests.fixtures.s3 import S3_KEY, S3_REGION, create_bucket
 
@@ -305,7 +305,7 @@ def test_a_second_refresh_waits_for_the_gallery_and_never_interleaves(ops, prefe
 
 
 def test_the_promote_deployment_pauses_takes_the_typed_form_and_switches_live(ops, prefect_client):
-    from tasks.context import gallery_store
+    from hotswap.tasks.context import gallery_store
 
     registry = ModelRegistry.from_settings(ops.settings)
     challenger = registry.aliases()["challenger"]

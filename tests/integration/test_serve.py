@@ -18,13 +18,13 @@ from collections import defaultdict
 import httpx
 import numpy as np
 import pytest
+from hotswap.components.data import decode_image
+from hotswap.components.index import index_from_bytes, search
+from hotswap.components.serving.server import ServerThread
+from hotswap.components.serving.service import LiveService
+from hotswap.components.training import extract_features
 from PIL import Image
 
-from components.data import decode_image
-from components.index import index_from_bytes, search
-from components.serving.server import ServerThread
-from components.serving.service import LiveService
-from components.training import extract_features
 from tests.fixtures.serving import ServeHome, add_version
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def served(serve_home: ServeHome):
 def test_promotion_under_load_is_atomic_and_consistent(
     serve_home: ServeHome, served, prefect_harness: None
 ) -> None:
-    from flows.switch import switch_live
+    from hotswap.flows.switch import switch_live
 
     service, server = served
     home, oracle = serve_home, Oracle(serve_home)
@@ -197,7 +197,7 @@ def test_raw_embedding_search_names_its_version(serve_home: ServeHome, served) -
 
 
 def test_rollback_restores_the_previous_pair(serve_home: ServeHome, served, prefect_harness: None) -> None:
-    from flows.rollback import rollback
+    from hotswap.flows.rollback import rollback
 
     service, server = served
     client = httpx.Client(base_url=server.url, timeout=60)
@@ -251,7 +251,7 @@ def test_broken_index_keeps_the_old_pair_serving(
 
 def test_a_half_moved_switch_is_waited_for(serve_home: ServeHome, served) -> None:
     """Alias moved, CURRENT not yet: the service keeps its pair until the two agree."""
-    from components.live_state import read_live_target
+    from hotswap.components.live_state import read_live_target
 
     service, server = served
     home = serve_home
@@ -271,9 +271,9 @@ def test_live_target_and_rollback_target_without_records(
     serve_home: ServeHome, sqlite_tracking_uri: str
 ) -> None:
     """No gallery tag: a champion pairs with a gallery it built itself; no previous: nothing to roll back."""
-    from components.backbones import BackboneSpec, build_model
-    from components.live_state import NothingToRollBackError, read_live_target, rollback_target
-    from components.registry import ModelRegistry
+    from hotswap.components.backbones import BackboneSpec, build_model
+    from hotswap.components.live_state import NothingToRollBackError, read_live_target, rollback_target
+    from hotswap.components.registry import ModelRegistry
 
     registry = ModelRegistry(sqlite_tracking_uri, "servetest-untagged")
     galleries, name = serve_home.galleries, "untagged"

@@ -12,15 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from components.backfill import feature_models, run_backfill
-from components.data import DataError
-from components.gallery import GalleryStore
-from components.gallery_import import sync_gallery, write_feature_version
-from components.model_spec import ModelSpec, build_user_model, load_team_model
-from components.quantization import DPQCodebooks
-from components.store import LocalObjectStore
-from components.streaming import (
+from hotswap.components.backfill import feature_models, run_backfill
+from hotswap.components.data import DataError
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.gallery_import import sync_gallery, write_feature_version
+from hotswap.components.model_spec import ModelSpec, build_user_model, load_team_model
+from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.store import LocalObjectStore
+from hotswap.components.streaming import (
     LoaderConfig,
     ManifestItemSource,
     ObjectReader,
@@ -29,8 +28,9 @@ from components.streaming import (
     manifest_from_frame,
     manifest_version,
 )
-from components.streaming_training import fit_cosine_head, train_compatible_streaming
-from components.training import TrainConfig
+from hotswap.components.streaming_training import fit_cosine_head, train_compatible_streaming
+from hotswap.components.training import TrainConfig
+
 from tests.fixtures.images import S3ImageSet
 from tests.fixtures.s3 import create_bucket, s3_client
 from tests.fixtures.user_models import resnet

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from components.audit import METRICS, AuditResult, audit_models
-from components.backbones import BackboneSpec, build_model
+from hotswap.components.audit import METRICS, AuditResult, audit_models
+from hotswap.components.backbones import BackboneSpec, build_model
 
 
 def _result(grid: list[list[float]]) -> AuditResult:
@@ -45,7 +44,7 @@ def test_audit_versions_sort_numerically():
         for v in ("10", "9")
     }
     data_images = np.zeros((4, 1, 28, 28), dtype=np.float32)
-    from components.data import ImageDataset
+    from hotswap.components.data import ImageDataset
 
     data = ImageDataset(
         data_images, np.array([0, 0, 1, 1]), np.array(list("abcd")), np.array(["val"] * 4), ("a", "b")

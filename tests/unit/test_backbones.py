@@ -6,8 +6,7 @@ import io
 
 import pytest
 import torch
-
-from components.backbones import (
+from hotswap.components.backbones import (
     BackboneSpec,
     ModelFormatError,
     build_model,

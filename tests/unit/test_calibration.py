@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from components.calibration import (
+from hotswap.components.calibration import (
     CALIBRATION_RULES,
     DEFAULT_RULE,
     AffineMap,
@@ -16,9 +15,15 @@ from components.calibration import (
     fit_calibration,
     pair_scores,
 )
-from components.decision import DecisionConfig, estimate_quality
-from components.metrics import retrieval_metrics
-from components.ordering import backfill_curve, backfill_order, backfilled_count, mixed_gallery, random_order
+from hotswap.components.decision import DecisionConfig, estimate_quality
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.ordering import (
+    backfill_curve,
+    backfill_order,
+    backfilled_count,
+    mixed_gallery,
+    random_order,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from pydantic import ValidationError
-
-from components.compat_search import (
+from hotswap.components.compat_search import (
     CompatSearchConfig,
     TrialResult,
     candidate_configs,
@@ -16,9 +14,10 @@ from components.compat_search import (
     select_trial,
     skipped_trial,
 )
-from components.compatibility import DEFAULT_CONFIG, CompatConfig
-from components.report import CompatThresholds
-from components.settings import HotswapSettings
+from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig
+from hotswap.components.report import CompatThresholds
+from hotswap.components.settings import HotswapSettings
+from pydantic import ValidationError
 
 SMALL = {
     "proto_weight": [4.0, 8.0],
@@ -143,10 +142,10 @@ def test_the_step_floor_raises_epochs_only_for_short_epochs(items, epochs, floor
 
 
 def test_train_compatible_runs_the_raised_epochs():
-    from components.backbones import BackboneSpec, build_model
-    from components.compatibility import train_compatible
-    from components.data import make_synthetic
-    from components.training import TrainConfig
+    from hotswap.components.backbones import BackboneSpec, build_model
+    from hotswap.components.compatibility import train_compatible
+    from hotswap.components.data import make_synthetic
+    from hotswap.components.training import TrainConfig
 
     data = make_synthetic(48, 3, image_size=8, seed=0)
     old = build_model(BackboneSpec(arch="small", embedding_dim=8, num_classes=2, image_size=8), seed=0)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.compatibility import (
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.compatibility import (
     DEFAULT_CONFIG,
     PAPER_PRESET,
     CompatConfig,
@@ -26,8 +25,8 @@ from components.compatibility import (
     synthesised_classifier,
     train_compatible,
 )
-from components.data import make_synthetic
-from components.training import TrainConfig
+from hotswap.components.data import make_synthetic
+from hotswap.components.training import TrainConfig
 
 SIZE, DIM, OLD_K, NEW_K = 12, 8, 3, 5
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import hotswap.components.cross_eval as cross_eval
 import numpy as np
 import pytest
 import torch
-
-import components.cross_eval as cross_eval
-from components.backbones import BackboneSpec, build_model
-from components.cross_eval import (
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.cross_eval import (
     compatibility_criterion,
     compatibility_matrix,
     compatibility_matrix_from_features,
 )
-from components.data import make_synthetic
-from components.metrics import RetrievalMetrics, retrieval_metrics
+from hotswap.components.data import make_synthetic
+from hotswap.components.metrics import RetrievalMetrics, retrieval_metrics
 
 
 def _clustered(

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-from components.data import (
+from hotswap.components.data import (
     DataError,
     load_image_folder,
     load_manifest_images,
@@ -15,6 +13,7 @@ from components.data import (
     make_synthetic,
     read_manifest,
 )
+from PIL import Image
 
 
 def test_mnist5k_split_is_stratified_and_seeded(mnist):

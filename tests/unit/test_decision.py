@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
-
-from components.backbones import BackboneSpec, build_model
-from components.decision import (
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.decision import (
     CostModel,
     DecisionConfig,
     DecisionError,
@@ -15,7 +13,8 @@ from components.decision import (
     decide_from_features,
     measure_costs,
 )
-from components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from pydantic import ValidationError
 
 N_CLASSES, PER_CLASS, DIM = 8, 25, 16
 COST = CostModel(extract_seconds_per_item=2e-3, encode_seconds_per_item=1e-5)

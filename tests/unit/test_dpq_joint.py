@@ -7,12 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from components.backbones import BackboneSpec, build_model
-from components.data import make_synthetic
-from components.dpq_joint import finetune_with_dpq
-from components.quantization import DPQConfig, train_dpq
-from components.training import TrainConfig, extract_features
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.data import make_synthetic
+from hotswap.components.dpq_joint import finetune_with_dpq
+from hotswap.components.quantization import DPQConfig, train_dpq
+from hotswap.components.training import TrainConfig, extract_features
 
 
 def distortion(features: np.ndarray, codebooks) -> float:

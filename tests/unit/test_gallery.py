@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-
-from components.gallery import (
+from hotswap.components.gallery import (
     GalleryArrays,
     GalleryError,
     GalleryStore,
@@ -19,7 +18,8 @@ from components.gallery import (
     VersionIncompleteError,
     new_version_id,
 )
-from components.store import ObjectStore
+from hotswap.components.store import ObjectStore
+
 from tests.fixtures.stores import CrashError, RecordingStore, sibling_store
 
 GALLERY = "products"

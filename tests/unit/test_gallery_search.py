@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.backfill import DatasetItemSource, build_gallery_version, feature_models, run_backfill
-from components.calibration import AffineMap, ScoreCalibration
-from components.data import ImageDataset, make_synthetic
-from components.gallery import GalleryStore, ShardCorruptedError, VersionImmutableError
-from components.gallery_calibration import (
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.backfill import DatasetItemSource, build_gallery_version, feature_models, run_backfill
+from hotswap.components.calibration import AffineMap, ScoreCalibration
+from hotswap.components.data import ImageDataset, make_synthetic
+from hotswap.components.gallery import GalleryStore, ShardCorruptedError, VersionImmutableError
+from hotswap.components.gallery_calibration import (
     CalibrationMissingError,
     calibration_file,
     calibration_for,
@@ -28,11 +27,11 @@ from components.gallery_calibration import (
     load_calibration,
     write_calibration,
 )
-from components.gallery_search import GallerySearcher
-from components.index import build_flat_index, index_to_bytes
-from components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from components.store import ObjectStore
-from components.training import extract_features
+from hotswap.components.gallery_search import GallerySearcher
+from hotswap.components.index import build_flat_index, index_to_bytes
+from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.store import ObjectStore
+from hotswap.components.training import extract_features
 
 GALLERY = "shop"
 DIM = 16
@@ -99,7 +98,7 @@ def brute_force(
 
 
 def test_sub_index_merge_equals_exact_calibrated_brute_force(world: World, tmp_path) -> None:
-    from components.store import LocalObjectStore
+    from hotswap.components.store import LocalObjectStore
 
     cal = fitted(world)
     assert not cal.is_identity
@@ -184,7 +183,7 @@ def test_skip_onto_a_mixed_gallery_adds_the_new_query_models_calibration(
 
 
 def test_stored_calibration_is_checked(world: World, tmp_path) -> None:
-    from components.store import LocalObjectStore
+    from hotswap.components.store import LocalObjectStore
 
     galleries = mixed_version(world, LocalObjectStore(tmp_path / "s", fsync=False), fitted(world))
     key = galleries.version_key(GALLERY, "v2-partial", calibration_file("2"))

@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from components.backbones import BackboneSpec, build_model
-from components.classes import ClassMapError, check_classes, cross_map, to_head_labels
-from components.data import make_synthetic
-from components.fingerprint import noop_reason, settings_hash
-from components.live import LiveComposition, compatibility_targets
-from components.metrics import retrieval_metrics
-from components.registry import ModelVersionInfo
-from components.served import assign_gallery_models, served_evaluation, served_metrics
-from components.settings import HotswapSettings
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.classes import ClassMapError, check_classes, cross_map, to_head_labels
+from hotswap.components.data import make_synthetic
+from hotswap.components.fingerprint import noop_reason, settings_hash
+from hotswap.components.live import LiveComposition, compatibility_targets
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.registry import ModelVersionInfo
+from hotswap.components.served import assign_gallery_models, served_evaluation, served_metrics
+from hotswap.components.settings import HotswapSettings
 
 # --------------------------------------------------------------------------- targets
 
@@ -108,7 +107,7 @@ def test_served_evaluation_composes_the_gallery_like_the_live_one():
     )
     assert set(mixed.composed_counts) == {"1", "2"} and mixed.live != mixed.champion_only
     assert mixed.champion_only == alone.champion_only and mixed.live_shares == {"1": 0.5, "2": 0.5}
-    from components.training import extract_features
+    from hotswap.components.training import extract_features
 
     given = {"2": extract_features(champion, data.images), "3": extract_features(candidate, data.images)}
     reused = served_evaluation(
@@ -184,9 +183,8 @@ def test_noop_when_the_champion_or_a_challenger_against_it_was_trained_on_the_sa
 
 
 def test_a_growing_image_folder_is_read_again_with_a_new_dataset_version(tmp_path):
+    from hotswap.components.data import load_dataset
     from PIL import Image
-
-    from components.data import load_dataset
 
     rng = np.random.default_rng(0)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from components.backbones import BackboneSpec, EmbeddingModel, build_model
-from components.compatibility import (
+from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.compatibility import (
     DEFAULT_CONFIG,
     CompatibilityError,
     CompatTarget,
@@ -20,8 +19,8 @@ from components.compatibility import (
     prototype_triplet_loss,
     train_compatible,
 )
-from components.data import make_synthetic
-from components.training import TrainConfig
+from hotswap.components.data import make_synthetic
+from hotswap.components.training import TrainConfig
 
 SIZE, DIM = 12, 8
 
@@ -52,7 +51,7 @@ def _formula(old, new, protos, lookup, images, labels, config=DEFAULT_CONFIG) ->
 
 
 def _objective(targets, new_classes: int):
-    from components.compatibility import CompatObjective, _TargetState
+    from hotswap.components.compatibility import CompatObjective, _TargetState
 
     states = [
         _TargetState(

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from components.index import build_flat_index, search
-from components.metrics import retrieval_metrics
-from components.quantization import (
+from hotswap.components.index import build_flat_index, search
+from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.quantization import (
     CODEBOOKS_FILE,
     SPEC_FILE,
     DPQCodebooks,

@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 import pytest
+from hotswap.components.metrics import RetrievalMetrics
+from hotswap.components.report import CompatibilityReport, CompatThresholds, ReportFormatError, build_report
+from hotswap.components.settings import ThresholdSettings
 from PIL import Image
-
-from components.metrics import RetrievalMetrics
-from components.report import CompatibilityReport, CompatThresholds, ReportFormatError, build_report
-from components.settings import ThresholdSettings
 
 
 def _m(map_: float, top1: float, top5: float) -> dict[str, float]:

@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
+from hotswap.components.decision import decision_plot_png
+from hotswap.components.report import CompatThresholds, build_report
+from hotswap.components.review import review_summary
 
-from components.decision import decision_plot_png
-from components.report import CompatThresholds, build_report
-from components.review import review_summary
 from tests.unit.test_decision import features, run  # noqa: F401  (module fixture reused)
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from components.backbones import BackboneSpec, build_model
-from components.gallery import GalleryStore
-from components.index import build_flat_index, index_to_bytes
-from components.serving.batching import QueryBatcher
-from components.serving.pair import LivePair, PairUnhealthyError, health_check
-from components.serving.searcher import GalleryLoadError, GallerySearcher, open_searcher
-from components.store import open_store
+from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.gallery import GalleryStore
+from hotswap.components.index import build_flat_index, index_to_bytes
+from hotswap.components.serving.batching import QueryBatcher
+from hotswap.components.serving.pair import LivePair, PairUnhealthyError, health_check
+from hotswap.components.serving.searcher import GalleryLoadError, GallerySearcher, open_searcher
+from hotswap.components.store import open_store
 
 D, N, M, K_WORDS = 16, 64, 2, 16
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hotswap.components.settings import HotswapSettings, mask_uri_credentials
 from pydantic import ValidationError
-
-from components.settings import HotswapSettings, mask_uri_credentials
 
 
 def test_toml_file_then_environment_override(tmp_path, monkeypatch):

@@ -7,8 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from components.store import (
+from hotswap.components.store import (
     InvalidKeyError,
     LocalObjectStore,
     ObjectNotFoundError,
