@@ -167,7 +167,7 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     from hotswap.components.metrics import retrieval_metrics
     from hotswap.components.registry import CHAMPION
     from hotswap.components.training import extract_features
-    from hotswap.tasks.context import dataset, gallery_store, registry, settings_from
+    from hotswap.tasks.context import gallery_dataset, gallery_store, registry, settings_from
     from hotswap.tasks.quantization import load_codebooks
 
     settings = settings_from(overrides)
@@ -177,7 +177,7 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     live = galleries.read_current(settings.gallery_name)
     manifest = galleries.load_manifest(settings.gallery_name, live)
     arrays = galleries.load_arrays(settings.gallery_name, live)
-    data = dataset(settings)
+    data = gallery_dataset(settings)
     rows = {item: i for i, item in enumerate(data.item_ids)}
     index = np.array([rows[str(item)] for item in arrays.ids])
     labels = data.labels[index]

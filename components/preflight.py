@@ -51,8 +51,13 @@ def check_refresh(
     champion_version: str,
     data: ImageDataset,
     gallery_ids: np.ndarray,
+    gallery_data: ImageDataset | None = None,
 ) -> None:
-    """Before the challenger is trained or any alias moves."""
+    """Before the challenger is trained or any alias moves.
+
+    ``gallery_data`` is what gallery items are read from (default ``data``): the whole data
+    source, while ``data`` may be restricted to the classes trained on now (``data.classes``).
+    """
     wanted = settings.training.embedding_dim
     if _explicit(settings.training, "embedding_dim") and wanted != champion.embedding_dim:
         raise InputError(
@@ -66,7 +71,7 @@ def check_refresh(
             f"data.image_size = {size} differs from champion v{champion_version}'s {model_size}: the live "
             f"gallery was embedded at {model_size} px; remove the setting or set it to {model_size}"
         )
-    known = set(data.item_ids.tolist())
+    known = set((gallery_data if gallery_data is not None else data).item_ids.tolist())
     missing = [str(i) for i in gallery_ids if str(i) not in known]
     if missing:
         raise InputError(

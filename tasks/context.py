@@ -59,6 +59,15 @@ def gallery_store(settings: HotswapSettings) -> GalleryStore:
     )
 
 
+def gallery_dataset(settings: HotswapSettings) -> ImageDataset:
+    """The images gallery items are read from: the whole data source, never restricted to
+    ``data.classes``. The classes a model is trained on grow from refresh to refresh; the gallery
+    holds items of every class from the start, and a backfill must find all of them."""
+    return load_dataset(
+        settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
+    )
+
+
 def dataset(settings: HotswapSettings) -> ImageDataset:
     """The configured dataset as it is now (decoded once per process per manifest version),
     restricted to ``data.classes`` when set (the dataset version then names that subset)."""

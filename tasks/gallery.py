@@ -31,7 +31,7 @@ from hotswap.components.quantization import DPQCodebooks
 from hotswap.components.registry import TAG_BACKFILL
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import extract_features
-from hotswap.tasks.context import dataset, gallery_store, registry
+from hotswap.tasks.context import dataset, gallery_dataset, gallery_store, registry
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import artifact_key, publish_markdown, publish_table
@@ -78,7 +78,7 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
     reg = registry(settings)
     model = reg.load_model(version)
     codebooks = load_codebooks(settings, version)
-    data = dataset(settings)
+    data = gallery_dataset(settings)
     items = data.split(settings.data.gallery_split).item_ids
     manifest = build_gallery_version(
         gallery_store(settings),
@@ -243,7 +243,7 @@ def _item_source(settings: HotswapSettings, model: Any) -> Any:
         from hotswap.tasks.streaming import gallery_item_source
 
         return gallery_item_source(settings, model)
-    return DatasetItemSource(dataset(settings))
+    return DatasetItemSource(gallery_dataset(settings))
 
 
 def _backfill(
@@ -470,7 +470,7 @@ def check_live_gallery(settings: HotswapSettings, version: str, gallery_version:
         source = gallery_item_source(settings, model)
         images = source.images(source.manifest.item_ids[:8])
     else:
-        images = dataset(settings).split(settings.data.gallery_split).images[:8]
+        images = gallery_dataset(settings).split(settings.data.gallery_split).images[:8]
     probe = extract_features(model, images, device=settings.torch_device)
     _, found = searcher.search(probe, k=min(5, index.ntotal))
     if (found == "").any():

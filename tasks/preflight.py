@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hotswap.components.preflight import check_bootstrap, check_refresh
 from hotswap.components.settings import HotswapSettings
-from hotswap.tasks.context import dataset, gallery_store, registry
+from hotswap.tasks.context import dataset, gallery_dataset, gallery_store, registry
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -31,4 +31,11 @@ def check_refresh_inputs(settings: HotswapSettings, champion: str) -> None:
             for n in range(manifest.num_shards)
         ]
         ids = np.concatenate(parts) if parts else ids
-    check_refresh(settings, registry(settings).load_model(champion), champion, dataset(settings), ids)
+    check_refresh(
+        settings,
+        registry(settings).load_model(champion),
+        champion,
+        dataset(settings),
+        ids,
+        gallery_dataset(settings),
+    )
