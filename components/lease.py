@@ -124,6 +124,12 @@ def live_holder(store: ObjectStore, gallery: str) -> LeaseRecord | None:
     return found[0] if found is not None and found[0].is_live() else None
 
 
+def held_in_this_process(store: ObjectStore, gallery: str) -> bool:
+    """Whether this process holds the gallery's lease now (e.g. the CLI command running a flow)."""
+    found = read_lease(store, gallery)
+    return found is not None and found[0].holder_id in _HELD_HERE
+
+
 class GalleryLease:
     """The lease of one gallery for one command; use as a context manager (acquire/release)."""
 

@@ -6,6 +6,12 @@ the champion. Each takes one slot of ``hotswap-lifecycle-<gallery>`` (limit 1) f
 critical section. The limit is created on the server when missing, so the rule holds without a
 set-up step; an operator may create it beforehand (``prefect gcl create … --limit 1``). A second
 run waits up to ``ops.lock_timeout_seconds`` and then fails with a message naming the limit.
+
+The run also holds the gallery's lease in the store (components/lease.py), the lock every CLI
+command takes, so a worker-run refresh and a refresh typed at a terminal never interleave. A
+flow started by a CLI command that already holds that lease needs no slot: the lease serialises
+it, and a killed CLI frees its lease at once, where a slot it held would stay taken until the
+server's repossessor service revokes it (an ephemeral or test server runs no such service).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from hotswap.components.lease import GalleryLease, held_in_this_process
 from hotswap.components.settings import HotswapSettings
+from hotswap.components.store import open_store
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -39,9 +47,30 @@ def ensure_lifecycle_limit(settings: HotswapSettings) -> str:
 
 @contextmanager
 def lifecycle_lock(settings: HotswapSettings, what: str) -> Iterator[None]:
-    """Hold the gallery's lifecycle slot while ``what`` runs (waits for a run holding it)."""
-    name = ensure_lifecycle_limit(settings)
+    """Hold the gallery's lease and lifecycle slot while ``what`` runs (waits for a run holding them)."""
     logger = get_run_logger()
+    store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
+    if held_in_this_process(store, settings.gallery_name):
+        logger.info(
+            "%s: this command holds gallery %r's lease (one run per gallery)", what, settings.gallery_name
+        )
+        yield
+        return
+    lease = GalleryLease(
+        store,
+        settings.gallery_name,
+        f"prefect {what}",
+        ttl_seconds=settings.lease_ttl_seconds,
+        wait_seconds=settings.ops.lock_timeout_seconds or 10 * 365 * 24 * 3600.0,
+        on_wait=lambda message: logger.info("%s: %s", what, message),
+    )
+    with lease, _lifecycle_slot(settings, what, logger):
+        yield
+
+
+@contextmanager
+def _lifecycle_slot(settings: HotswapSettings, what: str, logger) -> Iterator[None]:
+    name = ensure_lifecycle_limit(settings)
     logger.info("%s: waiting for the lifecycle slot %r (one run per gallery)", what, name)
     acquired = False
     try:
