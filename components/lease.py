@@ -124,10 +124,13 @@ def live_holder(store: ObjectStore, gallery: str) -> LeaseRecord | None:
     return found[0] if found is not None and found[0].is_live() else None
 
 
+_COVERS_FLOWS: set[str] = set()  # holder ids of command leases that serialise this process's flows
+
+
 def held_in_this_process(store: ObjectStore, gallery: str) -> bool:
-    """Whether this process holds the gallery's lease now (e.g. the CLI command running a flow)."""
+    """Whether a command of this process holds the gallery's lease for its flows (``covers_flows``)."""
     found = read_lease(store, gallery)
-    return found is not None and found[0].holder_id in _HELD_HERE
+    return found is not None and found[0].holder_id in _HELD_HERE & _COVERS_FLOWS
 
 
 class GalleryLease:
@@ -143,7 +146,10 @@ class GalleryLease:
         wait_seconds: float = 0.0,
         poll_seconds: float = 1.0,
         on_wait: Callable[[str], None] | None = None,
+        covers_flows: bool = False,
     ) -> None:
+        """``covers_flows``: the lease of a whole command (the CLI's), under which the flows it runs
+        need no lock of their own (tasks/lock.py)."""
         if ttl_seconds <= 0:
             raise ValueError(f"lease ttl_seconds={ttl_seconds} must be positive")
         self.store = store
@@ -154,6 +160,8 @@ class GalleryLease:
         self.poll_seconds = poll_seconds
         self.on_wait = on_wait
         self.holder_id = uuid.uuid4().hex
+        if covers_flows:
+            _COVERS_FLOWS.add(self.holder_id)
         self._token: str | None = None
         self._record: LeaseRecord | None = None
         self._lock = threading.Lock()

@@ -181,6 +181,7 @@ def guard_gallery(settings: Any) -> None:
             ttl_seconds=settings.lease_ttl_seconds,
             wait_seconds=cli_state.wait,
             on_wait=note,
+            covers_flows=True,
         )
         if cli_state.context is not None:
             cli_state.context.with_resource(lease)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from hotswap.components.lease import GalleryLease, held_in_this_process
+from hotswap.components.lease import GalleryLease, LeaseHeldError, held_in_this_process
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
 from prefect import get_run_logger
@@ -64,8 +64,19 @@ def lifecycle_lock(settings: HotswapSettings, what: str) -> Iterator[None]:
         wait_seconds=settings.ops.lock_timeout_seconds or 10 * 365 * 24 * 3600.0,
         on_wait=lambda message: logger.info("%s: %s", what, message),
     )
-    with lease, _lifecycle_slot(settings, what, logger):
-        yield
+    try:
+        lease.acquire()
+    except LeaseHeldError as exc:
+        raise GalleryBusyError(
+            f"gallery {settings.gallery_name!r} is busy: another lifecycle run held it (lease and slot "
+            f"{settings.lifecycle_limit_name!r}) for more than {settings.ops.lock_timeout_seconds:g} s; "
+            f"{what} did not start (retry later, or raise ops.lock_timeout_seconds): {exc}"
+        ) from exc
+    try:
+        with _lifecycle_slot(settings, what, logger):
+            yield
+    finally:
+        lease.release()
 
 
 @contextmanager
