@@ -43,7 +43,7 @@ def _api_env(config: Path, **extra: str) -> dict[str, str]:
 
 
 def _status(home: Path, config: Path):
-    result = invoke(home, config, ["status"])
+    result = invoke(home, config, ["status", "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout), result.stderr
 
