@@ -50,5 +50,5 @@ def test_demo_ends_with_a_blessed_promoted_v2_a_recorded_decision_and_a_searchab
 
     hits = _hotswap("search", "--home", str(home), "--item-id", status["example_item"], "--k", "3", env=env)
     compact = "".join(hits.split())  # rich may wrap the table title
-    assert f"ingallery{live}(modelv2)" in compact
+    assert f"ingallery{live}(modelv2" in compact  # "(model v2)" or "(model v2, calibrated scores)"
     assert hits.count("mnist5k-") == 3
