@@ -67,13 +67,13 @@ def refresh(
                 f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first"
             )
         data_version = check_dataset_version(settings, dataset_version)
-        reason = check_noop(settings, champion)
+        reason = None if settings.stream.enabled else check_noop(settings, champion)
         if reason is not None:
             record_noop(settings, champion, reason)
             summary = {"champion": champion, "noop": True, "reason": reason, "promoted": False}
             return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
-        check_refresh_inputs(settings, champion)
+        targets = None
         if settings.stream.enabled:  # the team's manifests, read lazily; each model its own preprocessing
             challenger = train_challenger_streaming(settings, champion)
             rename_flow_run(refresh_name(challenger, champion, data_version))
@@ -81,6 +81,7 @@ def refresh(
             train_codebooks_streaming(settings, challenger)
             decision = decide_backfill_streaming(settings, champion, challenger, report)
         else:
+            check_refresh_inputs(settings, champion)
             composition = live_composition(settings)
             targets = plan_targets(settings, champion, composition)
             challenger = train_challenger(settings, champion, targets)

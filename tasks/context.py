@@ -68,6 +68,16 @@ def gallery_dataset(settings: HotswapSettings) -> ImageDataset:
     )
 
 
+def dataset_version(settings: HotswapSettings) -> str:
+    """The configured data's version: a hash of the manifest's rows when streamed (nothing is
+    decoded), else of the decoded dataset (restricted to ``data.classes``)."""
+    if settings.stream.enabled:
+        from hotswap.tasks.streaming import dataset_version as streamed_version
+
+        return streamed_version(settings)
+    return dataset(settings).version
+
+
 def dataset(settings: HotswapSettings) -> ImageDataset:
     """The configured dataset as it is now (decoded once per process per manifest version),
     restricted to ``data.classes`` when set (the dataset version then names that subset)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from hotswap.components.registry import CHAMPION
 from hotswap.components.settings import HotswapSettings
-from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.context import dataset_version, registry
 from prefect.runtime import flow_run
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def refresh_run_name() -> str:
     def build() -> str:
         settings = _settings()
         champion, next_version = _versions(settings)
-        data_version = flow_run.get_parameters().get("dataset_version") or dataset(settings).version
+        data_version = flow_run.get_parameters().get("dataset_version") or dataset_version(settings)
         return refresh_name(next_version, champion, data_version)
 
     return _safely(build, "refresh")
@@ -67,7 +67,7 @@ def bootstrap_run_name() -> str:
     def build() -> str:
         settings = _settings()
         _, next_version = _versions(settings)
-        data = short_data_version(dataset(settings).version)
+        data = short_data_version(dataset_version(settings))
         return f"bootstrap v{next_version} of {settings.model_name} (data {data})"
 
     return _safely(build, "bootstrap")

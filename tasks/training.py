@@ -28,7 +28,7 @@ from hotswap.components.live import TargetWeight
 from hotswap.components.registry import CHALLENGER
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import TrainConfig, train_model
-from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.context import dataset, dataset_version, registry
 from hotswap.tasks.links import prefect_run_tags, publish_version_links
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -211,7 +211,7 @@ class DatasetChangedError(ValueError):
 @task(name="check-dataset-version", task_run_name="check the dataset version", cache_policy=NONE)
 def check_dataset_version(settings: HotswapSettings, expected: str | None) -> str:
     """The configured data's version; with ``expected`` (from the dataset event) it must match."""
-    version = dataset(settings).version
+    version = dataset_version(settings)
     if expected is not None and version != expected:
         raise DatasetChangedError(
             f"data source {settings.data.source!r} is now version {version}, but this refresh was started "
