@@ -44,6 +44,7 @@ from hotswap.components.training import (
     TrainConfig,
     TrainHistory,
     cross_entropy_objective,
+    optimisation_step,
     resolve_device,
 )
 from tqdm.auto import tqdm
@@ -102,13 +103,7 @@ def train_streaming(
         for rows, views in batches(data):
             x = {k: v.to(device, non_blocking=True) for k, v in views.items()}
             y = labels_all[torch.from_numpy(rows)].to(device)
-            terms = objective(model, x, y)
-            loss = torch.stack(list(terms.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in {**terms, "loss": loss}.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(rows)
+            optimisation_step(model, objective, optimizer, x, y, sums)
             bar.update(len(rows))
         scheduler.step()
         means = {name: total / len(manifest) for name, total in sums.items()}

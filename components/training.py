@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,25 @@ def cross_entropy_objective(label_smoothing: float = 0.1) -> Objective:
     return objective
 
 
+def optimisation_step(
+    model: torch.nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    x: Any,
+    y: torch.Tensor,
+    sums: dict[str, float],
+) -> None:
+    """One step on the sum of the objective's named terms; adds each term × batch size to ``sums``
+    (the epoch's per-item means are logged from them). Shared by in-memory and streamed training."""
+    terms = objective(model, x, y)
+    loss = torch.stack(list(terms.values())).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    for name, value in {**terms, "loss": loss}.items():
+        sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(y)
+
+
 def train_model(
     model: EmbeddingModel,
     data: ImageDataset,
@@ -105,13 +125,7 @@ def train_model(
         for begin in range(0, len(data), config.batch_size):
             idx = order[begin : begin + config.batch_size]
             x, y = images[idx].to(device), labels[idx].to(device)
-            terms = objective(model, x, y)
-            loss = torch.stack(list(terms.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in {**terms, "loss": loss}.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * len(idx)
+            optimisation_step(model, objective, optimizer, x, y, sums)
             bar.update(len(idx))
         scheduler.step()
         means = {name: total / len(data) for name, total in sums.items()}
