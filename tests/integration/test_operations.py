@@ -132,7 +132,10 @@ def ops(
     home = tmp_path_factory.mktemp("ops-home")
     hotswap = _hotswap_env(home, create_bucket(s3_endpoint, prefix="ops"), s3_endpoint, first)
     env = {**prefect_server.env, **hotswap}
-    env.pop("PREFECT_LOGGING_LEVEL", None)  # what an operator's shell has: the CLI's own defaults apply
+    # what an operator's shell has: the CLI's own defaults apply (earlier in-process CLI tests may
+    # have left their console settings in this process's environment)
+    env.pop("PREFECT_LOGGING_LEVEL", None)
+    env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)
     _run([str(PREFECT), "work-pool", "create", POOL, "--type", "process"], env)
     _run([str(PREFECT), "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
     deployments = {d.name: d for d in prefect_client.read_deployments()}
