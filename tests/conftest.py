@@ -8,6 +8,7 @@ as plugins so every test folder sees them.
 import os
 import tempfile
 
+import pytest
 import torch
 
 # Deterministic, quiet, single-threaded: two OpenMP threads on a busy 2-core box are
@@ -33,3 +34,14 @@ pytest_plugins = [
     "tests.fixtures.serving",
     "tests.fixtures.images",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _environment_stays_per_test():
+    """In-process CLI runs (typer's CliRunner) set process-wide defaults (PREFECT_HOME, console log
+    levels, service timeouts); undo them after each test so they never leak into a later test's
+    subprocesses (a worker started with a CLI's quiet console settings sends no flow logs)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
