@@ -327,9 +327,12 @@ def test_the_promote_deployment_pauses_takes_the_typed_form_and_switches_live(op
     schema = prefect_client.read_flow_run_input(run.id, key)
     fields = json.loads(schema)["properties"] if isinstance(schema, str) else schema["properties"]
     assert "champion" in fields["approve"]["description"] and fields["fraction"]["description"]
-    logs = " ".join(log.message for log in _logs(prefect_client, run.id))
-    assert re.search(
-        rf"open {re.escape(ops.server.ui_url)}/flow-runs/flow-run/{run.id} and press Resume", logs
+    announced = rf"open {re.escape(ops.server.ui_url)}/flow-runs/flow-run/{run.id} and press Resume"
+    # flow logs reach the API in batches, so the pause can be seen before its log line arrives
+    _wait_for(
+        lambda: re.search(announced, " ".join(log.message for log in _logs(prefect_client, run.id))),
+        "the paused run's log line saying where the form is",
+        timeout=120,
     )
 
     response = prefect_client.resume_flow_run(
