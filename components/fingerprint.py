@@ -9,8 +9,9 @@ refresh is a no-op when
 - the champion itself was trained by a refresh on this dataset version with this settings hash
   (DESIGN.md §11), or
 - another version was already trained against this champion on this dataset version with this
-  settings hash and decided on (it would be trained again, identically, and judged the same way;
-  a refresh that failed before its decision does not count).
+  settings hash and carried through to its staged gallery (it would be trained again,
+  identically, and judged the same way). A refresh that stopped before that is not a no-op: the
+  next refresh resumes it (components/refresh_progress.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ TAG_DATA_VERSION = "data.version"  # as components/registry.py tags every versio
 TAG_JOB = "hotswap.job"
 TAG_TRAINED_AGAINST = "hotswap.old_version"
 TAG_DECISION = "backfill.decision"
+TAG_STAGE = "hotswap.refresh.stage"  # components/refresh_progress.py
 JOB_BOOTSTRAP = "bootstrap"
 JOB_REFRESH = "refresh"
 
@@ -82,7 +84,8 @@ def noop_reason(
             and t.get(TAG_JOB) == JOB_REFRESH
             and t.get(TAG_DATA_VERSION) == dataset_version
             and t.get(TAG_SETTINGS_HASH) == settings_digest
-            and TAG_DECISION in t  # a run that died before deciding does not count: train again
+            and TAG_DECISION in t
+            and t.get(TAG_STAGE, "staged") == "staged"  # an unfinished refresh is resumed instead
         ):
             outcome = t[TAG_DECISION]
             return (

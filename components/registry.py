@@ -177,6 +177,9 @@ class ModelRegistry:
             raise ValueError("tracking_uri is required, e.g. sqlite:///<home>/mlflow.db or http://host:5000")
         if not model_name:
             raise ValueError("model_name is required")
+        # MLflow writes "View run … at: <url>" to stdout when a run ends on a tracking server;
+        # hotswap's commands print JSON there, so that line would break every parser of it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if tracking_uri.startswith("sqlite:///"):
             database = Path(tracking_uri.removeprefix("sqlite:///"))
             database.parent.mkdir(parents=True, exist_ok=True)

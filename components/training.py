@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from hotswap.components.backbones import EmbeddingModel
 from hotswap.components.data import ImageDataset
+from hotswap.components.faults import fault_point
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
@@ -133,6 +134,7 @@ def train_model(
         bar.set_postfix(loss=f"{means['loss']:.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, means)
+        fault_point(f"training:epoch-{epoch + 1}")
     bar.close()
     history.seconds = time.perf_counter() - start
     history.images_per_second = config.epochs * len(data) / max(history.seconds, 1e-9)

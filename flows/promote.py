@@ -19,6 +19,7 @@ from hotswap.tasks.gallery import (
 from hotswap.tasks.links import TAG_FLOW_RUN_URL, links_markdown, prefect_run_tags
 from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.naming import promote_run_name
+from hotswap.tasks.refresh_progress import check_promotable
 from hotswap.tasks.registry import resolve_alias, tag_version
 from hotswap.tasks.reporting import artifact_key, publish_markdown
 from hotswap.tasks.validation import load_report
@@ -102,6 +103,7 @@ def promote(
         raise NothingToPromoteError(
             f"model {settings.model_name!r} has no version or alias {version!r}{live}"
         )
+    check_promotable(settings, resolved)
     report = load_report(settings, resolved)
     decision = load_decision(settings, resolved)
     request_key = artifact_key(f"promotion-{settings.model_name}-v{resolved}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hotswap.components.refresh_progress import reached
 from hotswap.components.registry import CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.compat_search import search_compatible
@@ -15,6 +16,13 @@ from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.naming import refresh_name, refresh_run_name
 from hotswap.tasks.preflight import check_refresh_inputs
 from hotswap.tasks.quantization import train_codebooks
+from hotswap.tasks.refresh_progress import (
+    live_gallery_version,
+    record_stage,
+    resume_or_clean_up,
+    stored_decision,
+    stored_report,
+)
 from hotswap.tasks.registry import resolve_alias
 from hotswap.tasks.streaming import (
     decide_backfill_streaming,
@@ -57,6 +65,10 @@ def refresh(
     at once; otherwise it waits for the ``promote`` flow. ``data_source`` / ``dataset_version``
     come from a ``hotswap.dataset.registered`` event: the run trains on that data and refuses to
     start when the source no longer holds that version. One lifecycle run per gallery at a time.
+
+    Each stage is recorded on the challenger (tasks/refresh_progress.py). A refresh that was
+    interrupted (killed, or stopped by an outage) is resumed after its last recorded stage when
+    its inputs are unchanged; otherwise its staged gallery is deleted, and the run says so.
     """
     settings = settings_from(_data_overrides(overrides, data_source))
     auto_promote = settings.auto_promote if auto_promote is None else auto_promote
@@ -73,29 +85,15 @@ def refresh(
             summary = {"champion": champion, "noop": True, "reason": reason, "promoted": False}
             return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
-        targets = None
+        resume = resume_or_clean_up(settings, champion)
         if settings.stream.enabled:  # the team's manifests, read lazily; each model its own preprocessing
-            challenger = train_challenger_streaming(settings, champion)
-            rename_flow_run(refresh_name(challenger, champion, data_version))
-            report = validate_compatibility_streaming(settings, champion, challenger)
-            train_codebooks_streaming(settings, challenger)
-            decision = decide_backfill_streaming(settings, champion, challenger, report)
+            challenger, report, decision, targets = _streamed_upgrade(
+                settings, champion, resume, data_version
+            )
         else:
-            check_refresh_inputs(settings, champion)
-            composition = live_composition(settings)
-            targets = plan_targets(settings, champion, composition)
-            challenger = train_challenger(settings, champion, targets)
-            rename_flow_run(refresh_name(challenger, champion, data_version))
-            report = validate_compatibility(settings, champion, challenger, composition, targets)
-            search = settings.compat_search
-            if not report["blessed"] and search.enabled and search.max_trials > 0:
-                challenger, report = search_compatible(
-                    settings, champion, challenger, report, composition, targets
-                )
-                rename_flow_run(refresh_name(challenger, champion, data_version))
-            train_codebooks(settings, challenger)
-            decision = decide_backfill(settings, champion, challenger, report, composition)
+            challenger, report, decision, targets = _upgrade(settings, champion, resume, data_version)
         gallery_version = execute_decision(settings, challenger, decision)
+        record_stage(settings, challenger, "staged")
 
         summary: dict[str, Any] = {
             "champion": champion,
@@ -107,6 +105,7 @@ def refresh(
             "gallery_version": gallery_version,
             "promoted": False,
             "dataset_version": data_version,
+            "recovery": resume["actions"],
         }
         if auto_promote and report["blessed"] and gallery_version is not None:
             switch_live(settings, challenger, gallery_version)
@@ -119,4 +118,69 @@ def refresh(
     else:
         name, next_step = "Staged", f"run the promote deployment to review v{challenger}"
     message = f"v{challenger} {verdict} against v{champion}; decision {decision['mode']}; {next_step}"
+    if resume["actions"]:
+        message += " (" + "; ".join(resume["actions"]) + ")"
     return Completed(name=name, message=message, data=summary)
+
+
+Upgrade = tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any]] | None]
+
+
+def _upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version: str) -> Upgrade:
+    """Train (or resume) the challenger, gate it as served, retrain codebooks, decide.
+
+    ``resume`` (tasks/refresh_progress.py) names an interrupted refresh of the same inputs and
+    the last stage it recorded: the stages it finished are read back instead of redone.
+    """
+    challenger, stage = resume["version"], resume["stage"]
+    check_refresh_inputs(settings, champion)
+    composition = live_composition(settings)
+    targets = plan_targets(settings, champion, composition)
+    if challenger is None:
+        challenger = train_challenger(settings, champion, targets)
+        record_stage(settings, challenger, "trained", live_gallery=composition["gallery_version"])
+    rename_flow_run(refresh_name(challenger, champion, data_version))
+    if reached(stage, "validated"):
+        report = stored_report(settings, challenger)
+    else:
+        report = validate_compatibility(settings, champion, challenger, composition, targets)
+        search = settings.compat_search
+        searchable = search.enabled and search.max_trials > 0 and not resume["searched"]
+        if not report["blessed"] and searchable:
+            challenger, report = search_compatible(
+                settings, champion, challenger, report, composition, targets
+            )
+            rename_flow_run(refresh_name(challenger, champion, data_version))
+        record_stage(settings, challenger, "validated")
+    if not reached(stage, "quantized"):
+        train_codebooks(settings, challenger)
+        record_stage(settings, challenger, "quantized")
+    if reached(stage, "decided"):
+        decision = stored_decision(settings, challenger)
+    else:
+        decision = decide_backfill(settings, champion, challenger, report, composition)
+        record_stage(settings, challenger, "decided")
+    return challenger, report, decision, targets
+
+
+def _streamed_upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version: str) -> Upgrade:
+    """The same stages on the team's streamed manifests (champion-only target, pairwise gate)."""
+    challenger, stage = resume["version"], resume["stage"]
+    if challenger is None:
+        challenger = train_challenger_streaming(settings, champion)
+        record_stage(settings, challenger, "trained", live_gallery=live_gallery_version(settings))
+    rename_flow_run(refresh_name(challenger, champion, data_version))
+    if reached(stage, "validated"):
+        report = stored_report(settings, challenger)
+    else:
+        report = validate_compatibility_streaming(settings, champion, challenger)
+        record_stage(settings, challenger, "validated")
+    if not reached(stage, "quantized"):
+        train_codebooks_streaming(settings, challenger)
+        record_stage(settings, challenger, "quantized")
+    if reached(stage, "decided"):
+        decision = stored_decision(settings, challenger)
+    else:
+        decision = decide_backfill_streaming(settings, champion, challenger, report)
+        record_stage(settings, challenger, "decided")
+    return challenger, report, decision, None

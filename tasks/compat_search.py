@@ -26,11 +26,13 @@ from hotswap.components.compat_search import (
     train_trial,
 )
 from hotswap.components.compatibility import CompatConfig
-from hotswap.components.fingerprint import TAG_JOB, TAG_TRAINED_AGAINST
+from hotswap.components.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE, TAG_TRAINED_AGAINST
+from hotswap.components.refresh_progress import TAG_LIVE_GALLERY, TAG_SEARCHED_FROM
 from hotswap.components.registry import CHALLENGER
 from hotswap.components.report import CompatThresholds
 from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.refresh_progress import mark_superseded
 from hotswap.tasks.reporting import publish_table
 from hotswap.tasks.training import _train_config, compat_targets_for
 from hotswap.tasks.validation import validate_compatibility
@@ -207,7 +209,12 @@ def search_compatible(
         return challenger, report
     selected = outcome.selected
     original = reg.get_tags(challenger)
-    inherited = {k: original[k] for k in (TAG_CLASSES, "hotswap.targets", TAG_JOB) if k in original}
+    # the inputs that identify this refresh, so the no-op check and a resume recognise the winner
+    inherited = {
+        k: original[k]
+        for k in (TAG_CLASSES, "hotswap.targets", TAG_JOB, TAG_SETTINGS_HASH, TAG_LIVE_GALLERY)
+        if k in original
+    }
     version = reg.register(
         selected.run_id,
         tags={
@@ -215,11 +222,13 @@ def search_compatible(
             "hotswap.role": "challenger",
             "hotswap.old_version": champion,
             TAG_TRAINED_AGAINST: champion,
-            "hotswap.searched_from": challenger,
+            TAG_SEARCHED_FROM: challenger,
+            TAG_STAGE: "trained",
             TRIAL_TAG: selected.index,
         },
     )
     reg.set_alias(CHALLENGER, version)
+    mark_superseded(settings, challenger, by=version)
     gate_split = settings.data.gate_split
     # the same as-served gate as the configured challenger, on the split selection never saw
     gated = validate_compatibility(settings, champion, version, composition, targets)

@@ -14,6 +14,13 @@ from hotswap.components.backbones import BackboneSpec, build_model
 from hotswap.components.cross_eval import compatibility_matrix_from_features
 from hotswap.components.data import DataError
 from hotswap.components.decision import decide_from_features, measure_costs
+from hotswap.components.fingerprint import (
+    JOB_REFRESH,
+    TAG_JOB,
+    TAG_SETTINGS_HASH,
+    TAG_TRAINED_AGAINST,
+    settings_hash,
+)
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.model_spec import ModelSpec, build_user_model
 from hotswap.components.quantization import prefix_retrieval, train_dpq
@@ -149,9 +156,13 @@ def train_challenger_streaming(settings: HotswapSettings, old_version: str) -> s
         run_name=f"challenger-vs-v{old_version}",
         tags={"hotswap.old_version": old_version},
     )
-    new_version = reg.register(
-        run_id, tags={"hotswap.role": "challenger", "hotswap.old_version": old_version}
-    )
+    # job, settings hash and champion identify the refresh, so an interrupted one is resumed
+    identity = {
+        TAG_JOB: JOB_REFRESH,
+        TAG_SETTINGS_HASH: settings_hash(settings),
+        TAG_TRAINED_AGAINST: old_version,
+    }
+    new_version = reg.register(run_id, tags={"hotswap.role": "challenger", **identity})
     reg.set_alias(CHALLENGER, new_version)
     get_run_logger().info(
         "registered challenger v%s (%.1f s of streamed training)", new_version, history.seconds

@@ -1,0 +1,128 @@
+"""Refresh checkpoints: record each stage on the challenger, resume or clean up an interrupted one.
+
+The plan is components/refresh_progress.py; these tasks read the registry and the gallery store
+for it and carry it out. Both run inside the refresh's lifecycle lock, so an unfinished stage
+found here belongs to a refresh that is no longer running (killed, or failed on an outage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hotswap.components.decision import DecisionRecord, load_decision
+from hotswap.components.errors import StateError
+from hotswap.components.faults import fault_point
+from hotswap.components.fingerprint import settings_hash
+from hotswap.components.refresh_progress import (
+    ABANDONED,
+    FINISHED,
+    SUPERSEDED,
+    TAG_ABANDONED_WHY,
+    TAG_LIVE_GALLERY,
+    TAG_SEARCHED_FROM,
+    TAG_STAGE,
+    plan_resume,
+    staged_gallery_versions,
+)
+from hotswap.components.registry import CHALLENGER
+from hotswap.components.settings import HotswapSettings
+from hotswap.tasks.context import dataset_version, gallery_store, registry
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+
+def _abandon(settings: HotswapSettings, version: str, why: str) -> str:
+    """Delete the version's unpublished gallery versions, move the challenger alias off it, tag it."""
+    reg, galleries, name = registry(settings), gallery_store(settings), settings.gallery_name
+    live = galleries.read_current(name)
+    removed = []
+    written = galleries.list_versions(name, include_staged=True)
+    for gallery_version in staged_gallery_versions(version, written):
+        if gallery_version != live and not galleries.is_sealed(name, gallery_version):
+            galleries.discard_version(name, gallery_version)
+            removed.append(gallery_version)
+    if reg.aliases().get(CHALLENGER) == version:
+        reg.delete_alias(CHALLENGER)
+    reg.set_tags(version, {TAG_STAGE: ABANDONED, TAG_ABANDONED_WHY: why})
+    deleted = f"; deleted its staged gallery version(s) {', '.join(removed)}" if removed else ""
+    return f"abandoned the unfinished refresh of v{version}: {why}{deleted}"
+
+
+@task(
+    name="resume-or-clean-up",
+    task_run_name="look for an interrupted refresh against v{champion}",
+    cache_policy=NONE,
+)
+def resume_or_clean_up(settings: HotswapSettings, champion: str) -> dict[str, Any]:
+    """Plan what to do with unfinished refreshes (components/refresh_progress.py) and clean up.
+
+    Returns ``version`` / ``stage`` of the refresh to resume (None: start afresh), whether that
+    version came out of a compatibility search (it is not searched again), and ``actions``: one
+    sentence per thing done, also logged.
+    """
+    reg = registry(settings)
+    live = gallery_store(settings).read_current(settings.gallery_name)
+    digest = settings_hash(settings)
+    plan = plan_resume(champion, reg.list_versions(), dataset_version(settings), digest, live)
+    actions = []
+    for version, why in sorted(plan.abandon.items(), key=lambda item: int(item[0])):
+        actions.append(_abandon(settings, version, why))
+    if plan.resume is not None:
+        actions.append(f"resuming the interrupted refresh of v{plan.resume} after its stage {plan.stage!r}")
+    for line in actions:
+        get_run_logger().warning(line)
+    searched = plan.resume is not None and TAG_SEARCHED_FROM in reg.get_tags(plan.resume)
+    return {"version": plan.resume, "stage": plan.stage, "searched": searched, "actions": actions}
+
+
+@task(name="record-stage", task_run_name="v{version} reached {stage}", cache_policy=NONE, retries=2)
+def record_stage(
+    settings: HotswapSettings, version: str, stage: str, live_gallery: str | None = None
+) -> None:
+    """The challenger's refresh stage (and, when it was trained, the live gallery it started on)."""
+    tags = {TAG_STAGE: stage}
+    if live_gallery is not None:
+        tags[TAG_LIVE_GALLERY] = live_gallery
+    registry(settings).set_tags(version, tags)
+    fault_point(f"refresh:{stage}")
+
+
+def mark_superseded(settings: HotswapSettings, version: str, by: str) -> None:
+    """The compatibility search registered ``by`` in the place of ``version``: never resume it."""
+    registry(settings).set_tags(version, {TAG_STAGE: SUPERSEDED, "hotswap.refresh.superseded_by": by})
+
+
+@task(name="stored-report", task_run_name="read v{version}'s stored report", cache_policy=NONE, retries=2)
+def stored_report(settings: HotswapSettings, version: str) -> dict[str, Any]:
+    """The report an interrupted refresh already logged (resuming never re-judges a version)."""
+    return registry(settings).load_report(version).model_dump(mode="json")
+
+
+@task(name="stored-decision", task_run_name="read v{version}'s stored decision", cache_policy=NONE, retries=2)
+def stored_decision(settings: HotswapSettings, version: str) -> dict[str, Any]:
+    """The decision an interrupted refresh already recorded (the backfill resumes from it)."""
+    record: DecisionRecord = load_decision(registry(settings), version)
+    return record.model_dump(mode="json")
+
+
+class UnfinishedRefreshError(StateError):
+    """The version's refresh stopped before its gallery was staged, or was abandoned."""
+
+
+@task(name="check-promotable", task_run_name="check v{version}'s refresh finished", cache_policy=NONE)
+def check_promotable(settings: HotswapSettings, version: str) -> None:
+    """Refuse, before anything is written, to promote a version whose refresh did not finish."""
+    tags = registry(settings).get_tags(version)
+    stage = tags.get(TAG_STAGE)
+    if stage in (ABANDONED, SUPERSEDED):
+        why = tags.get(TAG_ABANDONED_WHY) or f"replaced by v{tags.get('hotswap.refresh.superseded_by')}"
+        raise UnfinishedRefreshError(f"v{version}'s refresh was {stage} ({why}); it cannot be promoted")
+    if stage is not None and stage != FINISHED:
+        raise UnfinishedRefreshError(
+            f"v{version}'s refresh stopped after its stage {stage!r}: run `hotswap refresh` to resume it"
+        )
+
+
+def live_gallery_version(settings: HotswapSettings) -> str | None:
+    """CURRENT of the gallery (recorded with a challenger's first stage)."""
+    return gallery_store(settings).read_current(settings.gallery_name)
