@@ -27,8 +27,12 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check components tasks flows tests bench deployments
 
+# Two test processes, one per core; a test file stays on one process, so the session and module
+# fixtures it shares (a bootstrapped home, a Prefect server) are built once per process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(BIN)/hotswap demo

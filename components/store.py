@@ -292,7 +292,7 @@ class S3ObjectStore(ObjectStore):
         *,
         endpoint_url: str | None = None,
         region_name: str | None = None,
-        max_attempts: int = 5,
+        max_attempts: int = 3,
         list_page_size: int = 1000,
         multipart_threshold: int = 64 * MIB,
         multipart_chunksize: int = 16 * MIB,

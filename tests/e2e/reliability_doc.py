@@ -54,14 +54,57 @@ FAULTS = [
         " and codes equal an uninterrupted run's",
     ),
     Fault(
-        "a second lifecycle command on a gallery another command is changing",
-        "tests/e2e/test_concurrent_commands.py::test_second_refresh_fails_at_once_and_a_killed_cli_leaves_no_orphan",
+        "SIGKILL of `refresh` during training, then after its `validated` stage, then during its backfill",
+        "tests/e2e/test_crash_refresh.py::test_a_refresh_killed_three_times_resumes_and_ends_as_an_uninterrupted_one",
+        "the command dies; each stage it finished is recorded on the challenger (`hotswap.refresh.stage`)",
+        "`refresh` resumes the same version after its last stage (`recovery`: `resuming the interrupted"
+        " refresh of v3 after its stage 'decided'`); versions, aliases, decision, CURRENT and the staged"
+        " gallery's ids, features and codes equal an uninterrupted run's",
+    ),
+    Fault(
+        "an interrupted refresh, then a refresh with other settings (or data, champion, live gallery)",
+        "tests/e2e/test_crash_refresh.py::test_a_refresh_killed_three_times_resumes_and_ends_as_an_uninterrupted_one",
+        "`recovery`: `abandoned the unfinished refresh of v3: it was started with settings hash …; deleted"
+        " its staged gallery version(s) v3-full`; `promote 3` is refused (exit 3)",
+        "a new challenger is trained and staged",
+    ),
+    Fault(
+        "the MLflow server stops after the refresh registered its challenger, then restarts",
+        "tests/e2e/test_service_outages.py::test_mlflow_stops_mid_refresh_then_the_rerun_resumes_the_same_version",
+        "exit 5: `error: MLflow tracking server http://… did not answer …`",
+        "after the restart `refresh` resumes the same version (none is trained twice); the run the outage"
+        " left RUNNING is marked FAILED",
+    ),
+    Fault(
+        "the S3 endpoint stops inside the switch (aliases moved, CURRENT not yet), then restarts",
+        "tests/e2e/test_service_outages.py::test_s3_stops_inside_the_switch_then_one_whole_pair_and_the_rerun_switches",
+        "exit 5: `error: S3 store s3://… at http://… did not answer …`",
+        "the next command shows the old pair whole (champion and CURRENT agree);"
+        " `promote --approve` switches",
+    ),
+    Fault(
+        "the store's disk fills up in the middle of a backfill",
+        "tests/e2e/test_storage_faults.py::test_disk_full_mid_backfill_is_one_line_and_the_rerun_resumes",
+        "exit 7: `error: <file>: No space left on device; nothing was published (the live gallery is"
+        " unchanged): make it writable or free space, then rerun to resume`",
+        "after space is freed the same command resumes; every live item once",
+    ),
+    Fault(
+        "the store is read-only",
+        "tests/e2e/test_storage_faults.py::test_read_only_store_reads_work_and_a_change_is_one_line",
+        "`status` and `search` work; `backfill` exits 7: `error: <file>: Read-only file system; …`; the"
+        " store and MLflow are byte-identical",
+        "works once the store is writable again",
+    ),
+    Fault(
+        "a second lifecycle command (a refresh, or a backfill) on a gallery a refresh is changing",
+        "tests/e2e/test_concurrent_commands.py::test_a_second_lifecycle_command_fails_at_once_and_a_killed_cli_leaves_no_orphan",
         "exit 4 at once: `error: gallery 'default' is being changed by `hotswap refresh` (pid …), started …`",
         "`--wait SECONDS` waits (bounded, saying for whom); after the holder ends the command runs",
     ),
     Fault(
         "SIGKILL of a running `refresh` (its temporary Prefect server running)",
-        "tests/e2e/test_concurrent_commands.py::test_second_refresh_fails_at_once_and_a_killed_cli_leaves_no_orphan",
+        "tests/e2e/test_concurrent_commands.py::test_a_second_lifecycle_command_fails_at_once_and_a_killed_cli_leaves_no_orphan",
         "the temporary Prefect API server stops with it (a sentinel process); no RUNNING MLflow run is left",
         "the dead holder's lease is taken over at once (same host) or after `lease_ttl_seconds`",
     ),

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from hotswap.components.lease import GalleryLease, read_lease
 from hotswap.components.registry import ModelRegistry
 from hotswap.components.store import LocalObjectStore
@@ -53,7 +54,14 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
-def test_second_refresh_fails_at_once_and_a_killed_cli_leaves_no_orphan(cli_homes, tmp_path: Path) -> None:
+#: the second command: another refresh, and the refresh + backfill pair once seen to hang for 11 minutes
+SECOND = {"refresh": ["refresh"], "backfill": ["backfill", "--version", "2", "--mode", "full"]}
+
+
+@pytest.mark.parametrize("second_command", list(SECOND))
+def test_a_second_lifecycle_command_fails_at_once_and_a_killed_cli_leaves_no_orphan(
+    second_command: str, cli_homes, tmp_path: Path
+) -> None:
     home, config = copy_home(cli_homes["live"], tmp_path / "home"), cli_homes["config"]
     env = {**os.environ, "HOTSWAP_CONFIG": str(config), "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)
@@ -71,7 +79,7 @@ def test_second_refresh_fails_at_once_and_a_killed_cli_leaves_no_orphan(cli_home
 
         start = time.monotonic()
         second = subprocess.run(
-            [str(HOTSWAP), "refresh", "--home", str(home)],
+            [str(HOTSWAP), *SECOND[second_command], "--home", str(home)],
             env=env,
             capture_output=True,
             text=True,
