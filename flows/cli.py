@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from hotswap.flows.cli_errors import HotswapGroup, cli_state, guard_gallery
+from hotswap.flows.cli_errors import HotswapGroup, cli_state, guard_gallery, note
 from rich.console import Console
 from rich.table import Table
 
@@ -186,7 +186,10 @@ def refresh(
     overrides = _prepare(home)
     from hotswap.flows.refresh import refresh as refresh_flow
 
-    _print_json(refresh_flow(overrides=overrides, auto_promote=auto_promote))
+    result = refresh_flow(overrides=overrides, auto_promote=auto_promote)
+    for line in result.get("recovery") or []:  # what it resumed or cleaned up, also in the JSON
+        note(line)
+    _print_json(result)
 
 
 @app.command()

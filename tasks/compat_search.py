@@ -26,15 +26,14 @@ from hotswap.components.compat_search import (
     train_trial,
 )
 from hotswap.components.compatibility import CompatConfig
-from hotswap.components.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE, TAG_TRAINED_AGAINST
+from hotswap.components.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE
 from hotswap.components.refresh_progress import TAG_LIVE_GALLERY, TAG_SEARCHED_FROM
-from hotswap.components.registry import CHALLENGER
 from hotswap.components.report import CompatThresholds
 from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.context import dataset, registry
 from hotswap.tasks.refresh_progress import mark_superseded
 from hotswap.tasks.reporting import publish_table
-from hotswap.tasks.training import _train_config, compat_targets_for
+from hotswap.tasks.training import _train_config, compat_targets_for, register_challenger
 from hotswap.tasks.validation import validate_compatibility
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
@@ -215,19 +214,12 @@ def search_compatible(
         for k in (TAG_CLASSES, "hotswap.targets", TAG_JOB, TAG_SETTINGS_HASH, TAG_LIVE_GALLERY)
         if k in original
     }
-    version = reg.register(
+    version = register_challenger(
+        settings,
         selected.run_id,
-        tags={
-            **inherited,
-            "hotswap.role": "challenger",
-            "hotswap.old_version": champion,
-            TAG_TRAINED_AGAINST: champion,
-            TAG_SEARCHED_FROM: challenger,
-            TAG_STAGE: "trained",
-            TRIAL_TAG: selected.index,
-        },
+        champion,
+        {**inherited, TAG_SEARCHED_FROM: challenger, TAG_STAGE: "trained", TRIAL_TAG: selected.index},
     )
-    reg.set_alias(CHALLENGER, version)
     mark_superseded(settings, challenger, by=version)
     gate_split = settings.data.gate_split
     # the same as-served gate as the configured challenger, on the split selection never saw

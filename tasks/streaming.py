@@ -18,13 +18,11 @@ from hotswap.components.fingerprint import (
     JOB_REFRESH,
     TAG_JOB,
     TAG_SETTINGS_HASH,
-    TAG_TRAINED_AGAINST,
     settings_hash,
 )
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.model_spec import ModelSpec, build_user_model
 from hotswap.components.quantization import prefix_retrieval, train_dpq
-from hotswap.components.registry import CHALLENGER
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.streaming import (
     ImageManifest,
@@ -39,7 +37,7 @@ from hotswap.components.streaming_training import class_map_by_name, train_compa
 from hotswap.tasks.context import gallery_store, registry
 from hotswap.tasks.quantization import CODEBOOK_DIR, load_codebooks
 from hotswap.tasks.reporting import publish_table
-from hotswap.tasks.training import _train_config
+from hotswap.tasks.training import _train_config, register_challenger
 from hotswap.tasks.validation import _record_report
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -157,13 +155,8 @@ def train_challenger_streaming(settings: HotswapSettings, old_version: str) -> s
         tags={"hotswap.old_version": old_version},
     )
     # job, settings hash and champion identify the refresh, so an interrupted one is resumed
-    identity = {
-        TAG_JOB: JOB_REFRESH,
-        TAG_SETTINGS_HASH: settings_hash(settings),
-        TAG_TRAINED_AGAINST: old_version,
-    }
-    new_version = reg.register(run_id, tags={"hotswap.role": "challenger", **identity})
-    reg.set_alias(CHALLENGER, new_version)
+    identity = {TAG_JOB: JOB_REFRESH, TAG_SETTINGS_HASH: settings_hash(settings)}
+    new_version = register_challenger(settings, run_id, old_version, identity)
     get_run_logger().info(
         "registered challenger v%s (%.1f s of streamed training)", new_version, history.seconds
     )

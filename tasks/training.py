@@ -182,18 +182,9 @@ def train_challenger(
         tags={**tags, **run_tags},
     )
     save_class_map(reg, run_id, class_map)
-    version = reg.register(
-        run_id,
-        tags={
-            "hotswap.role": "challenger",
-            TAG_CLASSES: len(class_map),
-            "hotswap.targets": target_record,
-            **tags,
-            **run_tags,
-        },
+    version = register_challenger(
+        settings, run_id, old_version, {TAG_CLASSES: len(class_map), "hotswap.targets": target_record, **tags}
     )
-    reg.set_alias(CHALLENGER, version)
-    publish_version_links(settings, version)
     get_run_logger().info(
         "registered challenger v%s (%s against %s, %.1f s of training)",
         version,
@@ -201,6 +192,24 @@ def train_challenger(
         ", ".join(f"v{t.version} w={t.weight:.2f}" for t in plan),
         history.seconds,
     )
+    return version
+
+
+def register_challenger(
+    settings: HotswapSettings, run_id: str, old_version: str, tags: dict[str, Any]
+) -> str:
+    """Register a compatible training run as the challenger: its role, its champion, links, alias.
+
+    Shared by the configured training, the streamed one and the compatibility search's winner,
+    so each new challenger carries the same lineage and Prefect links.
+    """
+    reg = registry(settings)
+    version = reg.register(
+        run_id,
+        tags={"hotswap.role": "challenger", TAG_TRAINED_AGAINST: old_version, **tags, **prefect_run_tags()},
+    )
+    reg.set_alias(CHALLENGER, version)
+    publish_version_links(settings, version)
     return version
 
 

@@ -96,6 +96,7 @@ def test_a_refresh_killed_three_times_resumes_and_ends_as_an_uninterrupted_one(
     summary = json.loads(resumed.stdout)
     assert summary["challenger"] == "3"
     assert summary["recovery"] == ["resuming the interrupted refresh of v3 after its stage 'decided'"]
+    assert "note: resuming the interrupted refresh of v3" in resumed.stderr  # said, not only in the JSON
 
     reference = invoke(clean, config, ["refresh"], NEW_INPUTS)
     assert reference.exit_code == 0, reference.output
