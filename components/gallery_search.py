@@ -8,7 +8,9 @@ rows removed: same codebooks, same codes, exact), searches each for the top k, m
 segment's scores with the calibration for the query model, and merges by calibrated score. This
 is exact — the global top k by calibrated score is among the union of each segment's top k,
 because an affine map with positive scale keeps a segment's order — and simple: segments are few.
-A single-model gallery keeps the one stored index and the identity.
+A single-model gallery keeps the one stored index and the identity (pass its model's name as
+``provenance``: no per-item array is needed). The query service (components/serving/searcher.py)
+opens every version through this class.
 
 The stored index's ids are gallery row numbers (how the pipeline builds it), mapped back to item
 ids through the version's shards.
@@ -36,7 +38,7 @@ class GallerySearcher:
         self,
         index: faiss.Index | bytes,
         item_ids: np.ndarray,
-        provenance: np.ndarray,
+        provenance: np.ndarray | str,
         calibration: ScoreCalibration,
         *,
         nprobe: int | None = None,
@@ -45,29 +47,36 @@ class GallerySearcher:
     ) -> None:
         index = index_from_bytes(index) if isinstance(index, bytes | bytearray | memoryview) else index
         ids = np.asarray(item_ids)
-        models = np.asarray(provenance).astype(str)
-        if ids.ndim != 1 or models.shape != ids.shape:
-            raise ValueError(f"item_ids {ids.shape} and provenance {models.shape} must be 1-D and aligned")
+        if isinstance(provenance, str):  # a single-model version: no per-item array to scan
+            models, segments = None, [provenance]
+            if ids.ndim != 1:
+                raise ValueError(f"item_ids {ids.shape} must be 1-D")
+        else:
+            models = np.asarray(provenance).astype(str)
+            if ids.ndim != 1 or models.shape != ids.shape:
+                raise ValueError(f"item_ids {ids.shape} and provenance {models.shape} must be 1-D, aligned")
+            segments = sorted(set(models.tolist()))
         if index.ntotal != len(ids):
             raise ValueError(f"the index holds {index.ntotal} items, the gallery {len(ids)}")
         if len(ids) == 0:
             raise ValueError("the gallery is empty")
-        segments = sorted(set(models.tolist()))
         if not calibration.covers(segments):
             missing = sorted(set(segments) - set(calibration.models))
             raise ValueError(
                 f"the calibration for queries of model {calibration.query_model!r} has no map for gallery "
                 f"models {missing}"
             )
-        self.item_ids = ids.astype(str)
-        self.provenance = models
+        # kept in their stored dtype: converting a million int64 ids to str holds the GIL for ~1 s,
+        # which would stall every query of a service while it loads the next version; only the
+        # returned ids are converted
+        self.item_ids = ids
         self.calibration = calibration
         self.calibration_source = calibration_source
         self.gallery_version = gallery_version
         self.nprobe = nprobe
         self.dim = int(index.d)
         self.segments: list[tuple[str, faiss.Index, int]] = []
-        if len(segments) == 1:
+        if models is None or len(segments) == 1:
             self.segments.append((segments[0], index, len(ids)))
         else:
             for model in segments:
@@ -153,5 +162,7 @@ class GallerySearcher:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(scores, top, axis=1)
         rows = np.take_along_axis(rows, top, axis=1)
-        ids = np.where(rows >= 0, self.item_ids[np.clip(rows, 0, None)], "")
+        if (rows >= len(self.item_ids)).any():
+            raise ValueError(f"the index returned rows outside its id map (0..{len(self.item_ids) - 1})")
+        ids = np.where(rows >= 0, self.item_ids[np.clip(rows, 0, None)].astype(str), "")
         return scores.astype(np.float32), ids.astype(str)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from hotswap.components.backbones import EmbeddingModel
 from hotswap.components.gallery import GalleryStore
+from hotswap.components.gallery_search import GallerySearcher
 from hotswap.components.registry import ModelRegistry
-from hotswap.components.serving.searcher import GallerySearcher, open_searcher
+from hotswap.components.serving.searcher import open_searcher
 
 
 class PairUnhealthyError(RuntimeError):

@@ -1,11 +1,10 @@
 """The gallery side of a live pair: a gallery version's faiss index and its item-id map.
 
 This module is the one place the service turns a gallery version into something it can search
-(:func:`open_searcher`). A single-model version gets this module's :class:`GallerySearcher`
-(raw inner products from the version's serialized index); a mixed version gets the calibrated
-searcher of components/gallery_search.py (one affine map per provenance model, DESIGN.md §11),
-which has the same interface: ``search(queries [nq, d] float32, k) -> (scores [nq, k], item_ids [nq, k] str)``
-plus ``dim``, ``ntotal`` and ``item_ids``.
+(:func:`open_searcher`), always as the searcher of components/gallery_search.py: a mixed version
+with one affine map per provenance model (DESIGN.md §11), a single-model version with the
+identity on its one index. Its interface: ``search(queries [nq, d] float32, k) -> (scores [nq, k],
+item_ids [nq, k] str)`` plus ``dim``, ``ntotal`` and ``item_ids`` (in their stored dtype).
 
 Everything read is checked: the index bytes and every ids file against the manifest's sha256,
 the index size against the manifest's item count, and faiss's ids against the id map, so a
@@ -15,38 +14,16 @@ broken version fails here, before it can go live.
 from __future__ import annotations
 
 import numpy as np
+from hotswap.components.calibration import ScoreCalibration
 from hotswap.components.gallery import GalleryError, GalleryStore, ManifestError
 from hotswap.components.gallery_records import npy_load, sha256_hex
-from hotswap.components.gallery_search import GallerySearcher as CalibratedSearcher
-from hotswap.components.index import index_from_bytes, search
+from hotswap.components.gallery_search import GallerySearcher
+from hotswap.components.index import index_from_bytes
 from hotswap.components.store import ObjectNotFoundError
 
 
 class GalleryLoadError(RuntimeError):
     """A gallery version cannot be served (missing, corrupt or inconsistent); the message says why."""
-
-
-class GallerySearcher:
-    """Top-k item ids of a gallery version by inner product with float queries."""
-
-    def __init__(self, gallery_version: str, index: object, item_ids: np.ndarray) -> None:
-        self.gallery_version = gallery_version
-        self.index = index
-        self.item_ids = item_ids
-        self.dim = int(index.d)
-        self.ntotal = int(index.ntotal)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores float32 [nq, k] descending, item ids [nq, k] str); k is capped at the gallery size."""
-        k = max(1, min(int(k), self.ntotal))
-        found = search(self.index, np.ascontiguousarray(queries, dtype=np.float32), k=k)
-        rows = found.ids
-        if (rows < 0).any() or (rows >= len(self.item_ids)).any():
-            raise GalleryLoadError(
-                f"gallery {self.gallery_version}: the index returned rows outside its id map "
-                f"(0..{len(self.item_ids) - 1})"
-            )
-        return found.scores, self.item_ids[rows].astype(str)
 
 
 def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> np.ndarray:
@@ -79,13 +56,13 @@ def _provenance_models(galleries: GalleryStore, gallery: str, version: str) -> l
 
 def open_searcher(
     galleries: GalleryStore, gallery: str, version: str, query_model: str | None = None
-) -> GallerySearcher | CalibratedSearcher:
+) -> GallerySearcher:
     """Load a gallery version for serving; :class:`GalleryLoadError` (one line) when it cannot be.
 
     A mixed version (items of several models) is served by the calibrated searcher of
     components/gallery_search.py for queries of ``query_model``: its stored calibration is
-    required, so a mixed version without one cannot go live. A single-model version keeps the
-    plain searcher here (no per-segment split, ids left in their stored dtype).
+    required, so a mixed version without one cannot go live. A single-model version is read
+    without its features (only the checked index and ids files) and searched with the identity.
     """
     where = f"gallery {gallery!r} version {version!r}"
     try:
@@ -96,7 +73,7 @@ def open_searcher(
         if query_model is None:
             raise GalleryLoadError(f"{where} is mixed ({models}): a query model is needed to calibrate it")
         try:
-            searcher = CalibratedSearcher.from_version(galleries, gallery, version, str(query_model))
+            searcher = GallerySearcher.from_version(galleries, gallery, version, str(query_model))
         except (ValueError, GalleryError, ObjectNotFoundError) as exc:
             raise GalleryLoadError(f"{where}: {exc}") from exc
         return searcher
@@ -117,4 +94,8 @@ def open_searcher(
             f"{where}: the index holds {index.ntotal} items, the manifest {manifest.num_items}, "
             f"the id map {len(ids)}"
         )
-    return GallerySearcher(version, index, ids)
+    model = models[0] if models else str(manifest.model_version)
+    identity = ScoreCalibration.identity(str(query_model or model), [model])
+    return GallerySearcher(
+        index, ids, model, identity, gallery_version=version, calibration_source="single model: identity"
+    )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.calibration import ScoreCalibration
 from hotswap.components.gallery import GalleryStore
+from hotswap.components.gallery_search import GallerySearcher
 from hotswap.components.index import build_flat_index, index_to_bytes
 from hotswap.components.serving.batching import QueryBatcher
 from hotswap.components.serving.pair import LivePair, PairUnhealthyError, health_check
-from hotswap.components.serving.searcher import GalleryLoadError, GallerySearcher, open_searcher
+from hotswap.components.serving.searcher import GalleryLoadError, open_searcher
 from hotswap.components.store import open_store
 
 D, N, M, K_WORDS = 16, 64, 2, 16
@@ -22,7 +24,10 @@ def _pair(seed: int, version: str) -> LivePair:
     index = build_flat_index(books, codes, np.arange(N, dtype=np.int64))
     ids = np.array([f"{version}-item{i}" for i in range(N)])
     model = build_model(BackboneSpec(arch="small", embedding_dim=D, num_classes=3), seed=seed).eval()
-    return LivePair(version, model, f"g{version}", GallerySearcher(f"g{version}", index, ids))
+    searcher = GallerySearcher(
+        index, ids, version, ScoreCalibration.identity(version, [version]), gallery_version=f"g{version}"
+    )
+    return LivePair(version, model, f"g{version}", searcher)
 
 
 def test_concurrent_queries_share_one_forward_pass_per_pair() -> None:
@@ -60,7 +65,8 @@ def test_a_failing_batch_fails_its_queries_and_the_worker_goes_on() -> None:
 
 def test_health_check_reports_self_hits_and_enforces_the_minimum() -> None:
     pair = _pair(0, "1")
-    features = pair.searcher.index.reconstruct_n(0, 8)
+    ((_, index, _),) = pair.searcher.segments  # a single-model version: its one index
+    features = index.reconstruct_n(0, 8)
     checked = health_check(pair, probe_features=features, probe_ids=pair.item_ids[:8], k=5)
     assert checked.health["self_queries"] == 8 and 0 <= checked.health["self_hit"] <= 1
     assert checked.searcher is pair.searcher and checked.model is pair.model
