@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from hotswap.components.backfill import feature_models
 from hotswap.components.decision import load_decision
+from hotswap.components.fingerprint import TAG_STAGE
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, RegistryError
 from hotswap.components.settings import HotswapSettings
@@ -47,6 +48,8 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
     if latest is not None:
         info = registry.resolve(latest)
         status["latest_version_tags"] = {k: v for k, v in info.tags.items() if "." in k}
+        if aliases.get(CHALLENGER) is not None:  # where its refresh stands (refresh_progress.py)
+            status["challenger_stage"] = info.tags.get(TAG_STAGE)
         try:
             record = load_decision(registry, latest)
             status["last_decision"] = {"version": latest, "mode": record.mode, "reasons": record.reasons}

@@ -45,7 +45,14 @@ def print_status(console: Console, state: dict[str, Any]) -> None:
     if challenger is None:
         console.print("[bold]challenger[/bold] none (run `hotswap refresh`)")
     else:
-        console.print(f"[bold]challenger[/bold] v{challenger}, waiting for `hotswap promote`")
+        stage = state.get("challenger_stage")
+        if stage in (None, "staged"):
+            console.print(f"[bold]challenger[/bold] v{challenger}, waiting for `hotswap promote`")
+        else:
+            console.print(
+                f"[bold]challenger[/bold] v{challenger}, its refresh stopped after stage {stage!r}: "
+                "run `hotswap refresh` to resume it"
+            )
         report = state.get("challenger_report")
         if report:
             console.print(_matrix_table(f"v{challenger} against v{report['old_version']} (held-out)", report))

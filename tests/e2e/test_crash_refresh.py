@@ -89,6 +89,8 @@ def test_a_refresh_killed_three_times_resumes_and_ends_as_an_uninterrupted_one(
     galleries = GalleryStore(LocalObjectStore(crashed / "store"))
     assert "v3-full" in galleries.list_versions("default", include_staged=True)
     assert "v3-full" not in galleries.list_versions("default")
+    page = invoke(crashed, config, ["status"])
+    assert "v3, its refresh stopped after stage 'decided': run `hotswap refresh`" in page.output, page.output
     interrupted = copy_home(crashed, tmp_path / "interrupted")  # for the abandon case below
 
     resumed = invoke(crashed, config, ["refresh"], NEW_INPUTS)
