@@ -86,12 +86,9 @@ def refresh(
             return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
         resume = resume_or_clean_up(settings, champion)
-        if settings.stream.enabled:  # the team's manifests, read lazily; each model its own preprocessing
-            challenger, report, decision, targets = _streamed_upgrade(
-                settings, champion, resume, data_version
-            )
-        else:
-            challenger, report, decision, targets = _upgrade(settings, champion, resume, data_version)
+        # streamed: the team's manifests, read lazily, each model with its own preprocessing
+        upgrade = _streamed_upgrade if settings.stream.enabled else _upgrade
+        challenger, report, decision, targets = upgrade(settings, champion, resume, data_version)
         gallery_version = execute_decision(settings, challenger, decision)
         record_stage(settings, challenger, "staged")
 
