@@ -226,10 +226,12 @@ def test_broken_index_keeps_the_old_pair_serving(
     writer = home.galleries.begin_version(name, "g3-broken", model_version=v3, num_shards=1)
     writer.write_shard(0, arrays.ids, arrays.features, arrays.codes)
     writer.finalize(index_bytes=b"\x00corrupt index bytes\xff" * 8)
+    # drive the watcher by hand from here on, deterministically: stopped before the switch, its
+    # thread cannot load the broken version between the switch and the first manual poll
+    service.watcher.stop()
     with caplog.at_level(logging.ERROR, logger="hotswap.serve"):
         home.registry.promote(v3)
         home.galleries.publish(name, "g3-broken")
-        service.watcher.stop()  # drive the watcher by hand from here on, deterministically
         assert service.watcher.poll_once() == "failed"
         assert service.watcher.poll_once() == "failed-before"  # not retried at every poll
     lines = [
