@@ -38,7 +38,8 @@ def _named(variable: str, step: str) -> bool:
 
 
 def fault_point(step: str) -> None:
-    """SIGKILL this process if ``HOTSWAP_TEST_KILL_AT`` names ``step``; otherwise nothing."""
+    """SIGKILL this process if ``HOTSWAP_TEST_KILL_AT`` names ``step``, pause it if
+    ``HOTSWAP_TEST_PAUSE_AT`` does; otherwise nothing."""
     if _named(FAULT_ENV, step):
         os.kill(os.getpid(), signal.SIGKILL)
     if _named(PAUSE_ENV, step) and os.environ.get(PAUSE_DIR_ENV):

@@ -9,20 +9,14 @@ from hotswap.components.registry import CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.compat_search import search_compatible
 from hotswap.tasks.context import settings_from
-from hotswap.tasks.gallery import decide_backfill, execute_decision
+from hotswap.tasks.gallery import decide_backfill, execute_decision, load_decision
 from hotswap.tasks.links import rename_flow_run
 from hotswap.tasks.live import check_noop, live_composition, plan_targets, record_noop
 from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.naming import refresh_name, refresh_run_name
 from hotswap.tasks.preflight import check_refresh_inputs
 from hotswap.tasks.quantization import train_codebooks
-from hotswap.tasks.refresh_progress import (
-    live_gallery_version,
-    record_stage,
-    resume_or_clean_up,
-    stored_decision,
-    stored_report,
-)
+from hotswap.tasks.refresh_progress import record_stage, resume_or_clean_up
 from hotswap.tasks.registry import resolve_alias
 from hotswap.tasks.streaming import (
     decide_backfill_streaming,
@@ -31,7 +25,7 @@ from hotswap.tasks.streaming import (
     validate_compatibility_streaming,
 )
 from hotswap.tasks.training import check_dataset_version, train_challenger
-from hotswap.tasks.validation import validate_compatibility
+from hotswap.tasks.validation import load_report, validate_compatibility
 from prefect import flow
 from prefect.states import Completed, State
 
@@ -135,10 +129,10 @@ def _upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version:
     targets = plan_targets(settings, champion, composition)
     if challenger is None:
         challenger = train_challenger(settings, champion, targets)
-        record_stage(settings, challenger, "trained", live_gallery=composition["gallery_version"])
+        record_stage(settings, challenger, "trained")
     rename_flow_run(refresh_name(challenger, champion, data_version))
     if reached(stage, "validated"):
-        report = stored_report(settings, challenger)
+        report = load_report(settings, challenger).model_dump(mode="json")  # never re-judged
     else:
         report = validate_compatibility(settings, champion, challenger, composition, targets)
         search = settings.compat_search
@@ -153,7 +147,7 @@ def _upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version:
         train_codebooks(settings, challenger)
         record_stage(settings, challenger, "quantized")
     if reached(stage, "decided"):
-        decision = stored_decision(settings, challenger)
+        decision = load_decision(settings, challenger).model_dump(mode="json")
     else:
         decision = decide_backfill(settings, champion, challenger, report, composition)
         record_stage(settings, challenger, "decided")
@@ -165,10 +159,10 @@ def _streamed_upgrade(settings: Any, champion: str, resume: dict[str, Any], data
     challenger, stage = resume["version"], resume["stage"]
     if challenger is None:
         challenger = train_challenger_streaming(settings, champion)
-        record_stage(settings, challenger, "trained", live_gallery=live_gallery_version(settings))
+        record_stage(settings, challenger, "trained")
     rename_flow_run(refresh_name(challenger, champion, data_version))
     if reached(stage, "validated"):
-        report = stored_report(settings, challenger)
+        report = load_report(settings, challenger).model_dump(mode="json")  # never re-judged
     else:
         report = validate_compatibility_streaming(settings, champion, challenger)
         record_stage(settings, challenger, "validated")
@@ -176,7 +170,7 @@ def _streamed_upgrade(settings: Any, champion: str, resume: dict[str, Any], data
         train_codebooks_streaming(settings, challenger)
         record_stage(settings, challenger, "quantized")
     if reached(stage, "decided"):
-        decision = stored_decision(settings, challenger)
+        decision = load_decision(settings, challenger).model_dump(mode="json")
     else:
         decision = decide_backfill_streaming(settings, champion, challenger, report)
         record_stage(settings, challenger, "decided")

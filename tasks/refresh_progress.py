@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.decision import DecisionRecord, load_decision
 from hotswap.components.errors import StateError
 from hotswap.components.faults import fault_point
 from hotswap.components.fingerprint import settings_hash
@@ -76,13 +75,12 @@ def resume_or_clean_up(settings: HotswapSettings, champion: str) -> dict[str, An
 
 
 @task(name="record-stage", task_run_name="v{version} reached {stage}", cache_policy=NONE, retries=2)
-def record_stage(
-    settings: HotswapSettings, version: str, stage: str, live_gallery: str | None = None
-) -> None:
-    """The challenger's refresh stage (and, when it was trained, the live gallery it started on)."""
+def record_stage(settings: HotswapSettings, version: str, stage: str) -> None:
+    """The challenger's refresh stage; with the first one, the live gallery the refresh started on
+    (read here, under the refresh's lock, so it is the gallery the challenger was planned for)."""
     tags = {TAG_STAGE: stage}
-    if live_gallery is not None:
-        tags[TAG_LIVE_GALLERY] = live_gallery
+    if stage == "trained":
+        tags[TAG_LIVE_GALLERY] = gallery_store(settings).read_current(settings.gallery_name)
     registry(settings).set_tags(version, tags)
     fault_point(f"refresh:{stage}")
 
@@ -90,19 +88,6 @@ def record_stage(
 def mark_superseded(settings: HotswapSettings, version: str, by: str) -> None:
     """The compatibility search registered ``by`` in the place of ``version``: never resume it."""
     registry(settings).set_tags(version, {TAG_STAGE: SUPERSEDED, "hotswap.refresh.superseded_by": by})
-
-
-@task(name="stored-report", task_run_name="read v{version}'s stored report", cache_policy=NONE, retries=2)
-def stored_report(settings: HotswapSettings, version: str) -> dict[str, Any]:
-    """The report an interrupted refresh already logged (resuming never re-judges a version)."""
-    return registry(settings).load_report(version).model_dump(mode="json")
-
-
-@task(name="stored-decision", task_run_name="read v{version}'s stored decision", cache_policy=NONE, retries=2)
-def stored_decision(settings: HotswapSettings, version: str) -> dict[str, Any]:
-    """The decision an interrupted refresh already recorded (the backfill resumes from it)."""
-    record: DecisionRecord = load_decision(registry(settings), version)
-    return record.model_dump(mode="json")
 
 
 class UnfinishedRefreshError(StateError):
@@ -121,8 +106,3 @@ def check_promotable(settings: HotswapSettings, version: str) -> None:
         raise UnfinishedRefreshError(
             f"v{version}'s refresh stopped after its stage {stage!r}: run `hotswap refresh` to resume it"
         )
-
-
-def live_gallery_version(settings: HotswapSettings) -> str | None:
-    """CURRENT of the gallery (recorded with a challenger's first stage)."""
-    return gallery_store(settings).read_current(settings.gallery_name)
