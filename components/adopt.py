@@ -11,7 +11,7 @@ Prefect or a server):
    ``item_id`` [+ ``label``]). They are checked (shape, d, finite, unique ids) and unit-normalised
    (hotswap's models emit unit-norm features; a gallery at another scale would rank wrongly against
    them). Nothing is re-extracted.
-3. The old classifier (:func:`~components.streaming_training.fit_cosine_head`): Dual-Tuning's N2O
+3. The old classifier (:func:`fit_cosine_head`): Dual-Tuning's N2O
    term and the backfill's uncertainty ordering need W_o, which a deployed embedder rarely has. It
    is fitted on the frozen old features of the labelled training rows.
 4. DPQ codebooks trained on the imported gallery features (label term through the fitted head when
@@ -27,7 +27,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from hotswap.components.data import DataError
+import torch
+import torch.nn.functional as F
+from hotswap.components.compatibility import CompatibilityError
+from hotswap.components.data.images import DataError
 from pydantic import BaseModel, Field
 
 FEATURE_COLUMNS = ("feature", "features", "embedding")
@@ -177,3 +180,46 @@ class AdoptReport(BaseModel):
         if self.seconds:
             lines.append("- seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
         return "\n".join(lines) + "\n"
+
+
+def prototypes_from_features(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, where: str
+) -> torch.Tensor:
+    """Per-class means of (frozen old) features; every class must have a row."""
+    missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
+    if missing:
+        raise CompatibilityError(
+            f"{where}: no training items for class(es) {missing}; cannot build prototypes"
+        )
+    sums = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, features)
+    counts = np.bincount(labels, minlength=num_classes)[:, None]
+    return torch.from_numpy((sums / counts).astype(np.float32))
+
+
+def fit_cosine_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    scale: float = 16.0,
+    steps: int = 200,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The old classifier W_o for an adopted model: rows on the unit sphere, fitted by label-smoothed
+    CE of ``scale·cos(f, w_k)`` on frozen features, starting from the normalised class means."""
+    if len(features) != len(labels) or not len(labels):
+        raise DataError(f"fit_cosine_head: {len(features)} features for {len(labels)} labels")
+    feats = F.normalize(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), dim=1)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    init = prototypes_from_features(feats.numpy(), y.numpy(), num_classes, "old classifier")
+    torch.manual_seed(seed)
+    weight = torch.nn.Parameter(F.normalize(init, dim=1).clone())
+    optimizer = torch.optim.Adam([weight], lr=lr)
+    for _ in range(steps):
+        logits = scale * feats @ F.normalize(weight, dim=1).T
+        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return F.normalize(weight.detach(), dim=1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.training import extract_features
 
@@ -73,12 +73,12 @@ class AuditResult:
 
 
 def audit_models(
-    models: Mapping[str, EmbeddingModel], data: ImageDataset, device: str = "cpu"
+    models: Mapping[str, EmbeddingModel], data: ImageSet, device: str = "cpu"
 ) -> AuditResult:
     """Score every (newer query model, older gallery model) pair, oldest version first."""
     if not models:
         raise ValueError("an audit needs at least one model version")
-    feats = {v: extract_features(models[v], data.images, device=device) for v in models}
+    feats = {v: extract_features(models[v], data, device=device) for v in models}
     return audit_features(feats, data.labels)
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from hotswap.components.preprocess import Preprocessing, builtin_preprocessing, select_view
+from hotswap.components.data.preprocess import Preprocessing, builtin_preprocessing, select_view
 from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
@@ -37,7 +38,7 @@ class BackboneSpec(BaseModel):
     arch: str = Field(description="architecture family: 'small' or 'large'")
     embedding_dim: int = Field(64, ge=2)
     num_classes: int = Field(ge=2)
-    in_channels: int = Field(1, ge=1)
+    in_channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB")
     image_size: int = Field(28, ge=8)
     classifier_scale: float = Field(16.0, gt=0, description="cosine-head logit scale s")
 
@@ -104,8 +105,8 @@ class EmbeddingModel(nn.Module):
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """Grayscale in [0, 1] at the spec's size: what the in-memory datasets hold."""
-        return builtin_preprocessing(self.spec.image_size)
+        """The spec's size and channels (1 = grayscale, 3 = RGB), scaled to [0, 1]."""
+        return builtin_preprocessing(self.spec.image_size, self.spec.in_channels)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The retrieval feature: unit-norm, shape [B, d]. ``images`` may be a

@@ -43,7 +43,6 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from hotswap.components.backbones import EmbeddingModel
 from hotswap.components.calibration import ScoreCalibration
-from hotswap.components.data import ImageDataset
 from hotswap.components.faults import fault_point
 from hotswap.components.gallery import (
     GalleryError,
@@ -83,26 +82,11 @@ class BackfillError(ValueError):
 
 @runtime_checkable
 class ItemSource(Protocol):
-    """Gives the images of gallery items by id, in the order asked (float32 [N, C, H, W] in [0, 1])."""
+    """Gives gallery items by id, in the order asked, as one model reads them (float32 [N, C, H, W]).
+
+    components/data/loading.py ``SourceItemSource`` reads them through the data source."""
 
     def images(self, item_ids: np.ndarray) -> np.ndarray: ...
-
-
-class DatasetItemSource:
-    """An :class:`ItemSource` over an in-memory :class:`ImageDataset` (ids compared as strings)."""
-
-    def __init__(self, dataset: ImageDataset) -> None:
-        self.dataset = dataset
-        self._rows = {str(item): row for row, item in enumerate(dataset.item_ids)}
-        if len(self._rows) != len(dataset):
-            raise BackfillError(f"{dataset.name}: item ids are not unique; cannot serve images by id")
-
-    def images(self, item_ids: np.ndarray) -> np.ndarray:
-        try:
-            rows = np.fromiter((self._rows[str(i)] for i in item_ids), dtype=np.int64, count=len(item_ids))
-        except KeyError as exc:
-            raise KeyError(f"{self.dataset.name}: no image for gallery item id {exc.args[0]!r}") from None
-        return self.dataset.images[rows]
 
 
 # --------------------------------------------------------------------------- jobs and results

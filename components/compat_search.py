@@ -25,7 +25,7 @@ from typing import Any, Literal
 from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.compatibility import CompatConfig, train_compatible
 from hotswap.components.cross_eval import compatibility_matrix
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.report import CompatThresholds, build_report
 from hotswap.components.training import TrainConfig, TrainHistory
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -163,14 +163,14 @@ def score_matrix(
 
 # torch's default initialisers draw from the global RNG: build models one at a time so that
 # trials running in threads side by side still get the same initial weights for the same seed.
-_INIT_LOCK = threading.Lock()
+INIT_LOCK = threading.Lock()
 
 
 def train_trial(
     old_model: EmbeddingModel | Sequence[Any],
-    new_spec: BackboneSpec,
-    train: ImageDataset,
-    selection: ImageDataset,
+    new_spec: BackboneSpec | Any,
+    train: ImageSet,
+    selection: ImageSet,
     config: CompatConfig,
     train_config: TrainConfig,
     thresholds: CompatThresholds,
@@ -179,15 +179,19 @@ def train_trial(
 ) -> tuple[EmbeddingModel, TrainHistory, dict[str, dict[str, float]], float, bool, list[str]]:
     """Train one candidate against the frozen old model(s) and score it on ``selection``.
 
-    ``old_model`` is one frozen model or a list of targets (as :func:`train_compatible` takes
-    them); the selection matrix is scored against ``champion`` (default: ``old_model`` itself).
+    ``new_spec`` is a built-in spec or a freshly built model. ``old_model`` is one frozen model or
+    a list of targets (as :func:`train_compatible` takes them); the selection matrix is scored
+    against ``champion`` (default: ``old_model`` itself).
     Returns (model, history, matrix, score, passed, reasons).
     """
     reference = champion if champion is not None else old_model
-    if not isinstance(reference, EmbeddingModel):
+    if isinstance(reference, Sequence):
         raise ValueError("train_trial: give the champion when training against several targets")
-    with _INIT_LOCK:
-        model = build_model(new_spec, seed=train_config.seed)
+    if isinstance(new_spec, BackboneSpec):
+        with INIT_LOCK:
+            model = build_model(new_spec, seed=train_config.seed)
+    else:  # an already built, untrained model (e.g. the team's architecture)
+        model = new_spec
     model, history = train_compatible(
         old_model, model, train, config, train_config, class_map=class_map, progress=False
     )

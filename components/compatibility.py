@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model, require_same_dim
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import DEFAULT_LOADER, LoaderConfig
 from hotswap.components.training import (
     EpochCallback,
     Objective,
@@ -178,7 +179,7 @@ def class_map_lookup(class_map: Mapping[int, int], num_new: int, num_old: int) -
 
 def old_prototypes(
     old_model: EmbeddingModel,
-    data: ImageDataset,
+    data: ImageSet,
     num_classes: int,
     batch_size: int = 512,
     device: str = "cpu",
@@ -201,7 +202,7 @@ def old_prototypes(
         raise CompatibilityError(
             f"{data.name}: no training items for class(es) {missing}; cannot build prototypes"
         )
-    feats = extract_features(old_model, data.images, batch_size=batch_size, device=device)
+    feats = extract_features(old_model, data, batch_size=batch_size, device=device)
     sums = np.zeros((num_classes, feats.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, feats)
     counts = np.bincount(labels, minlength=num_classes)[:, None]
@@ -422,17 +423,10 @@ class CompatObjective:
 
 
 def check_compatible_pair(old_model: EmbeddingModel, new_model: EmbeddingModel) -> None:
-    """Fail early and clearly when a new model cannot share the old model's space or inputs."""
+    """Fail early and clearly when a new model cannot share the old model's space."""
     if old_model is new_model:
         raise CompatibilityError("the new model must be a separate module from the frozen old model")
-    require_same_dim(old_model, new_model)
-    old_in = (old_model.spec.in_channels, old_model.spec.image_size)
-    new_in = (new_model.spec.in_channels, new_model.spec.image_size)
-    if old_in != new_in:
-        raise CompatibilityError(
-            f"input mismatch: old model reads (channels, size)={old_in}, new model {new_in}; "
-            "both must read the same images"
-        )
+    require_same_dim(old_model, new_model)  # inputs may differ: each model reads its own view
 
 
 TargetSpec = CompatTarget | tuple[EmbeddingModel, float, Mapping[int, int] | None]
@@ -441,7 +435,7 @@ TargetSpec = CompatTarget | tuple[EmbeddingModel, float, Mapping[int, int] | Non
 def _as_targets(
     old: EmbeddingModel | Sequence[TargetSpec], class_map: Mapping[int, int] | None
 ) -> list[CompatTarget]:
-    if isinstance(old, EmbeddingModel):
+    if isinstance(old, torch.nn.Module):
         return [CompatTarget(old, 1.0, class_map, "old")]
     targets = [
         t if isinstance(t, CompatTarget) else CompatTarget(t[0], float(t[1]), t[2], f"target{i}")
@@ -460,12 +454,13 @@ def _as_targets(
 def train_compatible(
     old_model: EmbeddingModel | Sequence[TargetSpec],
     new_spec: BackboneSpec | EmbeddingModel,
-    train_data: ImageDataset,
+    train_data: ImageSet,
     config: CompatConfig = DEFAULT_CONFIG,
     train_config: TrainConfig | None = None,
     class_map: Mapping[int, int] | None = None,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
+    loader: LoaderConfig = DEFAULT_LOADER,
 ) -> tuple[EmbeddingModel, TrainHistory]:
     """Train a new model (any architecture, the old models' d) compatible with frozen models.
 
@@ -519,6 +514,8 @@ def train_compatible(
             objective=objective,
             progress=progress,
             on_epoch_end=on_epoch_end,
+            extra_views=[t.model.preprocessing for t in targets],
+            loader=loader,
         )
     finally:
         for t, model_flags in zip(targets, flags, strict=True):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from hotswap.components.backbones import EmbeddingModel, require_same_dim
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.metrics import RetrievalMetrics, retrieval_metrics, update_gain
 from hotswap.components.training import extract_features
 
@@ -82,8 +82,8 @@ def compatibility_matrix_from_features(
 def compatibility_matrix(
     old_model: EmbeddingModel,
     new_model: EmbeddingModel,
-    data: ImageDataset,
-    gallery: ImageDataset | None = None,
+    data: ImageSet,
+    gallery: ImageSet | None = None,
     pairs: Sequence[str] = PAIRS,
     topk: Sequence[int] = (1, 5),
     batch_size: int = 512,
@@ -95,15 +95,15 @@ def compatibility_matrix(
     needed = {m for pair in pairs for m in _parse_pair(pair)}
     models = {"old": old_model, "new": new_model}
 
-    def features(images: np.ndarray) -> dict[str, np.ndarray]:
+    def features(images: ImageSet) -> dict[str, np.ndarray]:
         return {
             name: extract_features(models[name], images, batch_size=batch_size, device=device)
             for name in sorted(needed)
         }
 
-    gallery_feats = features(gallery.images) if gallery is not None else None
+    gallery_feats = features(gallery) if gallery is not None else None
     return compatibility_matrix_from_features(
-        features(data.images),
+        features(data),
         data.labels,
         gallery_feats,
         gallery.labels if gallery is not None else None,

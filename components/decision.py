@@ -49,7 +49,8 @@ from typing import Any, Literal
 import numpy as np
 from hotswap.components.backbones import EmbeddingModel, require_same_dim
 from hotswap.components.calibration import CalibrationConfig, fit_backfill_calibration
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import model_inputs
 from hotswap.components.live import LiveComposition
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.ordering import (
@@ -625,7 +626,7 @@ def decide(
     *,
     old_model: EmbeddingModel,
     new_model: EmbeddingModel,
-    validation: ImageDataset,
+    validation: ImageSet,
     gallery_items: int,
     blessed: bool,
     old_codebooks: DPQCodebooks | None = None,
@@ -653,8 +654,8 @@ def decide(
     require_same_dim(old_model, new_model)
     if len(validation) < 2:
         raise DecisionError(f"{validation.name}: the decision needs validation items, got {len(validation)}")
-    old_feats = extract_features(old_model, validation.images, batch_size=config.batch_size, device=device)
-    new_feats = extract_features(new_model, validation.images, batch_size=config.batch_size, device=device)
+    old_feats = extract_features(old_model, validation, batch_size=config.batch_size, device=device)
+    new_feats = extract_features(new_model, validation, batch_size=config.batch_size, device=device)
     champion_feats = gallery_feats = assignment = None
     if composition is not None:
         champion_feats = old_feats
@@ -669,14 +670,14 @@ def decide(
                     f"the live gallery holds items of v{version}, but no model v{version} was given"
                 )
             per_model[version] = extract_features(
-                gallery_models[version], validation.images, batch_size=config.batch_size, device=device
+                gallery_models[version], validation, batch_size=config.batch_size, device=device
             )
         gallery_feats = compose_gallery(per_model, assignment)
     sample = np.random.default_rng(config.seed).permutation(len(validation))[: config.timing_sample]
     cost = measure_costs(
         new_model,
         new_codebooks,
-        validation.images[np.sort(sample)],
+        model_inputs(validation.subset(np.sort(sample)), new_model.preprocessing),
         batch_size=config.batch_size,
         device=device,
         repeats=config.timing_repeats,

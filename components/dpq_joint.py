@@ -20,7 +20,7 @@ import copy
 
 import torch
 from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.quantization import DPQCodebooks, DPQConfig, dpq_loss_terms
 from hotswap.components.training import (
     Objective,
@@ -34,7 +34,7 @@ from hotswap.components.training import (
 
 def finetune_with_dpq(
     model: EmbeddingModel,
-    data: ImageDataset,
+    data: ImageSet,
     codebooks: DPQCodebooks,
     train_config: TrainConfig,
     dpq_config: DPQConfig | None = None,

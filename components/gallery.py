@@ -220,6 +220,24 @@ class GalleryStore:
             arrays[kind] = array
         return GalleryArrays(ids=arrays["ids"], features=arrays.get("features"), codes=arrays.get("codes"))
 
+    def load_ids(self, gallery: str, version: str, max_workers: int = 4) -> np.ndarray:
+        """The item ids of a version in shard order, reading only the ids files (checksummed)."""
+        manifest = self.load_manifest(gallery, version)
+
+        def ids_of(n: int) -> np.ndarray:
+            entry = manifest.shards[n].files["ids"]
+            where = f"gallery {gallery!r} version {version!r} shard {n}"
+            try:
+                return npy_load(self._read_verified(gallery, version, entry, where))
+            except (ValueError, OSError) as exc:
+                raise ShardCorruptedError(
+                    f"{where}: {entry.path} is not a readable .npy file: {exc}"
+                ) from None
+
+        with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+            parts = list(pool.map(ids_of, range(manifest.num_shards)))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=str)
+
     def load_arrays(self, gallery: str, version: str, max_workers: int = 4) -> GalleryArrays:
         """All shards of a version concatenated in shard order (shards fetched in parallel)."""
         manifest = self.load_manifest(gallery, version)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from hotswap.components.backbones import EmbeddingModel
 from hotswap.components.calibration import CalibrationConfig, ScoreCalibration, fit_calibration
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.gallery import GalleryError, GalleryStore, ShardCorruptedError, VersionImmutableError
 from hotswap.components.gallery_records import first_error, sha256_hex, to_json, validate_name
 from hotswap.components.quantization import DPQCodebooks
@@ -214,7 +214,7 @@ def ensure_calibration(
 def fit_for_gallery(
     query_model: str,
     models: Mapping[str, EmbeddingModel],
-    validation: ImageDataset,
+    validation: ImageSet,
     codebooks: DPQCodebooks | None,
     config: CalibrationConfig | None = None,
     *,
@@ -231,7 +231,7 @@ def fit_for_gallery(
     if str(query_model) not in models:
         raise GalleryError(f"models must include the query model {query_model!r}, got {sorted(models)}")
     feats = {
-        str(v): extract_features(m, validation.images, batch_size=batch_size, device=device)
+        str(v): extract_features(m, validation, batch_size=batch_size, device=device)
         for v, m in models.items()
     }
     gallery = {

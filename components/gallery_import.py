@@ -7,7 +7,7 @@ writes such features as an ordinary version (checksummed shards with DPQ codes, 
 provenance) through the same staged writer the backfill uses, so CURRENT still moves last.
 
 Between model versions the gallery itself changes: :func:`sync_gallery` makes the next version
-from the live one and a gallery manifest (components/streaming.py) — ids that left the manifest are
+from the live one and a gallery manifest (components/data/objects.py) — ids that left the manifest are
 absent, new ids are embedded by the champion and encoded with the live codebooks, everything else
 keeps its stored features, codes and provenance. No existing item is re-extracted.
 """
@@ -20,16 +20,11 @@ from typing import Any
 
 import numpy as np
 from hotswap.components.backfill import PROVENANCE_FILE, BackfillError, feature_models
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import DEFAULT_LOADER, LoaderConfig, embed
 from hotswap.components.gallery import GalleryManifest, GalleryStore, new_version_id
 from hotswap.components.gallery_records import npy_bytes, sha256_hex
 from hotswap.components.quantization import DPQCodebooks
-from hotswap.components.streaming import (
-    DEFAULT_LOADER,
-    ImageManifest,
-    LoaderConfig,
-    ObjectReader,
-    extract_manifest,
-)
 from pydantic import JsonValue
 
 IndexBuilder = Callable[[np.ndarray, np.ndarray], bytes]
@@ -108,14 +103,24 @@ def write_feature_version(
     return manifest
 
 
+def gallery_difference(live_ids: np.ndarray, wanted_ids: np.ndarray) -> dict[str, list[str]]:
+    """Ids the gallery manifest holds that the live gallery lacks (``added``), and the reverse
+    (``removed``): what a sync would change. Both empty = nothing to do."""
+    live = np.asarray(live_ids).astype(str)
+    wanted = np.asarray(wanted_ids).astype(str)
+    return {
+        "added": wanted[~np.isin(wanted, live)].tolist(),
+        "removed": live[~np.isin(live, wanted)].tolist(),
+    }
+
+
 def sync_gallery(
     galleries: GalleryStore,
     gallery: str,
     source_version: str,
-    wanted: ImageManifest,
+    wanted: ImageSet,
     model: Any,
     codebooks: DPQCodebooks,
-    reader: ObjectReader,
     *,
     model_version: str,
     loader: LoaderConfig = DEFAULT_LOADER,
@@ -144,7 +149,7 @@ def sync_gallery(
         raise BackfillError(f"gallery manifest {wanted.name}: no items; a gallery cannot be emptied")
     new_feats = np.zeros((0, source.feature_dim or codebooks.dim), dtype=np.float32)
     if len(added):
-        (new_feats,) = extract_manifest([model], wanted.with_ids(added), reader, loader, device=device)
+        (new_feats,) = embed([model], wanted.with_ids(added), loader, device=device)
     ids = np.concatenate([old_ids[keep], added])
     features = np.concatenate([arrays.features[keep], new_feats])
     codes = np.concatenate([arrays.codes[keep], codebooks.encode(new_feats).astype(arrays.codes.dtype)])

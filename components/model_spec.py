@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from hotswap.components.backbones import CosineClassifier, ModelFormatError
-from hotswap.components.preprocess import Channels, Preprocessing, select_view
+from hotswap.components.data.preprocess import Channels, Preprocessing, select_view
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from torch import nn
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.catalog import bootstrap_classes
+from hotswap.components.data.images import ImageSet
 from hotswap.components.errors import InputError
 from hotswap.components.settings import HotswapSettings
 
@@ -36,12 +37,12 @@ def _power_of_two_below(n: int) -> int:
     return 1 << max(1, (max(n, 2)).bit_length() - 1)
 
 
-def check_bootstrap(settings: HotswapSettings, data: ImageDataset) -> None:
-    """Before v1 is registered: its training split can train DPQ codebooks."""
+def check_bootstrap(settings: HotswapSettings, data: ImageSet) -> None:
+    """Before v1 is registered: its classes exist and its training split can train DPQ codebooks."""
     train = data.split("train")
-    classes = settings.data.bootstrap_classes
+    classes = bootstrap_classes(settings, data)
     if classes is not None:
-        train = train.with_classes(classes)
+        train = train.with_class_names(classes)
     check_dpq_training_size(settings, len(train), f"data source {settings.data.source!r} (bootstrap classes)")
 
 
@@ -49,14 +50,14 @@ def check_refresh(
     settings: HotswapSettings,
     champion: EmbeddingModel,
     champion_version: str,
-    data: ImageDataset,
+    data: ImageSet,
     gallery_ids: np.ndarray,
-    gallery_data: ImageDataset | None = None,
+    gallery: ImageSet | None = None,
 ) -> None:
     """Before the challenger is trained or any alias moves.
 
-    ``gallery_data`` is what gallery items are read from (default ``data``): the whole data
-    source, while ``data`` may be restricted to the classes trained on now (``data.classes``).
+    ``gallery`` is the gallery's own manifest. When the refresh does not sync the live gallery
+    with it first (``gallery.sync_on_refresh`` off), every live item must be readable from it.
     """
     wanted = settings.training.embedding_dim
     if _explicit(settings.training, "embedding_dim") and wanted != champion.embedding_dim:
@@ -65,33 +66,32 @@ def check_refresh(
             f"champion v{champion_version}'s embedding space (d = {champion.embedding_dim}); "
             f"remove the setting or set it to {champion.embedding_dim}"
         )
-    size, model_size = settings.data.image_size, champion.spec.image_size
-    if _explicit(settings.data, "image_size") and size != model_size:
-        raise InputError(
-            f"data.image_size = {size} differs from champion v{champion_version}'s {model_size}: the live "
-            f"gallery was embedded at {model_size} px; remove the setting or set it to {model_size}"
-        )
-    known = set((gallery_data if gallery_data is not None else data).item_ids.tolist())
-    missing = [str(i) for i in gallery_ids if str(i) not in known]
-    if missing:
-        raise InputError(
-            f"data source {settings.data.source!r} lacks {len(missing)} of the live gallery's "
-            f"{len(gallery_ids)} items (e.g. {missing[:3]}): its item ids or labels do not match the data "
-            "the gallery was built from; point data.source at that dataset (or a superset of it)"
-        )
+    if gallery is not None and not settings.gallery.sync_on_refresh:
+        known = set(gallery.item_ids.tolist())
+        missing = [str(i) for i in gallery_ids if str(i) not in known]
+        if missing:
+            raise InputError(
+                f"the gallery manifest ({gallery.name}) lacks {len(missing)} of the live gallery's "
+                f"{len(gallery_ids)} items (e.g. {missing[:3]}): point gallery.manifest (or data.source) at "
+                "the data the gallery was built from, or turn gallery.sync_on_refresh on to drop them"
+            )
     check_dpq_training_size(settings, len(data.split("train")), f"data source {settings.data.source!r}")
 
 
-def check_query_size(settings: HotswapSettings, champion: EmbeddingModel, champion_version: str) -> int:
-    """The image size a query is decoded at: the champion's; a different explicit setting is refused."""
-    size = settings.data.image_size
-    model_size = champion.spec.image_size
-    if _explicit(settings.data, "image_size") and size != model_size:
+def check_gallery_removals(settings: HotswapSettings, removed: list[str], live_items: int) -> None:
+    """Items only leave the live gallery through its own manifest (``gallery.manifest``).
+
+    Without one, the gallery is the data source's gallery split, and live items missing from it
+    mean the data source is not the data the gallery was built from (a wrong path, another
+    dataset): syncing would silently drop them, so that is refused in one line.
+    """
+    if removed and not settings.gallery.manifest:
         raise InputError(
-            f"data.image_size = {size} cannot apply to search: champion v{champion_version} embeds "
-            f"{model_size} px images; remove the setting or set it to {model_size}"
+            f"data source {settings.data.source!r} lacks {len(removed)} of the live gallery's {live_items} "
+            f"items (e.g. {removed[:3]}): its item ids or labels do not match the data the gallery was "
+            "built from; point data.source at that dataset (or a superset of it), or name the gallery's "
+            "own manifest in gallery.manifest (a sync then drops the items it no longer lists)"
         )
-    return model_size
 
 
 BACKFILL_MODES = ("requantize", "partial", "full")

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hotswap.components.data import DataError, decode_image, load_dataset
+from hotswap.components.data.catalog import find_item, labels_by_id
+from hotswap.components.data.images import DataError
+from hotswap.components.data.loading import model_inputs
+from hotswap.components.data.objects import decode_uint8
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.gallery_search import GallerySearcher
-from hotswap.components.preflight import check_query_size
 from hotswap.components.registry import CHAMPION, ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
@@ -46,19 +48,19 @@ class SearchHits:
     calibration: str = "single-model"  # single-model | stored | missing (raw scores on a mixed gallery)
 
 
-def _query_image(settings: HotswapSettings, image: Path | None, item_id: str | None) -> np.ndarray:
-    size = settings.data.image_size
+def query_input(
+    settings: HotswapSettings, model: object, image: Path | None, item_id: str | None
+) -> np.ndarray:
+    """The query as ``model`` reads it ([1, C, H, W]): a file, or an item of the gallery or data,
+    decoded as it is (RGB stays RGB) and put through the model's own preprocessing."""
     if image is not None:
+        where = f"query image {image}"
         try:
             data = Path(image).read_bytes()
         except OSError as exc:
-            raise DataError(f"query image {image}: cannot be read ({exc.strerror or exc})") from exc
-        return decode_image(data, size, where=f"query image {image}")[None, None]
-    dataset = load_dataset(settings.data.source, seed=settings.data.split_seed, image_size=size)
-    rows = np.flatnonzero(dataset.item_ids == item_id)
-    if len(rows) == 0:
-        raise DataError(f"item id {item_id!r} is not in data source {settings.data.source!r}")
-    return dataset.images[rows[:1]]
+            raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
+        return model.preprocessing(decode_uint8(data, where), where)[None]  # type: ignore[attr-defined]
+    return model_inputs(find_item(settings, str(item_id)), model.preprocessing)  # type: ignore[attr-defined]
 
 
 def search_live(
@@ -68,8 +70,6 @@ def search_live(
     registry = ModelRegistry.from_settings(settings)
     info = registry.resolve(CHAMPION)
     model = registry.load_model(info)
-    size = check_query_size(settings, model, info.version)  # queries are embedded at the champion's size
-    settings = settings.model_copy(update={"data": settings.data.model_copy(update={"image_size": size})})
     galleries = GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
     version = galleries.read_current(settings.gallery_name)
     if version is None:
@@ -81,16 +81,11 @@ def search_live(
     searcher = GallerySearcher.from_version(
         galleries, settings.gallery_name, version, info.version, require_calibration=False
     )
-    streamed = settings.stream.enabled
-    pixels = (
-        _streamed_query(settings, model, image, item_id)
-        if streamed
-        else _query_image(settings, image, item_id)
-    )
+    pixels = query_input(settings, model, image, item_id)
     with torch.no_grad():
         query = model.eval().embed(torch.from_numpy(pixels)).numpy()
     scores, ids = searcher.search(query, k=k)
-    labels = _streamed_labels(settings) if streamed else _labels_by_id(settings)
+    labels = labels_by_id(settings)
     results = [
         Hit(item_id=str(item), score=float(score), label=labels.get(str(item)))
         for item, score in zip(ids[0], scores[0], strict=True)
@@ -102,64 +97,3 @@ def search_live(
         results=results,
         calibration=searcher.calibration_source,
     )
-
-
-def _manifests(settings: HotswapSettings) -> list:
-    """The gallery manifest and the training manifest (rows only; nothing decoded)."""
-    from hotswap.components.streaming import read_image_manifest
-
-    out = []
-    if settings.stream.gallery_manifest:
-        out.append(
-            read_image_manifest(settings.stream.gallery_manifest, require_labels=False, require_splits=False)
-        )
-    if settings.data.source.endswith((".csv", ".parquet")):
-        out.append(read_image_manifest(settings.data.source, require_labels=False, require_splits=False))
-    return out
-
-
-def _streamed_query(
-    settings: HotswapSettings, model: object, image: Path | None, item_id: str | None
-) -> np.ndarray:
-    """With streamed data: the query from its file or manifest row, in the model's own preprocessing."""
-    from hotswap.components.streaming import ObjectReader, decode_uint8
-
-    where = f"query image {image}" if image is not None else f"item {item_id!r}"
-    try:
-        if image is not None:
-            data = Path(image).read_bytes()
-        else:
-            for manifest in _manifests(settings):
-                rows = manifest.frame.index[manifest.frame["item_id"] == str(item_id)]
-                if len(rows):
-                    uri = manifest.frame.loc[rows[0], "uri"]
-                    data = ObjectReader(settings.s3_endpoint_url).read(uri, manifest.base_dir)
-                    break
-            else:
-                raise DataError(f"item id {item_id!r} is in neither the gallery nor the training manifest")
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{where}: cannot be read ({exc})") from exc
-    return model.preprocessing(decode_uint8(data, where), where)[None]
-
-
-def _streamed_labels(settings: HotswapSettings) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for manifest in reversed(_manifests(settings)):
-        labels.update(
-            {i: x for i, x in zip(manifest.frame["item_id"], manifest.frame["label"], strict=True) if x}
-        )
-    return labels
-
-
-def _labels_by_id(settings: HotswapSettings) -> dict[str, str]:
-    """Class names of gallery items when the configured dataset knows them (for display only)."""
-    try:
-        data = load_dataset(
-            settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
-        )
-    except DataError:
-        return {}
-    names = data.class_names or tuple(str(i) for i in range(data.num_classes))
-    return {str(i): names[label] for i, label in zip(data.item_ids, data.labels, strict=True)}

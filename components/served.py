@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 from hotswap.components.backbones import EmbeddingModel
 from hotswap.components.calibration import CalibrationConfig, fit_calibration
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.live import LiveComposition, TargetWeight
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.quantization import DPQCodebooks
@@ -148,7 +148,7 @@ def served_evaluation(
     candidate: EmbeddingModel,
     champion: EmbeddingModel,
     gallery_models: Mapping[str, EmbeddingModel],
-    data: ImageDataset,
+    data: ImageSet,
     composition: LiveComposition,
     codebooks: DPQCodebooks | None,
     candidate_version: str,
@@ -174,7 +174,7 @@ def served_evaluation(
     assignment = assign_gallery_models(data.labels, composition.shares, seed=seed)
 
     def embed(model: EmbeddingModel, rows: np.ndarray | None = None) -> np.ndarray:
-        images = data.images if rows is None else data.images[rows]
+        images = data if rows is None else data.subset(rows)
         return extract_features(model, images, batch_size=batch_size, device=device)
 
     given = dict(features or {})

@@ -38,6 +38,11 @@ class TrainingSettings(BaseModel):
     embedding_dim: int = Field(64, ge=2)
     old_arch: str = "small"
     new_arch: str = "large"
+    new_model: dict[str, Any] | None = Field(
+        None,
+        description="the challenger's architecture from the team's code: ModelSpec fields (arch "
+        "'package.module:factory', kwargs, image_size, channels, mean, std); None = the built-in new_arch",
+    )
 
 
 class ThresholdSettings(BaseModel):
@@ -63,13 +68,24 @@ class DataSettings(BaseModel):
         "or an image folder with one sub-folder per class",
     )
     split_seed: int = 0
-    image_size: int = Field(28, ge=8)
-    bootstrap_classes: list[int] | None = Field(
-        default_factory=lambda: [0, 1, 2, 3, 4], description="classes the first model is trained on"
-    )
-    classes: list[int] | None = Field(
+    image_size: int | None = Field(
         None,
-        description="the classes the dataset currently holds (None = all its labels); a "
+        ge=8,
+        description="input size of the built-in nets (None = the data's own size); a team's model "
+        "spec carries its own",
+    )
+    channels: Literal["RGB", "L"] | None = Field(
+        None, description="input channels of the built-in nets (None = the data's own: RGB stays RGB)"
+    )
+    bootstrap_classes: list[str | int] | None = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        description="label names the first model is trained on (None = all). Integers name integer "
+        "labels (the bundled digits); the default applies only to data whose labels are integers, "
+        "other data trains its first model on every class unless this is set",
+    )
+    classes: list[str | int] | None = Field(
+        None,
+        description="the label names the dataset currently holds (None = all its labels); a "
         "class-incremental chain grows this list per refresh, which changes the dataset version",
     )
     validation_split: Literal["train", "val", "test"] = Field(
@@ -148,24 +164,29 @@ class SettingsFileError(ValueError):
 
 
 class StreamSettings(BaseModel):
-    """Data read lazily from a manifest (local paths or s3:// objects), for a team's own data.
+    """How images are read from manifests and folders (components/data/loading.py).
 
-    With ``enabled`` the lifecycle never holds the image set: ``data.source`` must be a manifest
-    (item_id, uri, label, split), the gallery is ``gallery_manifest`` (item_id, uri; labels
-    optional), and every pass over images goes through a torch DataLoader (components/streaming.py).
+    Sources held in memory (the bundled sets) are sliced from a cache; every other pass over images
+    goes through a torch DataLoader with these knobs, so nothing holds the whole image set.
     """
 
-    enabled: bool = Field(False, description="stream data.source through a DataLoader instead of decoding it")
-    gallery_manifest: str | None = Field(
-        None, description="the gallery's own manifest (item_id, uri[, label])"
-    )
     workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = read in the calling process)")
     batch_size: int = Field(64, ge=1, description="images per streamed batch (extraction, decision)")
     prefetch_factor: int = Field(4, ge=1, description="batches each worker reads ahead")
-    new_model: dict[str, Any] | None = Field(
+
+
+class GallerySettings(BaseModel):
+    """The gallery's own manifest, and whether a refresh brings the live gallery in line with it."""
+
+    manifest: str | None = Field(
         None,
-        description="the challenger's architecture from the team's code: ModelSpec fields (arch "
-        "'package.module:factory', kwargs, image_size, channels, mean, std); None = training.new_arch",
+        description="the gallery's manifest (item_id, uri[, label]; local paths or s3://); None = the "
+        "data source's data.gallery_split",
+    )
+    sync_on_refresh: bool = Field(
+        True,
+        description="a refresh first adds the manifest's new items (embedded by the champion) and drops "
+        "removed ones, as `hotswap gallery-sync` does; existing items are never re-extracted",
     )
 
 
@@ -233,6 +254,7 @@ class HotswapSettings(BaseSettings):
         60.0, gt=0, description="a gallery lease not renewed for this long is expired (holder dead)"
     )
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    gallery: GallerySettings = Field(default_factory=GallerySettings)
 
     @field_validator("model_name", "gallery_name")
     @classmethod

@@ -9,7 +9,7 @@ epoch, so a run's history shows which term pulled how hard.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import DEFAULT_LOADER, Batches, LoaderConfig, embed
+from hotswap.components.data.preprocess import Preprocessing
 from hotswap.components.faults import fault_point
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
@@ -79,7 +81,7 @@ def optimisation_step(
     sums: dict[str, float],
 ) -> None:
     """One step on the sum of the objective's named terms; adds each term × batch size to ``sums``
-    (the epoch's per-item means are logged from them). Shared by in-memory and streamed training."""
+    (the epoch's per-item means are logged from them)."""
     terms = objective(model, x, y)
     loss = torch.stack(list(terms.values())).sum()
     optimizer.zero_grad(set_to_none=True)
@@ -91,18 +93,25 @@ def optimisation_step(
 
 def train_model(
     model: EmbeddingModel,
-    data: ImageDataset,
+    data: ImageSet,
     config: TrainConfig,
     objective: Objective | None = None,
     progress: bool = True,
     on_epoch_end: EpochCallback | None = None,
+    extra_views: Sequence[Preprocessing] = (),
+    loader: LoaderConfig = DEFAULT_LOADER,
 ) -> TrainHistory:
-    """Train ``model`` in place with Adam on ``data`` (all rows are used; pass a split).
+    """Train ``model`` in place with Adam + cosine LR on every row of ``data`` (pass a split).
 
-    Seeded: the same seed, data and config give the same weights on CPU.
+    Labels must be head rows (components/data/classes.py ``to_head_labels``). Each batch holds
+    the model's own view of the images and ``extra_views`` (what other models in the objective
+    read, e.g. the frozen old model's preprocessing). Seeded: the same seed, data and config give
+    the same weights on CPU.
     """
     if len(data) == 0:
         raise ValueError(f"{data.name}: no training rows")
+    if int(data.labels.min()) < 0:
+        raise ValueError(f"{data.name}: training needs a label on every row")
     if int(data.labels.max()) >= model.spec.num_classes:
         raise ValueError(
             f"{data.name}: label {int(data.labels.max())} does not fit a model with "
@@ -114,20 +123,25 @@ def train_model(
     objective = objective or cross_entropy_objective(config.label_smoothing)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
-    generator = torch.Generator().manual_seed(config.seed)
+    batches = Batches(
+        data,
+        [model.preprocessing, *extra_views],
+        LoaderConfig(config.batch_size, loader.workers, loader.prefetch_factor, loader.start_method),
+        shuffle=True,
+        seed=config.seed,
+        persistent=config.epochs > 1,
+    )
     history = TrainHistory()
     start = time.perf_counter()
     bar = tqdm(total=config.epochs * len(data), unit="img", disable=not progress, desc="train", leave=False)
     for epoch in range(config.epochs):
-        order = torch.randperm(len(data), generator=generator)
         sums: dict[str, float] = {}
-        for begin in range(0, len(data), config.batch_size):
-            idx = order[begin : begin + config.batch_size]
-            x, y = images[idx].to(device), labels[idx].to(device)
+        for rows, views in batches:
+            x = {k: v.to(device, non_blocking=True) for k, v in views.items()}
+            y = labels[torch.from_numpy(rows)].to(device)
             optimisation_step(model, objective, optimizer, x, y, sums)
-            bar.update(len(idx))
+            bar.update(len(rows))
         scheduler.step()
         means = {name: total / len(data) for name, total in sums.items()}
         history.epochs.append(means)
@@ -145,12 +159,21 @@ def train_model(
 @torch.no_grad()
 def extract_features(
     model: EmbeddingModel,
-    images: np.ndarray,
+    images: np.ndarray | ImageSet,
     batch_size: int = 512,
     device: str = "cpu",
     progress: bool = False,
+    loader: LoaderConfig | None = None,
 ) -> np.ndarray:
-    """Embed images in eval mode (test transforms: none), returning float32 [N, d]."""
+    """Embed in eval mode, returning float32 [N, d].
+
+    ``images`` is an :class:`ImageSet` (each model reads it through its own preprocessing) or an
+    array already in the model's input form (a query, a sample of a shard).
+    """
+    if isinstance(images, ImageSet):
+        config = loader or LoaderConfig(batch_size=batch_size, workers=DEFAULT_LOADER.workers)
+        (features,) = embed([model], images, config, device=str(resolve_device(device)))
+        return features
     expected = (model.spec.in_channels, model.spec.image_size, model.spec.image_size)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(f"images of shape {images.shape} do not fit the model's input [N, {expected}]")

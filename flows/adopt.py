@@ -11,12 +11,12 @@ from hotswap.tasks.adopt import (
     import_gallery,
     record_adopt_report,
     register_adopted_model,
-    self_test_adopted,
     sync_gallery_items,
     train_gallery_codebooks,
 )
 from hotswap.tasks.context import settings_from
 from hotswap.tasks.registry import resolve_alias
+from hotswap.tasks.validation import rubber_stamp
 from prefect import flow
 
 
@@ -31,12 +31,10 @@ def adopt(
     """Register the team's model, import its gallery features, train DPQ on them, go live, report.
 
     ``spec``: ModelSpec fields (arch, kwargs, format, embedding_dim, image_size, channels, mean,
-    std, projection); ``weights``: safetensors state_dict or a .pt2 program. The data settings
-    must stream (``stream.enabled``) a labelled training manifest for the old classifier.
+    std, projection); ``weights``: safetensors state_dict or a .pt2 program. ``data.source`` holds
+    the labelled training data the old classifier is fitted on; ``gallery.manifest`` the gallery.
     """
-    settings = settings_from(
-        {**(overrides or {}), "stream": {**(overrides or {}).get("stream", {}), "enabled": True}}
-    )
+    settings = settings_from(overrides)
     champion = resolve_alias(settings, CHAMPION)
     if champion is not None:
         raise AlreadyBootstrappedError(
@@ -44,7 +42,7 @@ def adopt(
         )
     model = register_adopted_model(settings, spec, weights)
     version = model["version"]
-    self_test = self_test_adopted(settings, version, model["dataset_version"])
+    self_test = rubber_stamp(settings, version)
     codebooks = train_gallery_codebooks(settings, version, gallery_features, gallery_ids)
     gallery = import_gallery(settings, version, gallery_features, gallery_ids)
     live = switch_live(settings, version, gallery["gallery_version"])
@@ -55,7 +53,5 @@ def adopt(
 @flow(name="gallery-sync", log_prints=True)
 def gallery_sync(overrides: dict[str, Any] | None = None, publish: bool = True) -> dict[str, Any]:
     """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones."""
-    settings = settings_from(
-        {**(overrides or {}), "stream": {**(overrides or {}).get("stream", {}), "enabled": True}}
-    )
+    settings = settings_from(overrides)
     return sync_gallery_items(settings, publish)

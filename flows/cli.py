@@ -346,7 +346,7 @@ def data_register(
     """Record a dataset version and emit `hotswap.dataset.registered` (which triggers a refresh);
     data already registered emits nothing."""
     overrides = _prepare(home)
-    from hotswap.components.datasets import register_dataset
+    from hotswap.components.data.registered import register_dataset
     from hotswap.components.settings import load_settings
     from hotswap.tasks.events import emit_dataset_registered
 

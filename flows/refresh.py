@@ -7,6 +7,7 @@ from typing import Any
 from hotswap.components.refresh_progress import reached
 from hotswap.components.registry import CHAMPION
 from hotswap.flows.switch import switch_live
+from hotswap.tasks.adopt import live_gallery_difference, sync_gallery_items
 from hotswap.tasks.compat_search import search_compatible
 from hotswap.tasks.context import settings_from
 from hotswap.tasks.gallery import decide_backfill, execute_decision, load_decision
@@ -18,12 +19,6 @@ from hotswap.tasks.preflight import check_refresh_inputs
 from hotswap.tasks.quantization import train_codebooks
 from hotswap.tasks.refresh_progress import record_stage, resume_or_clean_up
 from hotswap.tasks.registry import resolve_alias
-from hotswap.tasks.streaming import (
-    decide_backfill_streaming,
-    train_challenger_streaming,
-    train_codebooks_streaming,
-    validate_compatibility_streaming,
-)
 from hotswap.tasks.training import check_dataset_version, train_challenger
 from hotswap.tasks.validation import load_report, validate_compatibility
 from prefect import flow
@@ -73,16 +68,21 @@ def refresh(
                 f"model {settings.model_name!r} has no champion: run `hotswap bootstrap` first"
             )
         data_version = check_dataset_version(settings, dataset_version)
-        reason = None if settings.stream.enabled else check_noop(settings, champion)
+        synced = _sync_gallery_first(settings)
+        reason = check_noop(settings, champion)
         if reason is not None:
             record_noop(settings, champion, reason)
-            summary = {"champion": champion, "noop": True, "reason": reason, "promoted": False}
+            summary = {
+                "champion": champion,
+                "noop": True,
+                "reason": reason,
+                "promoted": False,
+                "gallery_sync": synced,
+            }
             return Completed(name="Unchanged", message=f"nothing to do: {reason}", data=summary)
 
         resume = resume_or_clean_up(settings, champion)
-        # streamed: the team's manifests, read lazily, each model with its own preprocessing
-        upgrade = _streamed_upgrade if settings.stream.enabled else _upgrade
-        challenger, report, decision, targets = upgrade(settings, champion, resume, data_version)
+        challenger, report, decision, targets = _upgrade(settings, champion, resume, data_version)
         gallery_version = execute_decision(settings, challenger, decision)
         record_stage(settings, challenger, "staged")
 
@@ -97,6 +97,7 @@ def refresh(
             "promoted": False,
             "dataset_version": data_version,
             "recovery": resume["actions"],
+            "gallery_sync": synced,
         }
         if auto_promote and report["blessed"] and gallery_version is not None:
             switch_live(settings, challenger, gallery_version)
@@ -115,6 +116,17 @@ def refresh(
 
 
 Upgrade = tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any]] | None]
+
+
+def _sync_gallery_first(settings: Any) -> dict[str, Any] | None:
+    """With ``gallery.sync_on_refresh``: items the gallery manifest gained are embedded by the
+    champion and items it lost are dropped, before anything is decided (as `hotswap gallery-sync`)."""
+    if not settings.gallery.sync_on_refresh:
+        return None
+    difference = live_gallery_difference(settings)
+    if not difference["added"] and not difference["removed"]:
+        return None
+    return sync_gallery_items(settings, publish=True)
 
 
 def _upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version: str) -> Upgrade:
@@ -152,26 +164,3 @@ def _upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version:
         decision = decide_backfill(settings, champion, challenger, report, composition)
         record_stage(settings, challenger, "decided")
     return challenger, report, decision, targets
-
-
-def _streamed_upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version: str) -> Upgrade:
-    """The same stages on the team's streamed manifests (champion-only target, pairwise gate)."""
-    challenger, stage = resume["version"], resume["stage"]
-    if challenger is None:
-        challenger = train_challenger_streaming(settings, champion)
-        record_stage(settings, challenger, "trained")
-    rename_flow_run(refresh_name(challenger, champion, data_version))
-    if reached(stage, "validated"):
-        report = load_report(settings, challenger).model_dump(mode="json")  # never re-judged
-    else:
-        report = validate_compatibility_streaming(settings, champion, challenger)
-        record_stage(settings, challenger, "validated")
-    if not reached(stage, "quantized"):
-        train_codebooks_streaming(settings, challenger)
-        record_stage(settings, challenger, "quantized")
-    if reached(stage, "decided"):
-        decision = load_decision(settings, challenger).model_dump(mode="json")
-    else:
-        decision = decide_backfill_streaming(settings, champion, challenger, report)
-        record_stage(settings, challenger, "decided")
-    return challenger, report, decision, None

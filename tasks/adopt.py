@@ -1,6 +1,8 @@
-"""Adopt tasks: the team's model as v1, its classifier, codebooks and gallery, and the report.
+"""Adopt tasks: the team's model as v1, its classifier, codebooks and gallery; the gallery sync.
 
-Each step is what components/adopt.py describes; tasks pass settings, paths and versions.
+Each step is what components/adopt.py describes; tasks pass settings, paths and versions. The
+data is read through the same catalog as every other step (components/data/catalog.py): the
+labelled training data in ``data.source`` and the gallery's own manifest.
 """
 
 from __future__ import annotations
@@ -10,26 +12,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.adopt import AdoptReport, file_sha256, read_gallery_features
-from hotswap.components.cross_eval import compatibility_matrix_from_features
-from hotswap.components.data import DataError
-from hotswap.components.gallery_import import write_feature_version
+from hotswap.components.adopt import AdoptReport, file_sha256, fit_cosine_head, read_gallery_features
+from hotswap.components.data.classes import TAG_CLASSES, save_class_map
+from hotswap.components.data.images import DataError
+from hotswap.components.gallery_import import gallery_difference, sync_gallery, write_feature_version
+from hotswap.components.gallery_records import new_version_id
+from hotswap.components.live_state import TAG_GALLERY_VERSION
 from hotswap.components.model_spec import ModelSpec, load_team_model
 from hotswap.components.quantization import train_dpq
 from hotswap.components.settings import HotswapSettings
-from hotswap.components.streaming import extract_manifest
-from hotswap.components.streaming_training import fit_cosine_head
-from hotswap.tasks.context import gallery_store, registry
-from hotswap.tasks.gallery import TAG_GALLERY_VERSION, _index_builder
-from hotswap.tasks.quantization import load_codebooks
-from hotswap.tasks.streaming import (
-    dataset_version,
-    loader_config,
-    log_codebooks,
-    reader,
-    training_manifest,
-)
-from hotswap.tasks.validation import _record_report
+from hotswap.components.training import extract_features
+from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
+from hotswap.tasks.gallery import _index_builder
+from hotswap.tasks.quantization import load_codebooks, log_codebooks
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -37,12 +32,12 @@ ROLE_ADOPTED = "adopted"
 
 
 def adopted_spec(settings: HotswapSettings, spec: dict[str, Any]) -> ModelSpec:
-    """The team's spec with the classifier rows named after the training manifest's classes."""
-    manifest = training_manifest(settings)
+    """The team's spec with the classifier rows named after the training data's classes."""
+    data = dataset(settings)
     fields = {k: v for k, v in spec.items() if k not in ("num_classes", "class_names")}
     try:
         return ModelSpec.model_validate(
-            {**fields, "num_classes": manifest.num_classes, "class_names": manifest.class_names}
+            {**fields, "num_classes": len(data.class_names), "class_names": data.class_names}
         )
     except ValueError as exc:
         raise DataError(f"model spec: {exc}") from exc
@@ -53,12 +48,11 @@ def register_adopted_model(settings: HotswapSettings, spec: dict[str, Any], weig
     """Load the team's model, fit its old classifier on frozen train features, register it as v1."""
     started = time.perf_counter()
     model_spec = adopted_spec(settings, spec)
-    version_of_data = dataset_version(settings)  # fails naming a missing object before anything is stored
+    data = dataset(settings)
+    version_of_data = data.version  # fails naming a missing object before anything is stored
     model = load_team_model(model_spec, weights)
-    train = training_manifest(settings).split("train")
-    (feats,) = extract_manifest(
-        [model], train, reader(settings), loader_config(settings), settings.torch_device
-    )
+    train = data.split("train")
+    feats = extract_features(model, train, device=settings.torch_device, loader=loader_config(settings))
     head = fit_cosine_head(
         feats, train.labels, model_spec.num_classes, model_spec.classifier_scale, seed=settings.seed
     )
@@ -75,7 +69,8 @@ def register_adopted_model(settings: HotswapSettings, spec: dict[str, Any], weig
         run_name="adopt",
         tags={"hotswap.role": ROLE_ADOPTED},
     )
-    version = reg.register(run_id, tags={"hotswap.role": ROLE_ADOPTED})
+    save_class_map(reg, run_id, list(model_spec.class_names))
+    version = reg.register(run_id, tags={"hotswap.role": ROLE_ADOPTED, TAG_CLASSES: model_spec.num_classes})
     get_run_logger().info(
         "registered the team's model as v%s (old head train accuracy %.3f)", version, accuracy
     )
@@ -92,25 +87,11 @@ def register_adopted_model(settings: HotswapSettings, spec: dict[str, Any], weig
     }
 
 
-@task(name="self-test-adopted", task_run_name="self-test v{version}", cache_policy=NONE)
-def self_test_adopted(settings: HotswapSettings, version: str, dataset_version: str) -> dict[str, Any]:
-    """The adopted model's own retrieval on the streamed validation split: its rubber-stamp report."""
-    reg = registry(settings)
-    model = reg.load_model(version)
-    held = training_manifest(settings).split(settings.data.validation_split)
-    (feats,) = extract_manifest(
-        [model], held, reader(settings), loader_config(settings), settings.torch_device
-    )
-    matrix = compatibility_matrix_from_features({"new": feats}, held.labels, pairs=("new/new",))
-    report = _record_report(settings, matrix, None, version, dataset_version, rubber_stamp=True)
-    return report.model_dump(mode="json")
-
-
 def _gallery_labels(settings: HotswapSettings, labels: np.ndarray | None) -> np.ndarray | None:
     """Gallery labels as classifier rows, when every one is a class the model knows."""
     if labels is None:
         return None
-    index = {c: i for i, c in enumerate(training_manifest(settings).class_names)}
+    index = {c: i for i, c in enumerate(dataset(settings).class_names)}
     if not all(label in index for label in labels):
         return None
     return np.array([index[label] for label in labels], dtype=np.int64)
@@ -133,10 +114,8 @@ def train_gallery_codebooks(
     codebooks = train_dpq(
         gallery.features, labels, classifier=model.head if labels is not None else None, config=config
     )
-    held = training_manifest(settings).split(settings.data.validation_split)
-    (held_f,) = extract_manifest(
-        [model], held, reader(settings), loader_config(settings), settings.torch_device
-    )
+    held = dataset(settings).split(settings.data.validation_split)
+    held_f = extract_features(model, held, device=settings.torch_device, loader=loader_config(settings))
     return log_codebooks(settings, version, reg.resolve(version).run_id, codebooks, held_f, held.labels)
 
 
@@ -224,14 +203,34 @@ def record_adopt_report(
     return report.model_dump(mode="json")
 
 
+@task(
+    name="gallery-difference",
+    task_run_name="compare the gallery manifest with the live gallery",
+    cache_policy=NONE,
+)
+def live_gallery_difference(settings: HotswapSettings) -> dict[str, Any]:
+    """How many items the gallery manifest holds that the live gallery lacks, and the reverse."""
+    galleries = gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    if live is None:
+        raise DataError(
+            f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap` first"
+        )
+    diff = gallery_difference(
+        galleries.load_ids(settings.gallery_name, live), gallery_items(settings).item_ids
+    )
+    return {
+        "live_version": live,
+        "added": len(diff["added"]),
+        "removed": len(diff["removed"]),
+        "examples": {k: v[:3] for k, v in diff.items()},
+    }
+
+
 @task(name="sync-gallery", task_run_name="sync the gallery with its manifest", cache_policy=NONE)
 def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[str, Any]:
     """The next gallery version holds exactly the gallery manifest's ids: new ids embedded by the
     champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted."""
-    from hotswap.components.gallery_import import sync_gallery
-    from hotswap.components.gallery_records import new_version_id
-    from hotswap.tasks.streaming import gallery_manifest
-
     reg = registry(settings)
     galleries = gallery_store(settings)
     live = galleries.read_current(settings.gallery_name)
@@ -244,10 +243,9 @@ def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[
         galleries,
         settings.gallery_name,
         live,
-        gallery_manifest(settings),
+        gallery_items(settings),
         reg.load_model(champion),
         codebooks,
-        reader(settings),
         model_version=champion,
         loader=loader_config(settings),
         device=settings.torch_device,

@@ -13,9 +13,8 @@ import json
 import time
 from typing import Any
 
-from hotswap.components.backbones import BackboneSpec
-from hotswap.components.classes import TAG_CLASSES, save_class_map, to_head_labels
 from hotswap.components.compat_search import (
+    INIT_LOCK,
     SEARCHED_KNOBS,
     CompatSearchConfig,
     SearchOutcome,
@@ -26,6 +25,7 @@ from hotswap.components.compat_search import (
     train_trial,
 )
 from hotswap.components.compatibility import CompatConfig
+from hotswap.components.data.classes import TAG_CLASSES, save_class_map, to_head_labels
 from hotswap.components.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE
 from hotswap.components.refresh_progress import TAG_LIVE_GALLERY, TAG_SEARCHED_FROM
 from hotswap.components.report import CompatThresholds
@@ -33,7 +33,7 @@ from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.context import dataset, registry
 from hotswap.tasks.refresh_progress import mark_superseded
 from hotswap.tasks.reporting import publish_table
-from hotswap.tasks.training import _train_config, compat_targets_for, register_challenger
+from hotswap.tasks.training import _train_config, build_new_model, compat_targets_for, register_challenger
 from hotswap.tasks.validation import validate_compatibility
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
@@ -85,12 +85,8 @@ def compat_trial(
     champion = next(
         t.model for t, p in zip(compat_targets, plan, strict=True) if p.version == str(old_version)
     )
-    spec = BackboneSpec(
-        arch=settings.training.new_arch,
-        embedding_dim=champion.embedding_dim,
-        num_classes=len(class_map),
-        image_size=settings.data.image_size,
-    )
+    with INIT_LOCK:  # trials in threads side by side: seeded initial weights stay reproducible
+        spec = build_new_model(settings, data, settings.training.new_arch, champion.embedding_dim, class_map)
     model, history, matrix, score, passed, reasons = train_trial(
         compat_targets,
         spec,

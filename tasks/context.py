@@ -1,24 +1,26 @@
-"""What every task needs from the settings: the registry, the gallery store and the dataset.
+"""What every task needs from the settings: the registry, the gallery store and the data.
 
 Tasks receive settings (a validated pydantic object, JSON-serialisable as a Prefect parameter)
 and ids/versions, never tensors: each task loads what it needs, so a task can be retried, cached
-by its ids or run on another worker.
+by its ids or run on another worker. The data comes from one place for every source
+(components/data/catalog.py): the labelled data, restricted to ``data.classes``, and the gallery's
+own items.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
-from hotswap.components.classes import check_classes
-from hotswap.components.data import ImageDataset, load_dataset
+from hotswap.components.data.catalog import current_data, gallery_items, loader_config
+from hotswap.components.data.images import ImageSet
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.registry import ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
+
+__all__ = ["dataset", "dataset_version", "gallery_items", "gallery_store", "loader_config", "registry"]
 
 
 def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
@@ -59,33 +61,12 @@ def gallery_store(settings: HotswapSettings) -> GalleryStore:
     )
 
 
-def gallery_dataset(settings: HotswapSettings) -> ImageDataset:
-    """The images gallery items are read from: the whole data source, never restricted to
-    ``data.classes``. The classes a model is trained on grow from refresh to refresh; the gallery
-    holds items of every class from the start, and a backfill must find all of them."""
-    return load_dataset(
-        settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
-    )
+def dataset(settings: HotswapSettings) -> ImageSet:
+    """The labelled data as it is now, restricted to ``data.classes`` when set (rows only for
+    object sources: images are read when a pass needs them)."""
+    return current_data(settings)
 
 
 def dataset_version(settings: HotswapSettings) -> str:
-    """The configured data's version: a hash of the manifest's rows when streamed (nothing is
-    decoded), else of the decoded dataset (restricted to ``data.classes``)."""
-    if settings.stream.enabled:
-        from hotswap.tasks.streaming import dataset_version as streamed_version
-
-        return streamed_version(settings)
+    """The configured data's version: rows plus pixel hashes, ETags or sizes (no decode of objects)."""
     return dataset(settings).version
-
-
-def dataset(settings: HotswapSettings) -> ImageDataset:
-    """The configured dataset as it is now (decoded once per process per manifest version),
-    restricted to ``data.classes`` when set (the dataset version then names that subset)."""
-    data = load_dataset(
-        settings.data.source, seed=settings.data.split_seed, image_size=settings.data.image_size
-    )
-    classes = check_classes("data.classes", settings.data.classes, np.unique(data.labels))
-    if classes is None:
-        return data
-    restricted = data.with_classes(classes)
-    return replace(restricted, name=data.name)

@@ -12,7 +12,8 @@ import threading
 from typing import Any
 
 import numpy as np
-from hotswap.components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
+from hotswap.components.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.data.loading import SourceItemSource, model_inputs
 from hotswap.components.decision import (
     DECISION_PNG,
     DecisionConfig,
@@ -31,7 +32,7 @@ from hotswap.components.quantization import DPQCodebooks
 from hotswap.components.registry import TAG_BACKFILL
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import extract_features
-from hotswap.tasks.context import dataset, gallery_dataset, gallery_store, registry
+from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import artifact_key, publish_markdown, publish_table
@@ -78,14 +79,13 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
     reg = registry(settings)
     model = reg.load_model(version)
     codebooks = load_codebooks(settings, version)
-    data = gallery_dataset(settings)
-    items = data.split(settings.data.gallery_split).item_ids
+    items = gallery_items(settings).item_ids
     manifest = build_gallery_version(
         gallery_store(settings),
         settings.gallery_name,
         model,
         codebooks,
-        DatasetItemSource(data),
+        _item_source(settings, model),
         items,
         model_version=version,
         codebook_version=version,
@@ -238,12 +238,8 @@ def _target_version_id(new_version: str, mode: str, fraction: float | None) -> s
 
 
 def _item_source(settings: HotswapSettings, model: Any) -> Any:
-    """Gallery images: streamed from the gallery manifest (``stream.enabled``) or the in-memory data."""
-    if settings.stream.enabled:
-        from hotswap.tasks.streaming import gallery_item_source
-
-        return gallery_item_source(settings, model)
-    return DatasetItemSource(gallery_dataset(settings))
+    """The gallery's items by id, read through the data source in ``model``'s preprocessing."""
+    return SourceItemSource(gallery_items(settings), model.preprocessing, loader_config(settings))
 
 
 def _backfill(
@@ -464,14 +460,9 @@ def check_live_gallery(settings: HotswapSettings, version: str, gallery_version:
     # as served: a mixed live gallery must carry a calibration for the new champion, or this raises
     searcher = GallerySearcher.from_version(galleries, settings.gallery_name, live, version)
     model = reg.load_model(version)
-    if settings.stream.enabled:
-        from hotswap.tasks.streaming import gallery_item_source
-
-        source = gallery_item_source(settings, model)
-        images = source.images(source.manifest.item_ids[:8])
-    else:
-        images = gallery_dataset(settings).split(settings.data.gallery_split).images[:8]
-    probe = extract_features(model, images, device=settings.torch_device)
+    items = gallery_items(settings)  # a few gallery images as queries, in the model's own preprocessing
+    sample = items.subset(np.arange(min(8, len(items))))
+    probe = extract_features(model, model_inputs(sample, model.preprocessing), device=settings.torch_device)
     _, found = searcher.search(probe, k=min(5, index.ntotal))
     if (found == "").any():
         raise RuntimeError(f"live index {live} returned empty results")

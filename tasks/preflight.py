@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hotswap.components.preflight import check_bootstrap, check_refresh
 from hotswap.components.settings import HotswapSettings
-from hotswap.tasks.context import dataset, gallery_dataset, gallery_store, registry
+from hotswap.tasks.context import dataset, gallery_items, gallery_store, registry
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -25,17 +25,12 @@ def check_refresh_inputs(settings: HotswapSettings, champion: str) -> None:
     live = galleries.read_current(settings.gallery_name)
     ids = np.array([], dtype=str)
     if live is not None:
-        manifest = galleries.load_manifest(settings.gallery_name, live)
-        parts = [
-            galleries.load_shard(settings.gallery_name, live, n, manifest).ids
-            for n in range(manifest.num_shards)
-        ]
-        ids = np.concatenate(parts) if parts else ids
+        ids = galleries.load_ids(settings.gallery_name, live)
     check_refresh(
         settings,
         registry(settings).load_model(champion),
         champion,
         dataset(settings),
         ids,
-        gallery_dataset(settings),
+        gallery_items(settings),
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.classes import load_class_map, to_head_labels
+import numpy as np
+from hotswap.components.data.classes import load_class_map, to_head_labels
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import extract_features
-from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.reporting import publish_table
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -24,22 +25,37 @@ def train_codebooks(settings: HotswapSettings, version: str) -> dict[str, Any]:
     info = reg.resolve(version)
     model = reg.load_model(version)
     data = dataset(settings)
-    classes = load_class_map(reg, version, model.spec.num_classes)  # the head's classes, recorded
-    train = data.split("train").with_classes(classes)
-    features = extract_features(model, train.images, device=settings.torch_device)
+    names = getattr(model.spec, "class_names", ())
+    classes = load_class_map(reg, version, model.spec.num_classes, names)  # the head's classes, recorded
+    train = data.split("train").with_class_names(classes)
+    loader = loader_config(settings)
+    features = extract_features(model, train, device=settings.torch_device, loader=loader)
     config = settings.dpq.model_copy(update={"seed": settings.seed})
     codebooks = train_dpq(
         features, to_head_labels(train, classes).labels, classifier=model.head, config=config
     )
 
-    held_out = data.split(settings.data.validation_split).with_classes(classes)
-    held_feats = extract_features(model, held_out.images, device=settings.torch_device)
-    by_prefix = {0: retrieval_metrics(held_feats, held_out.labels).as_dict()}  # 0 bits: the float ceiling
-    by_prefix.update(prefix_retrieval(codebooks, held_feats, held_out.labels))
+    held_out = data.split(settings.data.validation_split).with_class_names(classes)
+    held_feats = extract_features(model, held_out, device=settings.torch_device, loader=loader)
+    return log_codebooks(settings, version, info.run_id, codebooks, held_feats, held_out.labels)
+
+
+def log_codebooks(
+    settings: HotswapSettings,
+    version: str,
+    run_id: str,
+    codebooks: DPQCodebooks,
+    held_feats: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, Any]:
+    """Store codebooks beside the model version, with retrieval metrics at every code length."""
+    reg = registry(settings)
+    by_prefix = {0: retrieval_metrics(held_feats, labels).as_dict()}  # 0 bits: the float ceiling
+    by_prefix.update(prefix_retrieval(codebooks, held_feats, labels))
     for name, data_bytes in codebooks.to_files().items():
-        reg.log_artifact_bytes(info.run_id, f"{CODEBOOK_DIR}/{name}", data_bytes)
+        reg.log_artifact_bytes(run_id, f"{CODEBOOK_DIR}/{name}", data_bytes)
     reg.log_metrics(
-        info.run_id,
+        run_id,
         {
             f"dpq.{bits}bit.{metric}" if bits else f"dpq.float.{metric}": value
             for bits, m in by_prefix.items()

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.classes import (
+from hotswap.components.compatibility import CompatConfig, CompatTarget, train_compatible
+from hotswap.components.data.catalog import bootstrap_classes
+from hotswap.components.data.classes import (
     TAG_CLASSES,
-    check_classes,
     class_map_of,
     cross_map,
     load_class_map,
     save_class_map,
     to_head_labels,
 )
-from hotswap.components.compatibility import CompatTarget, train_compatible
+from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.fingerprint import (
     JOB_BOOTSTRAP,
     JOB_REFRESH,
@@ -25,10 +25,11 @@ from hotswap.components.fingerprint import (
     settings_hash,
 )
 from hotswap.components.live import TargetWeight
+from hotswap.components.model_spec import ModelSpec, build_user_model
 from hotswap.components.registry import CHALLENGER
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import TrainConfig, train_model
-from hotswap.tasks.context import dataset, dataset_version, registry
+from hotswap.tasks.context import dataset, dataset_version, loader_config, registry
 from hotswap.tasks.links import prefect_run_tags, publish_version_links
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -51,27 +52,73 @@ def _training_tags(settings: HotswapSettings, job: str) -> dict[str, str]:
     return {TAG_SETTINGS_HASH: settings_hash(settings), TAG_JOB: job}
 
 
+def input_form(settings: HotswapSettings, data: ImageSet) -> tuple[int, int]:
+    """(channels, size) a built-in net reads: the settings' when given, else the data's own
+    (RGB stays RGB, the images' size), so nothing is converted that nobody asked to convert."""
+    height, _, channels = data.source.image_shape()
+    wanted = settings.data.channels
+    return (3 if wanted == "RGB" else 1) if wanted else channels, settings.data.image_size or height
+
+
+def build_new_model(
+    settings: HotswapSettings, data: ImageSet, arch: str, embedding_dim: int, class_map: list[str]
+) -> Any:
+    """A fresh model for ``class_map``: the team's architecture (``training.new_model``) when set
+    for a challenger, else the built-in ``arch`` reading the data's channels and size."""
+    fields = settings.training.new_model
+    if fields is not None and arch == settings.training.new_arch:
+        try:
+            spec = ModelSpec.model_validate(
+                {
+                    **fields,
+                    "embedding_dim": embedding_dim,
+                    "num_classes": len(class_map),
+                    "class_names": class_map,
+                }
+            )
+        except ValueError as exc:
+            raise DataError(f"training.new_model: {exc}") from None
+        return build_user_model(spec, seed=settings.seed)
+    channels, size = input_form(settings, data)
+    spec = BackboneSpec(
+        arch=arch,
+        embedding_dim=embedding_dim,
+        num_classes=len(class_map),
+        in_channels=channels,
+        image_size=size,
+    )
+    return build_model(spec, seed=settings.seed)
+
+
 @task(name="train-first-model", task_run_name="train the first model")
 def train_first_model(settings: HotswapSettings) -> str:
     """Train the first model (plain supervised) on the bootstrap classes; returns its registry version.
 
     The bootstrap classes may be any subset of the data's labels: the head has one row per class
-    (0..K−1) and the class map (head row → dataset label) is recorded with the version.
+    (0..K−1) and the class map (head row → label name) is recorded with the version. Its input
+    form is the data's own (see :func:`input_form`). Short epochs on a small set get the same step
+    floor as compatible training (``compat.min_epoch_steps``), so a first model converges too.
     """
     data = dataset(settings)
-    classes = check_classes("data.bootstrap_classes", settings.data.bootstrap_classes, np.unique(data.labels))
+    classes = bootstrap_classes(settings, data)
     train = data.split("train")
     if classes is not None:
-        train = train.with_classes(classes)
+        train = train.with_class_names(classes)
     class_map = classes if classes is not None else class_map_of(train)
-    spec = BackboneSpec(
-        arch=settings.training.old_arch,
-        embedding_dim=settings.training.embedding_dim,
-        num_classes=len(class_map),
-        image_size=settings.data.image_size,
+    model = build_new_model(
+        settings, data, settings.training.old_arch, settings.training.embedding_dim, class_map
     )
-    model = build_model(spec, seed=settings.seed)
-    history = train_model(model, to_head_labels(train, class_map), _train_config(settings), progress=False)
+    config = _train_config(settings)
+    epochs = CompatConfig.model_validate(settings.compat.model_dump()).training_epochs(
+        len(train), config.batch_size, config.epochs
+    )
+    history = train_model(
+        model,
+        to_head_labels(train, class_map),
+        config.model_copy(update={"epochs": epochs}),
+        progress=False,
+        loader=loader_config(settings),
+    )
     reg = registry(settings)
     tags = _training_tags(settings, JOB_BOOTSTRAP)
     params = {
@@ -97,9 +144,12 @@ def train_first_model(settings: HotswapSettings) -> str:
     )
     publish_version_links(settings, version)
     get_run_logger().info(
-        "registered first model as version %s on classes %s (%.1f s of training)",
+        "registered first model as version %s on classes %s (%s %d px input, %d epochs, %.1f s)",
         version,
         class_map,
+        model.preprocessing.channels,
+        model.preprocessing.image_size,
+        epochs,
         history.seconds,
     )
     return version
@@ -122,7 +172,9 @@ def compat_targets_for(
     compat_targets = []
     for target in plan:
         model = reg.load_model(target.version)
-        old_map = load_class_map(reg, target.version, model.spec.num_classes)
+        old_map = load_class_map(
+            reg, target.version, model.spec.num_classes, getattr(model.spec, "class_names", ())
+        )
         compat_targets.append(
             CompatTarget(model, target.weight, cross_map(class_map, old_map), name=f"v{target.version}")
         )
@@ -143,19 +195,17 @@ def train_challenger(
     data = dataset(settings)
     train = data.split("train")
     plan, compat_targets, class_map = compat_targets_for(reg, old_version, targets, train)
-    spec = BackboneSpec(
-        arch=settings.training.new_arch,
-        embedding_dim=compat_targets[0].model.embedding_dim,
-        num_classes=len(class_map),
-        image_size=settings.data.image_size,
+    model = build_new_model(
+        settings, data, settings.training.new_arch, compat_targets[0].model.embedding_dim, class_map
     )
     model, history = train_compatible(
         compat_targets,
-        spec,
+        model,
         to_head_labels(train, class_map),
         settings.compat,
         _train_config(settings),
         progress=False,
+        loader=loader_config(settings),
     )
     tags = {**_training_tags(settings, JOB_REFRESH), TAG_TRAINED_AGAINST: old_version}
     target_record = [
@@ -200,7 +250,7 @@ def register_challenger(
 ) -> str:
     """Register a compatible training run as the challenger: its role, its champion, links, alias.
 
-    Shared by the configured training, the streamed one and the compatibility search's winner,
+    Shared by the configured training and the compatibility search's winner,
     so each new challenger carries the same lineage and Prefect links.
     """
     reg = registry(settings)

@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from hotswap.components.audit import audit_models
-from hotswap.components.cross_eval import compatibility_matrix, compatibility_matrix_from_features
+from hotswap.components.cross_eval import compatibility_matrix_from_features
+from hotswap.components.data.classes import load_class_map
 from hotswap.components.live import LiveComposition, TargetWeight
 from hotswap.components.report import CompatibilityReport, CompatThresholds, build_report
 from hotswap.components.served import ServedQuality, served_evaluation
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import extract_features
-from hotswap.tasks.context import dataset, registry
+from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.links import links_markdown, prefect_run_tags
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import publish_markdown, publish_report, publish_table
@@ -88,7 +89,7 @@ def validate_compatibility(
     held_out = data.split(settings.data.gate_split)
     champion, candidate = reg.load_model(old_version), reg.load_model(new_version)
     feats = {
-        role: extract_features(model, held_out.images, device=settings.torch_device)
+        role: extract_features(model, held_out, device=settings.torch_device, loader=loader_config(settings))
         for role, model in (("old", champion), ("new", candidate))
     }
     matrix = compatibility_matrix_from_features(feats, held_out.labels)
@@ -121,15 +122,18 @@ def validate_compatibility(
 
 @task(name="rubber-stamp", task_run_name="rubber-stamp v{version}", cache_policy=NONE)
 def rubber_stamp(settings: HotswapSettings, version: str) -> dict[str, Any]:
-    """The first model has nothing to be compatible with: record its self-test and bless it."""
+    """The first model has nothing to be compatible with: record its self-test and bless it.
+
+    The self-test is the model's own retrieval on the validation split of the classes it knows
+    (its recorded class map), whether hotswap trained it or a team brought it (adopt).
+    """
     reg = registry(settings)
     data = dataset(settings)
     model = reg.load_model(version)
-    held_out = data.split(settings.data.validation_split)
-    classes = settings.data.bootstrap_classes
-    if classes is not None:
-        held_out = held_out.with_classes(classes)
-    matrix = compatibility_matrix(model, model, held_out, pairs=("new/new",))
+    classes = load_class_map(reg, version, model.spec.num_classes, getattr(model.spec, "class_names", ()))
+    held_out = data.split(settings.data.validation_split).with_class_names(classes)
+    feats = extract_features(model, held_out, device=settings.torch_device, loader=loader_config(settings))
+    matrix = compatibility_matrix_from_features({"new": feats}, held_out.labels, pairs=("new/new",))
     report = _record_report(settings, matrix, None, version, data.version, rubber_stamp=True)
     return report.model_dump(mode="json")
 
@@ -145,15 +149,8 @@ def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
     """C[i][j] for every registered version pair on held-out data; AC/AM; markdown, CSV, HTML."""
     reg = registry(settings)
     versions = [info.version for info in reg.list_versions()]
-    if settings.stream.enabled:  # each version reads its own preprocessing of the streamed split
-        from hotswap.tasks.streaming import streamed_audit
-
-        result = streamed_audit(settings, {v: reg.load_model(v) for v in versions})
-    else:
-        held_out = dataset(settings).split(settings.data.validation_split)
-        result = audit_models(
-            {v: reg.load_model(v) for v in versions}, held_out, device=settings.torch_device
-        )
+    held_out = dataset(settings).split(settings.data.validation_split)
+    result = audit_models({v: reg.load_model(v) for v in versions}, held_out, device=settings.torch_device)
     table = result.long_table()
     markdown = result.to_markdown()
     files = {

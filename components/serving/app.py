@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from hotswap.components.data import DataError, decode_image
+from hotswap.components.data.images import DataError
+from hotswap.components.data.objects import decode_uint8
 from hotswap.components.serving.batching import Answer, QueueFullError
 from hotswap.components.serving.metrics import CONTENT_TYPE
 from hotswap.components.serving.service import (
@@ -110,9 +111,8 @@ def create_app(service: LiveService, manage_service: bool = True) -> FastAPI:
                     f"query image is {len(data)} bytes, more than serve.max_upload_bytes = "
                     f"{service.config.max_upload_bytes}"
                 )
-            channels, size, _ = pair.input_shape
-            image = decode_image(data, size, where="uploaded query image")
-            images = np.repeat(image[None, None], channels, axis=1)
+            where = "uploaded query image"
+            images = pair.model.preprocessing(decode_uint8(data, where), where)[None]  # the model's own
             return await asyncio.wrap_future(service.submit_images(pair, images, k_))
 
         return await answer("image", work)
@@ -122,7 +122,7 @@ def create_app(service: LiveService, manage_service: bool = True) -> FastAPI:
         async def work() -> Answer:
             pair = service.live_pair()
             k_ = service.check_k(query.k)
-            image = service.item_image(query.item_id)  # the dataset is loaded with the first pair
+            image = service.item_image(query.item_id, pair)
             return await asyncio.wrap_future(service.submit_images(pair, image, k_))
 
         return await answer("item", work)

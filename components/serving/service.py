@@ -17,7 +17,9 @@ from concurrent.futures import Future
 import faiss
 import numpy as np
 import torch
-from hotswap.components.data import DataError, ImageDataset, load_dataset
+from hotswap.components.data.catalog import find_item, gallery_items
+from hotswap.components.data.images import DataError, ImageSet
+from hotswap.components.data.loading import model_inputs
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.live_state import LiveTarget, read_live_target
 from hotswap.components.registry import ModelRegistry
@@ -74,9 +76,6 @@ class LiveService:
         )
         self.pair: LivePair | None = None
         self._swap_lock = threading.Lock()
-        self._dataset: ImageDataset | None = None
-        self._rows_by_id: dict[str, int] | None = None
-        self._dataset_lock = threading.Lock()
 
     # lifecycle --------------------------------------------------------------
 
@@ -139,34 +138,21 @@ class LiveService:
     # queries ----------------------------------------------------------------
 
     def _probe_images(self, pair: LivePair) -> np.ndarray | None:
+        """A few gallery items as the pair's model reads them (None when the gallery cannot be read)."""
         try:
-            data = self.dataset()
+            items: ImageSet = gallery_items(self.settings)
+            sample = items.subset(np.arange(min(len(items), self.config.health_probes)))
+            return model_inputs(sample, pair.model.preprocessing)
         except DataError:
             return None
-        if tuple(data.images.shape[1:]) != pair.input_shape:
-            return None
-        return data.images[: self.config.health_probes]
 
-    def dataset(self) -> ImageDataset:
-        """The configured dataset (for queries by item id), loaded once on first use."""
-        with self._dataset_lock:
-            if self._dataset is None:
-                data = load_dataset(
-                    self.settings.data.source,
-                    seed=self.settings.data.split_seed,
-                    image_size=self.settings.data.image_size,
-                )
-                self._rows_by_id = {str(item): row for row, item in enumerate(data.item_ids)}
-                self._dataset = data
-            return self._dataset
-
-    def item_image(self, item_id: str) -> np.ndarray:
-        """[1, C, H, W] image of an item of the configured dataset."""
-        data = self.dataset()
-        row = self._rows_by_id.get(item_id) if self._rows_by_id is not None else None
-        if row is None:
-            raise UnknownItemError(f"item id {item_id!r} is not in data source {self.settings.data.source!r}")
-        return data.images[row : row + 1]
+    def item_image(self, item_id: str, pair: LivePair) -> np.ndarray:
+        """[1, C, H, W]: an item of the gallery or the data, as the pair's model reads it."""
+        try:
+            item = find_item(self.settings, item_id)
+        except DataError as exc:
+            raise UnknownItemError(str(exc)) from None
+        return model_inputs(item, pair.model.preprocessing)
 
     def check_k(self, k: int | None) -> int:
         k = self.config.default_k if k is None else k

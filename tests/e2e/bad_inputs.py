@@ -370,22 +370,6 @@ CASES: list[Case] = [
         "training.embedding_dim = 24",
         env={"HOTSWAP_TRAINING__EMBEDDING_DIM": "24"},
     ),
-    Case(
-        "refresh-image-size",
-        "data.image_size on refresh differs from the champion's",
-        ["refresh"],
-        2,
-        "data.image_size = 32",
-        env={"HOTSWAP_DATA__IMAGE_SIZE": "32"},
-    ),
-    Case(
-        "search-image-size",
-        "data.image_size on search differs from the champion's",
-        ["search", "--item-id", "x"],
-        2,
-        "data.image_size = 32",
-        env={"HOTSWAP_DATA__IMAGE_SIZE": "32"},
-    ),
     # ------------------------------------------------------------- data that cannot work
     Case(
         "refresh-other-labels",

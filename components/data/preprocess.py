@@ -71,9 +71,10 @@ class Preprocessing(BaseModel):
         return np.ascontiguousarray((array - mean) / std, dtype=np.float32)
 
 
-def builtin_preprocessing(image_size: int) -> Preprocessing:
-    """What the built-in nets read: grayscale in [0, 1] at their size (the in-memory datasets' form)."""
-    return Preprocessing(image_size=image_size, channels="L", mean=(0.0,), std=(1.0,))
+def builtin_preprocessing(image_size: int, in_channels: int = 1) -> Preprocessing:
+    """What the built-in nets read: their size and channels (3 = RGB, else grayscale) in [0, 1]."""
+    channels: Channels = "RGB" if in_channels == 3 else "L"
+    return Preprocessing(image_size=image_size, channels=channels, mean=(0.0,), std=(1.0,))
 
 
 def select_view(images: object, key: str) -> object:

