@@ -44,6 +44,9 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
             f"v{model}": {"items": int(n), "share": round(float(n) / max(manifest.num_items, 1), 4)}
             for model, n in zip(models.tolist(), counts.tolist(), strict=True)
         }
+        status["gallery_manifest"] = manifest_difference(
+            settings, galleries.load_ids(settings.gallery_name, live)
+        )
     latest = aliases.get(CHALLENGER) or aliases.get(CHAMPION)
     if latest is not None:
         info = registry.resolve(latest)
@@ -64,6 +67,26 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
             except RegistryError:
                 status[f"{alias}_report"] = None
     return status
+
+
+def manifest_difference(settings: HotswapSettings, live_ids: np.ndarray) -> dict[str, Any]:
+    """How the gallery's own manifest and the live gallery differ (a sync, or a refresh with
+    ``gallery.sync_on_refresh``, brings them in line); ``error`` when the manifest cannot be read."""
+    from hotswap.components.data.catalog import gallery_items
+    from hotswap.components.data.images import DataError
+    from hotswap.components.gallery_import import gallery_difference
+
+    source = settings.gallery.manifest or f"{settings.data.source} ({settings.data.gallery_split} split)"
+    try:
+        diff = gallery_difference(live_ids, gallery_items(settings).item_ids)
+    except DataError as exc:
+        return {"source": source, "error": str(exc)}
+    return {
+        "source": source,
+        "missing_from_live": len(diff["added"]),
+        "only_in_live": len(diff["removed"]),
+        "examples": {"missing_from_live": diff["added"][:3], "only_in_live": diff["removed"][:3]},
+    }
 
 
 def version_record(settings: HotswapSettings, version: str) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def print_status(console: Console, state: dict[str, Any]) -> None:
         for model, part in gallery.get("composition", {}).items():
             table.add_row(model, str(part["items"]), f"{part['share']:.1%}")
         console.print(table)
+        _print_manifest_difference(console, state.get("gallery_manifest"))
     decision = state.get("last_decision")
     if decision:
         console.print(
@@ -86,3 +87,19 @@ def print_status(console: Console, state: dict[str, Any]) -> None:
             f"promotion of the latest version: {tags['promotion.status']}"
             + (f" ({reason})" if reason else "")
         )
+
+
+def _print_manifest_difference(console: Console, diff: dict[str, Any] | None) -> None:
+    """One line: whether the gallery's own manifest and the live gallery hold the same items."""
+    if not diff:
+        return
+    if "error" in diff:
+        console.print(f"[yellow]gallery manifest[/yellow] {diff['source']}: cannot be read ({diff['error']})")
+    elif diff["missing_from_live"] or diff["only_in_live"]:
+        console.print(
+            f"[yellow]gallery manifest[/yellow] {diff['source']}: {diff['missing_from_live']} item(s) "
+            f"not yet in the live gallery, {diff['only_in_live']} live item(s) no longer listed; run "
+            "`hotswap gallery-sync` (a refresh syncs first when gallery.sync_on_refresh is on)"
+        )
+    else:
+        console.print(f"gallery manifest {diff['source']}: the live gallery holds exactly its items")
