@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.backfill import DatasetItemSource, ShardResult, build_gallery_version, run_backfill
+from hotswap.components.backfill import ShardResult, build_gallery_version, run_backfill
 from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig, train_compatible
-from hotswap.components.data import load_mnist5k, make_synthetic
+from hotswap.components.data.bundled import load_mnist5k, make_synthetic
+from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.decision import measure_costs
 from hotswap.components.ordering import (
     UNCERTAINTY_SCORES,
@@ -93,9 +94,9 @@ def train_mnist_models(
     old_books = new_books = None
     if codebooks:
         dpq = DPQConfig(epochs=dpq_epochs, seed=seed)
-        old_books = train_dpq(extract_features(old, old_train.images), old_train.labels, old.head, dpq)
-        new_books = train_dpq(extract_features(new, train.images), train.labels, new.head, dpq)
-    shift = fit_shift_predictor(extract_features(old, train.images), extract_features(new, train.images))
+        old_books = train_dpq(extract_features(old, old_train), old_train.labels, old.head, dpq)
+        new_books = train_dpq(extract_features(new, train), train.labels, new.head, dpq)
+    shift = fit_shift_predictor(extract_features(old, train), extract_features(new, train))
     log(f"  trained old/new models and codebooks in {time.perf_counter() - start:.0f} s")
     return {
         "data": data,
@@ -122,8 +123,8 @@ def predicted_shift(weights: np.ndarray, old: np.ndarray) -> np.ndarray:
 def curves_on_split(models: dict[str, Any], split: str, seeds: int, served: bool) -> dict[str, Any]:
     """AUCs (and the curves) of every ordering on one split, float and optionally as served."""
     part = models["data"].split(split)
-    old_f = extract_features(models["old"], part.images)
-    new_f = extract_features(models["new"], part.images)
+    old_f = extract_features(models["old"], part)
+    new_f = extract_features(models["new"], part)
     labels = part.labels
     prototypes = models["old"].head.weight.detach().numpy()
     books: DPQCodebooks = models["new_books"]
@@ -173,8 +174,8 @@ def pair_similarity(models: dict[str, Any], split: str) -> dict[str, float]:
     """Mean cosine of same-class (positive) and other-class (negative) pairs, new query against
     new and against old gallery features: the calibration gap that shapes a mixed gallery."""
     part = models["data"].split(split)
-    old_f = extract_features(models["old"], part.images)
-    new_f = extract_features(models["new"], part.images)
+    old_f = extract_features(models["old"], part)
+    new_f = extract_features(models["new"], part)
     same = part.labels[:, None] == part.labels[None, :]
     np.fill_diagonal(same, False)
     other = part.labels[:, None] != part.labels[None, :]
@@ -256,17 +257,18 @@ def throughput(items: int, shard_size: int, batch_size: int, s3: bool) -> dict[s
     data = make_synthetic(items, n_classes=10, image_size=28, seed=0)
     old = build_model(BackboneSpec(arch="small", embedding_dim=EMBEDDING_DIM, num_classes=10), seed=0).eval()
     new = build_model(BackboneSpec(arch="large", embedding_dim=EMBEDDING_DIM, num_classes=10), seed=1).eval()
-    sample = data.images[: min(5000, items)]
+    sample = data.native_inputs()[: min(5000, items)]
     books = train_dpq(extract_features(new, sample), config=DPQConfig(epochs=0))  # k-means init only
     old_books = train_dpq(extract_features(old, sample), config=DPQConfig(epochs=0))
-    source = DatasetItemSource(data)
+    assert old.preprocessing == new.preprocessing  # one item source serves both models
+    source = SourceItemSource(data, new.preprocessing)
     out: dict[str, Any] = {"items": items, "shard_size": shard_size, "batch_size": batch_size}
 
-    extract_features(new, data.images[:batch_size], batch_size=batch_size)  # warm-up
+    extract_features(new, data.native_inputs()[:batch_size], batch_size=batch_size)  # warm-up
 
     def raw_inference() -> float:
         start = time.perf_counter()
-        extract_features(new, data.images, batch_size=batch_size)
+        extract_features(new, data, batch_size=batch_size)
         return items / (time.perf_counter() - start)
 
     # Measured before and after the backfills: on a shared machine the load drifts, and the mean
@@ -315,7 +317,7 @@ def throughput(items: int, shard_size: int, batch_size: int, s3: bool) -> dict[s
             skip = time.perf_counter() - start
             requantize = timed_backfill(local, "requantize", "requantize", **dict(common))
             full = out["backfill"]["local, sequential"]
-            cost = measure_costs(new, books, data.images[:1024], batch_size=batch_size)
+            cost = measure_costs(new, books, data.native_inputs()[:1024], batch_size=batch_size)
             out["options"] = {
                 "skip": {"seconds": skip},
                 "requantize": {"seconds": requantize["seconds"], "phases": requantize["phases"]},

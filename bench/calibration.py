@@ -40,7 +40,8 @@ import torch
 from hotswap.components.backbones import BackboneSpec, build_model
 from hotswap.components.calibration import CALIBRATION_RULES, DEFAULT_RULE, CalibrationConfig, fit_calibration
 from hotswap.components.compatibility import DEFAULT_CONFIG, train_compatible
-from hotswap.components.data import ImageDataset, stratified_splits
+from hotswap.components.data.bundled import in_memory_set
+from hotswap.components.data.images import ImageSet, stratified_splits
 from hotswap.components.ordering import backfill_curve, backfill_order, random_order
 from hotswap.components.quantization import DPQConfig, train_dpq
 from hotswap.components.training import TrainConfig, extract_features, train_model
@@ -55,7 +56,7 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def load_digits8x8(seed: int = 0) -> ImageDataset:
+def load_digits8x8(seed: int = 0) -> ImageSet:
     """scikit-learn's bundled 8×8 digits (no download), bilinearly upsampled to 28×28 in [0, 1]."""
     from sklearn.datasets import load_digits
 
@@ -63,9 +64,9 @@ def load_digits8x8(seed: int = 0) -> ImageDataset:
     small = torch.from_numpy(np.asarray(digits.images, dtype=np.float32) / 16.0)[:, None]
     images = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
     labels = np.asarray(digits.target, dtype=np.int64)
-    return ImageDataset(
-        images=images.clamp(0, 1).numpy(),
-        labels=labels,
+    return in_memory_set(
+        images.clamp(0, 1).numpy(),
+        labels,
         item_ids=np.array([f"digits8x8-{i:04d}" for i in range(len(labels))]),
         splits=stratified_splits(labels, seed=seed),
         class_names=tuple(str(i) for i in range(10)),
@@ -73,7 +74,7 @@ def load_digits8x8(seed: int = 0) -> ImageDataset:
     )
 
 
-def train_models(data: ImageDataset, epochs: int, dpq_epochs: int, seed: int) -> dict[str, Any]:
+def train_models(data: ImageSet, epochs: int, dpq_epochs: int, seed: int) -> dict[str, Any]:
     """bench/backfill.py's protocol on another dataset: old small net on 0-4, default Dual-Tuning."""
     train = data.split("train")
     old_train = train.with_classes(OLD_CLASSES)
@@ -90,7 +91,7 @@ def train_models(data: ImageDataset, epochs: int, dpq_epochs: int, seed: int) ->
         progress=False,
     )
     new_books = train_dpq(
-        extract_features(new, train.images), train.labels, new.head, DPQConfig(epochs=dpq_epochs, seed=seed)
+        extract_features(new, train), train.labels, new.head, DPQConfig(epochs=dpq_epochs, seed=seed)
     )
     return {"data": data, "old": old, "new": new, "new_books": new_books}
 
@@ -116,8 +117,8 @@ def scenario(models: dict[str, Any], name: str) -> dict[str, Any]:
     for split in ("val", "test"):
         part = data.split(split)
         feats[split] = {
-            "old": extract_features(models["old"], part.images),
-            "new": extract_features(models["new"], part.images),
+            "old": extract_features(models["old"], part),
+            "new": extract_features(models["new"], part),
             "labels": part.labels,
         }
     out: dict[str, Any] = {"name": name, "views": {}}

@@ -163,11 +163,12 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     gallery's share of items per model version (its provenance).
     """
     from hotswap.components.backfill import feature_models
+    from hotswap.components.data.catalog import gallery_items
     from hotswap.components.gallery_calibration import calibration_for
     from hotswap.components.metrics import retrieval_metrics
     from hotswap.components.registry import CHAMPION
     from hotswap.components.training import extract_features
-    from hotswap.tasks.context import gallery_dataset, gallery_store, registry, settings_from
+    from hotswap.tasks.context import gallery_store, registry, settings_from
     from hotswap.tasks.quantization import load_codebooks
 
     settings = settings_from(overrides)
@@ -177,13 +178,14 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     live = galleries.read_current(settings.gallery_name)
     manifest = galleries.load_manifest(settings.gallery_name, live)
     arrays = galleries.load_arrays(settings.gallery_name, live)
-    data = gallery_dataset(settings)
+    data = gallery_items(settings)
     rows = {item: i for i, item in enumerate(data.item_ids)}
     index = np.array([rows[str(item)] for item in arrays.ids])
     labels = data.labels[index]
     codebooks = load_codebooks(settings, manifest.codebook_version or manifest.model_version)
     served = codebooks.decode(arrays.codes) if arrays.codes is not None else arrays.features
-    queries = extract_features(reg.load_model(champion), data.images[index], device=settings.torch_device)
+    # each query is read through the champion's own preprocessing, as the service reads it
+    queries = extract_features(reg.load_model(champion), data.subset(index), device=settings.torch_device)
     models = feature_models(galleries, settings.gallery_name, live)
     # a mixed gallery is ranked by the calibration stored for the champion's queries, as served
     calibration, _ = calibration_for(
@@ -240,11 +242,11 @@ def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any
 
 def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
     """Bootstrap, then one auto-promoting refresh per later step; measure after each step."""
-    from hotswap.components.data import load_dataset
+    from hotswap.components.data.sources import open_source
     from hotswap.flows.bootstrap import bootstrap
     from hotswap.flows.refresh import refresh
 
-    num_classes = load_dataset(chain.source).num_classes
+    num_classes = open_source(chain.source).num_classes
     steps: list[dict[str, Any]] = []
     live_versions: list[str] = []
     record: dict[str, Any] = {"chain": chain.name, "policy": policy, "steps": steps}

@@ -52,7 +52,9 @@ from hotswap.components.compatibility import (
     train_compatible,
 )
 from hotswap.components.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
-from hotswap.components.data import ImageDataset, load_image_folder, load_mnist5k, make_synthetic
+from hotswap.components.data.bundled import load_mnist5k, make_synthetic
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.objects import read_image_folder
 from hotswap.components.metrics import RetrievalMetrics
 from hotswap.components.training import TrainConfig, train_model
 
@@ -146,7 +148,7 @@ class Job:
     protocol: str = "mnist-0to4"
 
 
-_DATA: dict[str, ImageDataset] = {}
+_DATA: dict[str, ImageSet] = {}
 
 
 def write_digits_folder(root: Path) -> Path:
@@ -164,7 +166,7 @@ def write_digits_folder(root: Path) -> Path:
     return root
 
 
-def _reduce_train(data: ImageDataset, fraction: float, seed: int = DATA_SEED) -> ImageDataset:
+def _reduce_train(data: ImageSet, fraction: float, seed: int = DATA_SEED) -> ImageSet:
     """Keep ``fraction`` of each class's training items (seeded); other splits untouched."""
     rng = np.random.default_rng(seed)
     keep = data.splits != "train"
@@ -174,7 +176,7 @@ def _reduce_train(data: ImageDataset, fraction: float, seed: int = DATA_SEED) ->
     return data.subset(keep, name=f"{data.name}/train{fraction:g}")
 
 
-def load_protocol_data(protocol: Protocol) -> ImageDataset:
+def load_protocol_data(protocol: Protocol) -> ImageSet:
     if protocol.source == "mnist5k":
         data = load_mnist5k(seed=DATA_SEED)
     elif protocol.source.startswith("synthetic:"):
@@ -182,13 +184,13 @@ def load_protocol_data(protocol: Protocol) -> ImageDataset:
         data = make_synthetic(int(items), int(classes), seed=DATA_SEED)
     elif protocol.source == "digits":
         root = write_digits_folder(Path(tempfile.gettempdir()) / "hotswap-bench-digits")
-        data = load_image_folder(root, image_size=28, seed=DATA_SEED)
+        data = read_image_folder(root, seed=DATA_SEED)  # 8x8 PNGs: each model resizes to its own size
     else:
         raise ValueError(f"protocol {protocol.name}: unknown source {protocol.source!r}")
     return _reduce_train(data, protocol.train_fraction) if protocol.train_fraction < 1 else data
 
 
-def _data(protocol: str = "mnist-0to4") -> ImageDataset:
+def _data(protocol: str = "mnist-0to4") -> ImageSet:
     if protocol not in _DATA:
         _DATA[protocol] = load_protocol_data(PROTOCOLS[protocol])
     return _DATA[protocol]

@@ -44,7 +44,8 @@ from hotswap.components.compatibility import (
     old_prototypes,
     train_compatible,
 )
-from hotswap.components.data import ImageDataset, load_mnist5k, make_synthetic
+from hotswap.components.data.bundled import load_mnist5k, make_synthetic
+from hotswap.components.data.images import ImageSet
 from hotswap.components.dpq_joint import finetune_with_dpq
 from hotswap.components.index import build_flat_index, build_ivf_index, bytes_per_item, search
 from hotswap.components.metrics import retrieval_metrics
@@ -70,14 +71,14 @@ class FeatureSet:
 # --------------------------------------------------------------------------- feature sets
 
 
-def _train(arch: str, data: ImageDataset, epochs: int, seed: int, dim: int) -> EmbeddingModel:
+def _train(arch: str, data: ImageSet, epochs: int, seed: int, dim: int) -> EmbeddingModel:
     torch.manual_seed(seed)
     model = build_model(BackboneSpec(arch=arch, num_classes=data.num_classes, embedding_dim=dim))
     train_model(model, data.split("train"), TrainConfig(epochs=epochs, seed=seed), progress=False)
     return model
 
 
-def _split(features: np.ndarray, data: ImageDataset, split: str) -> tuple[np.ndarray, ...]:
+def _split(features: np.ndarray, data: ImageSet, split: str) -> tuple[np.ndarray, ...]:
     train, held = data.splits == "train", data.splits == split
     return features[train], data.labels[train], features[held], data.labels[held]
 
@@ -99,7 +100,7 @@ def build_feature_sets(args: argparse.Namespace) -> tuple[list[FeatureSet], dict
     sets = []
     wanted = set(args.feature_sets)
     if "mnist_new" in wanted:
-        feats = extract_features(new, mnist.images)
+        feats = extract_features(new, mnist)
         sets.append(
             FeatureSet(
                 "mnist_new",
@@ -109,7 +110,7 @@ def build_feature_sets(args: argparse.Namespace) -> tuple[list[FeatureSet], dict
             )
         )
     if "mnist_old" in wanted:
-        feats = extract_features(old, mnist.images)
+        feats = extract_features(old, mnist)
         sets.append(
             FeatureSet(
                 "mnist_old", "old model (2-conv, CE), MNIST-5k", *_split(feats, mnist, args.split), old.head
@@ -117,7 +118,7 @@ def build_feature_sets(args: argparse.Namespace) -> tuple[list[FeatureSet], dict
         )
     if "pixels_rp" in wanted:
         rng = np.random.default_rng(args.seed)
-        pixels = mnist.images.reshape(len(mnist), -1)
+        pixels = mnist.native_inputs().reshape(len(mnist), -1)
         proj = pixels @ rng.standard_normal((pixels.shape[1], args.dim)).astype(np.float32)
         proj /= np.linalg.norm(proj, axis=1, keepdims=True)
         sets.append(
@@ -131,7 +132,7 @@ def build_feature_sets(args: argparse.Namespace) -> tuple[list[FeatureSet], dict
     if "synth100" in wanted:
         synth = make_synthetic(args.synth_items, args.synth_classes, seed=args.seed)
         model = _train("small", synth, args.synth_epochs, args.seed, args.dim)
-        feats = extract_features(model, synth.images)
+        feats = extract_features(model, synth)
         sets.append(
             FeatureSet(
                 "synth100",
@@ -324,18 +325,18 @@ def joint_training(models: dict, args: argparse.Namespace, config: DPQConfig) ->
     objective = CompatObjective(old, DEFAULT_CONFIG, protos, lookup)
     config = config.model_copy(update={"n_blocks": 2})
     train_config = TrainConfig(epochs=args.joint_epochs, lr=args.joint_lr, seed=args.seed)
-    old_feats = extract_features(old, held.images)
+    old_feats = extract_features(old, held)
     old_old = retrieval_metrics(old_feats, held.labels).map
     out = {"old_old_map": old_old, "epochs": args.joint_epochs, "lr": args.joint_lr, "variants": {}}
-    base_books = train_dpq(extract_features(new, train.images), train.labels, new.head, config)
+    base_books = train_dpq(extract_features(new, train), train.labels, new.head, config)
     for name, weight in (("two-step", 0.0), ("joint", args.joint_weight)):
         model = copy.deepcopy(new)
         start = time.perf_counter()
         tuned_books, _ = finetune_with_dpq(model, train, base_books, train_config, config, objective, weight)
         seconds = time.perf_counter() - start
         if weight == 0.0:  # two-step: codebooks retrained on the fine-tuned features afterwards
-            tuned_books = train_dpq(extract_features(model, train.images), train.labels, model.head, config)
-        feats = extract_features(model, held.images)
+            tuned_books = train_dpq(extract_features(model, train), train.labels, model.head, config)
+        feats = extract_features(model, held)
         codes = tuned_books.encode(feats)
         row = {
             "seconds": seconds,

@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 import psutil
 from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.data import load_dataset
+from hotswap.components.data.sources import open_source
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.index import build_flat_index, build_ivf_index, index_to_bytes
 from hotswap.components.live_state import TAG_GALLERY_VERSION
@@ -202,7 +202,7 @@ def run_case(
                     f"server did not start: {(root / f'serve-{kind}-{n}.log').read_text()[-2000:]}"
                 )
             time.sleep(0.2)
-        items = load_dataset(QUERY_SOURCE).item_ids
+        items = open_source(QUERY_SOURCE).item_ids
         rss = RssSampler(server.pid)
         rss.start()
         load = Load(url, args.clients, items)

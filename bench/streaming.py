@@ -98,14 +98,9 @@ def _time(fn) -> float:
 def extraction(items: int, image_size: int, workers: list[int], root: Path) -> dict:
     """img/s of feature extraction from memory, from S3 (moto) and from local files."""
     import boto3
-    from hotswap.components.procedural import procedural_images
-    from hotswap.components.streaming import (
-        LoaderConfig,
-        ObjectReader,
-        decode_uint8,
-        extract_manifest,
-        manifest_from_frame,
-    )
+    from hotswap.components.data.loading import LoaderConfig, embed
+    from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
+    from hotswap.components.data.procedural import procedural_images
 
     images = list(procedural_images(items, 10, size=image_size, seed=3))
     server, endpoint = _moto()
@@ -128,6 +123,7 @@ def extraction(items: int, image_size: int, workers: list[int], root: Path) -> d
         "s3",
         require_labels=False,
         require_splits=False,
+        reader=ObjectReader(endpoint),
     )
     local = manifest_from_frame(
         pd.DataFrame({"item_id": ids, "uri": [str(root / "local" / f"{i:06d}.jpg") for i, _, _ in images]}),
@@ -145,11 +141,8 @@ def extraction(items: int, image_size: int, workers: list[int], root: Path) -> d
                 model.embed(tensor[start : start + 64])
 
     in_memory()  # warm-up
-    reader = ObjectReader(endpoint)
     # start the DataLoader's forkserver (it imports torch once) before anything is timed
-    extract_manifest(
-        [model], local.rows(range(64)), reader, LoaderConfig(batch_size=32, workers=max(workers))
-    )
+    embed([model], local.subset(np.arange(64)), LoaderConfig(batch_size=32, workers=max(workers)))
     # On a shared machine the load drifts: each streamed run is paired with an in-memory run just
     # before it, both the fastest of two, and the ratio is taken within the pair.
     rows: dict[str, dict] = {}
@@ -158,9 +151,7 @@ def extraction(items: int, image_size: int, workers: list[int], root: Path) -> d
         for name, manifest in (("s3", s3), ("local", local)):
             config = LoaderConfig(batch_size=64, workers=w)
             memory = min(_time(in_memory) for _ in range(2))
-            streamed = min(
-                _time(lambda m=manifest, c=config: extract_manifest([model], m, reader, c)) for _ in range(2)
-            )
+            streamed = min(_time(lambda m=manifest, c=config: embed([model], m, c)) for _ in range(2))
             memory_runs.append(memory)
             rows[f"{name}_{w}w"] = {
                 "seconds": streamed,
@@ -192,7 +183,7 @@ def extraction(items: int, image_size: int, workers: list[int], root: Path) -> d
 
 
 def gallery_backfill(n: int, image_size: int, workers: int, root: Path, shard: int = 2048) -> dict:
-    from hotswap.components.procedural import procedural_images
+    from hotswap.components.data.procedural import procedural_images
 
     folder = root / "gallery"
     folder.mkdir()

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 from hotswap.components.backfill import run_backfill
+from hotswap.components.data.loading import LoaderConfig, SourceItemSource
+from hotswap.components.data.objects import ObjectReader, manifest_from_frame
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.gallery_import import write_feature_version
 from hotswap.components.model_spec import ModelSpec, build_user_model
 from hotswap.components.quantization import DPQCodebooks
 from hotswap.components.store import LocalObjectStore
-from hotswap.components.streaming import LoaderConfig, ManifestItemSource, ObjectReader, manifest_from_frame
 
 
 def _status(field: str, pid: str = "self") -> int:
@@ -84,10 +85,8 @@ def main() -> None:
     rss_before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     watcher = _WorkerPeaks()
-    gallery = manifest_from_frame(frame, require_labels=False, require_splits=False)
-    source = ManifestItemSource(
-        gallery, model.preprocessing, ObjectReader(), LoaderConfig(256, args["workers"])
-    )
+    gallery = manifest_from_frame(frame, require_labels=False, require_splits=False, reader=ObjectReader())
+    source = SourceItemSource(gallery, model.preprocessing, LoaderConfig(256, args["workers"]))
     start = time.perf_counter()
     manifest = run_backfill(
         galleries,

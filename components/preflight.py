@@ -75,7 +75,19 @@ def check_refresh(
                 f"{len(gallery_ids)} items (e.g. {missing[:3]}): point gallery.manifest (or data.source) at "
                 "the data the gallery was built from, or turn gallery.sync_on_refresh on to drop them"
             )
+    check_splits(settings, data)
     check_dpq_training_size(settings, len(data.split("train")), f"data source {settings.data.source!r}")
+
+
+def check_splits(settings: HotswapSettings, data: ImageSet) -> None:
+    """The splits a refresh validates, gates and selects on must hold rows."""
+    for setting in ("validation_split", "gate_split"):
+        split = getattr(settings.data, setting)
+        if not (data.splits == split).any():
+            raise InputError(
+                f"data.{setting} = {split!r}: data source {settings.data.source!r} has no rows in that "
+                f"split (it has {sorted(set(data.splits.tolist()))}); add rows to it or choose another split"
+            )
 
 
 def check_gallery_removals(settings: HotswapSettings, removed: list[str], live_items: int) -> None:

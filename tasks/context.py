@@ -68,5 +68,5 @@ def dataset(settings: HotswapSettings) -> ImageSet:
 
 
 def dataset_version(settings: HotswapSettings) -> str:
-    """The configured data's version: rows plus pixel hashes, ETags or sizes (no decode of objects)."""
+    """The configured data's version: rows plus pixel hashes, S3 ETags or file hashes (nothing decoded)."""
     return dataset(settings).version

@@ -142,7 +142,7 @@ class ImageSet:
 
     @property
     def version(self) -> str:
-        """A content hash of the rows and their images (pixel hashes, ETags or sizes; nothing is
+        """A content hash of the rows and their images (pixel hashes, ETags or file hashes; nothing is
         decoded for object sources). The same rows and contents always give the same version."""
         order = np.argsort(self.item_ids, kind="stable")
         stamps = self.source.stamps(self.positions[order])

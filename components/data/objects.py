@@ -6,12 +6,15 @@ RGB stays RGB, grayscale stays one channel. Nothing holds the whole image set; a
 through components/data/loading.py, in the caller's process or in DataLoader workers (an
 :class:`ObjectSource` pickles: its reader rebuilds its client in each process).
 
-The data version is a sha256 over the sorted rows plus each object's ETag (S3) or size (local),
-listed, not downloaded, so versioning a million-image manifest reads no pixels.
+The data version is a sha256 over the sorted rows plus each object's ETag (S3: listed, not
+downloaded, so versioning a million-image bucket reads no pixels) or a hash of a local file's bytes
+(read, never decoded), so an image replaced by another of the same byte size still changes the
+version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -187,7 +190,8 @@ class ObjectReader:
         return path.read_bytes()
 
     def stats(self, uris: Sequence[str], base_dir: str = ".") -> list[str | None]:
-        """Per URI its ETag (S3, from listings: no object is downloaded) or size (local); None = absent."""
+        """Per URI its ETag (S3, from listings: no object is downloaded) or a hash of the file's bytes
+        (local); None = absent."""
         out: list[str | None] = [None] * len(uris)
         by_bucket: dict[str, list[tuple[int, str]]] = {}
         for i, uri in enumerate(uris):
@@ -196,7 +200,7 @@ class ObjectReader:
                 by_bucket.setdefault(bucket, []).append((i, key))
             else:
                 path = Path(uri) if Path(uri).is_absolute() else Path(base_dir) / uri
-                out[i] = str(path.stat().st_size) if path.is_file() else None
+                out[i] = _file_stamp(path) if path.is_file() else None
         for bucket, entries in by_bucket.items():
             prefix = os.path.commonprefix([k for _, k in entries])
             prefix = prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
@@ -208,6 +212,24 @@ class ObjectReader:
             for i, key in entries:
                 out[i] = listed.get(key)
         return out
+
+
+_STAMPS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_stamp(path: Path) -> str:
+    """A content hash of a local file's bytes (size:blake2b); the bytes are read, never decoded.
+
+    Remembered per process by (path, size, mtime), so versioning the same manifest again (a
+    refresh asks several times) reads only the files that changed.
+    """
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    stamp = _STAMPS.get(key)
+    if stamp is None:
+        stamp = f"{stat.st_size}:{hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()}"
+        _STAMPS[key] = stamp
+    return stamp
 
 
 class ObjectSource(ImageSource):

@@ -1,5 +1,5 @@
 """Run by test_streaming.py in a fresh process: the peak traced allocations of one full backfill
-with the gallery streamed from S3, and of the same backfill with every image decoded up front."""
+with the gallery streamed from S3, and of the same backfill with every image held in memory."""
 
 import json
 import resource
@@ -10,20 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hotswap.components.backfill import DatasetItemSource, run_backfill
-from hotswap.components.data import ImageDataset
+from hotswap.components.backfill import run_backfill
+from hotswap.components.data.bundled import in_memory_set
+from hotswap.components.data.loading import LoaderConfig, SourceItemSource
+from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.gallery_import import write_feature_version
 from hotswap.components.model_spec import ModelSpec, build_user_model
 from hotswap.components.quantization import DPQCodebooks
 from hotswap.components.store import LocalObjectStore
-from hotswap.components.streaming import (
-    LoaderConfig,
-    ManifestItemSource,
-    ObjectReader,
-    decode_uint8,
-    manifest_from_frame,
-)
 
 
 def main() -> None:
@@ -52,25 +47,22 @@ def main() -> None:
             publish=True,
         )
         if kind == "streamed":
-            source = ManifestItemSource(
-                manifest_from_frame(frame, require_labels=False, require_splits=False),
+            source = SourceItemSource(
+                manifest_from_frame(
+                    frame, require_labels=False, require_splits=False, reader=ObjectReader(args["endpoint"])
+                ),
                 model.preprocessing,
-                ObjectReader(args["endpoint"]),
                 LoaderConfig(32, 2),
             )
             # one-time costs are not the backfill's: botocore's service model, first imports
             source.images(ids[:40])
             source.images(ids[:4])
         tracemalloc.start()
-        if kind == "in_memory":  # what holding the image set would cost: every image decoded into one array
-            p = model.preprocessing
+        if kind == "in_memory":  # what holding the image set costs: every image decoded, its view cached
             local = Path(args["local"])
-            images = np.stack([p(decode_uint8((local / f"{i}.jpg").read_bytes())) for i in ids])
-            source = DatasetItemSource(
-                ImageDataset(
-                    images, np.zeros(len(ids), dtype="int64"), ids.astype(str), np.full(len(ids), "test")
-                )
-            )
+            pixels = np.stack([decode_uint8((local / f"{i}.jpg").read_bytes()) for i in ids])
+            held = in_memory_set(pixels, np.zeros(len(ids), dtype="int64"), item_ids=ids.astype(str))
+            source = SourceItemSource(held, model.preprocessing)
         run_backfill(
             galleries,
             "g",

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import torch
 from hotswap.components.backfill import feature_models
-from hotswap.components.data import DataError
+from hotswap.components.data.images import DataError
+from hotswap.components.data.loading import embed
+from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
 from hotswap.components.registry import TAG_KIND, ModelRegistry
 from hotswap.components.settings import HotswapSettings
-from hotswap.components.streaming import ObjectReader, decode_uint8, extract_manifest, manifest_from_frame
 from hotswap.tasks.context import gallery_store
 from safetensors.torch import save_file
 
@@ -62,7 +63,7 @@ def adopted(
     gallery = s3_images.gallery(GALLERY)
     gallery.to_parquet(root / "gallery.parquet")
     # the deployed system's features, extracted "long ago" from the images it stored
-    from hotswap.components.preprocess import Preprocessing
+    from hotswap.components.data.preprocess import Preprocessing
 
     p = Preprocessing(image_size=24, channels="RGB", mean=(0.5,) * 3, std=(0.25,) * 3)
     with torch.no_grad():
@@ -78,17 +79,13 @@ def adopted(
         "s3_endpoint_url": s3_images.endpoint,
         "model_name": "adopted",
         "data": {"source": str(root / "train.parquet"), "validation_split": "val", "bootstrap_classes": None},
-        "stream": {
-            "enabled": True,
-            "gallery_manifest": str(root / "gallery.parquet"),
-            "workers": 2,
-            "batch_size": 60,
-            "new_model": NEW_MODEL,
-        },
-        "training": {"epochs": 1, "batch_size": 60, "embedding_dim": D},
+        "gallery": {"manifest": str(root / "gallery.parquet")},
+        "stream": {"workers": 2, "batch_size": 60},
+        "training": {"epochs": 1, "batch_size": 60, "embedding_dim": D, "new_model": NEW_MODEL},
         "dpq": {"epochs": 2, "n_blocks": 2, "n_codewords": 32, "kmeans_iters": 3},
         "decision": {"partial_fractions": [0.5], "timing_repeats": 1, "timing_sample": 32},
         "backfill": {"shard_size": 100, "workers": 2},
+        "compat_search": {"max_trials": 1},  # the search runs on the adopted path too; one trial is enough
     }
     first = adopt(
         spec=TEAM_SPEC,
@@ -131,19 +128,35 @@ def test_adopt_registers_the_team_model_and_imports_its_gallery(adopted: dict[st
         "re-extracted: none" in registry.run_artifact_bytes(runs[0].info.run_id, "adopt/report.md").decode()
     )
     # the adopted model itself reproduces the stored features from the S3 images
-    sample = manifest_from_frame(adopted["gallery"].head(20), require_labels=False, require_splits=False)
-    (again,) = extract_manifest([model], sample, ObjectReader(settings.s3_endpoint_url))
+    sample = manifest_from_frame(
+        adopted["gallery"].head(20),
+        require_labels=False,
+        require_splits=False,
+        reader=ObjectReader(settings.s3_endpoint_url),
+    )
+    (again,) = embed([model], sample)
     np.testing.assert_allclose(again, adopted["features"][:20], atol=1e-5)
 
 
 def test_refresh_trains_another_architecture_at_another_input_size(adopted: dict[str, Any]) -> None:
     settings, second = adopted["settings"], adopted["second"]
     registry = ModelRegistry.from_settings(settings)
-    assert second["champion"] == "1" and second["challenger"] == "2"
+    assert second["champion"] == "1" and second["challenger"] == "2" and not second["noop"]
+    # the gallery manifest is the adopted gallery: nothing to sync before training
+    assert second["gallery_sync"] is None
+    # an adopted model goes through the same lifecycle: targets from the live gallery, as-served gate
+    assert [(t["version"], t["champion"]) for t in second["targets"]] == [("1", True)]
     new = registry.load_model("2")
     assert new.spec.arch == NEW_MODEL["arch"] and (new.spec.image_size, new.spec.channels) == (32, "L")
     report = registry.load_report("2")
     assert report.old_version == "1" and {"old/old", "new/new", "new/old"} <= set(report.matrix)
+    assert report.blessed == second["blessed"]
+    served = report.served
+    assert served is not None and (served.candidate_version, served.champion_version) == ("2", "1")
+    assert served.gallery_version == "v1-adopted" and served.live_shares == {"1": 1.0}
+    assert [t.version for t in served.targets] == ["1"]
+    # the decision may be any mode, reject included (a challenger that is not blessed stays staged)
+    assert second["decision"] in ("skip", "requantize", "partial", "full", "reject")
     assert registry.get_tags("2")["backfill.decision"] == second["decision"]
 
 
@@ -158,8 +171,13 @@ def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, A
     arrays = galleries.load_arrays(settings.gallery_name, result["gallery_version"])
     assert set(feature_models(galleries, settings.gallery_name, result["gallery_version"])) == {"2"}
     new = ModelRegistry.from_settings(settings).load_model("2")
-    sample = manifest_from_frame(adopted["gallery"].head(10), require_labels=False, require_splits=False)
-    (expected,) = extract_manifest([new], sample, ObjectReader(settings.s3_endpoint_url))
+    sample = manifest_from_frame(
+        adopted["gallery"].head(10),
+        require_labels=False,
+        require_splits=False,
+        reader=ObjectReader(settings.s3_endpoint_url),
+    )
+    (expected,) = embed([new], sample)
     rows = [list(arrays.ids.astype(str)).index(i) for i in sample.item_ids]
     np.testing.assert_allclose(arrays.features[rows], expected, atol=1e-5)
 
@@ -176,7 +194,7 @@ def test_gallery_sync_adds_and_removes_items_without_a_backfill(
     wanted = pd.concat([adopted["gallery"].iloc[10:], s3_images.gallery(GALLERY + 15).iloc[GALLERY:]])
     wanted.to_parquet(tmp_path / "gallery-next.parquet")
     overrides = settings.model_dump(mode="json")
-    overrides["stream"]["gallery_manifest"] = str(tmp_path / "gallery-next.parquet")
+    overrides["gallery"]["manifest"] = str(tmp_path / "gallery-next.parquet")
     result = gallery_sync(overrides=overrides)
     assert (result["kept"], result["added"], result["removed"]) == (GALLERY - 10, 15, 10)
     assert galleries.read_current(settings.gallery_name) == result["gallery_version"]
@@ -217,7 +235,7 @@ def test_adopt_with_a_corrupt_training_object_stores_nothing(
         s3_endpoint_url=s3_images.endpoint,
         model_name="corrupt",
         data={"source": str(tmp_path / "train.parquet")},
-        stream={"enabled": True, "workers": 0},
+        stream={"workers": 0},
     )
     bad = frame["item_id"][7]
     with pytest.raises(DataError, match=rf"item '{bad}' \(s3://{bucket}/t/{bad}.jpg\): unreadable image"):

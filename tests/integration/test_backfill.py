@@ -16,13 +16,14 @@ from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_mod
 from hotswap.components.backfill import (
     PROVENANCE_FILE,
     BackfillError,
-    DatasetItemSource,
     ShardResult,
     build_gallery_version,
     feature_models,
     run_backfill,
 )
-from hotswap.components.data import ImageDataset, make_synthetic
+from hotswap.components.data.bundled import make_synthetic
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.gallery import GalleryError, GalleryStore, ShardCorruptedError
 from hotswap.components.ordering import uncertainty_scores
 from hotswap.components.quantization import DPQCodebooks
@@ -46,7 +47,7 @@ class Interrupted(RuntimeError):
 
 
 @pytest.fixture(scope="module")
-def data() -> ImageDataset:
+def data() -> ImageSet:
     return make_synthetic(N_ITEMS, n_classes=4, image_size=16, seed=3)
 
 
@@ -60,11 +61,16 @@ def codebooks(seed: int) -> DPQCodebooks:
     return DPQCodebooks((rng.standard_normal((2, 16, DIM)) * 0.3).astype(np.float32))
 
 
-class CountingSource(DatasetItemSource):
+def item_source(data: ImageSet) -> SourceItemSource:
+    """The gallery's images by id, as every model of these tests reads them (16×16 grayscale)."""
+    return SourceItemSource(data, model(0).preprocessing)
+
+
+class CountingSource(SourceItemSource):
     """Counts every image handed out: each one is exactly one forward pass of the new model."""
 
-    def __init__(self, dataset: ImageDataset) -> None:
-        super().__init__(dataset)
+    def __init__(self, dataset: ImageSet) -> None:
+        super().__init__(dataset, model(0).preprocessing)
         self.served: list[str] = []
 
     def images(self, item_ids: np.ndarray) -> np.ndarray:
@@ -79,10 +85,10 @@ def count_forward(net: EmbeddingModel) -> list[int]:
     return seen
 
 
-def bootstrap(store: ObjectStore, data: ImageDataset) -> GalleryStore:
+def bootstrap(store: ObjectStore, data: ImageSet) -> GalleryStore:
     galleries = GalleryStore(store)
     build_gallery_version(
-        galleries, GALLERY, model(0), codebooks(0), DatasetItemSource(data), data.item_ids,
+        galleries, GALLERY, model(0), codebooks(0), item_source(data), data.item_ids,
         model_version="m1", codebook_version="c1", version="v1", shard_size=SHARD, workers=1,
         publish=True, created_at=CREATED,
     )  # fmt: skip
@@ -93,10 +99,10 @@ def snapshot(store: ObjectStore, prefix: str) -> dict[str, bytes]:
     return {key[len(prefix) :]: store.get_bytes(key) for key in store.list(prefix)}
 
 
-def test_bootstrap_version_holds_model_features_and_codes(data: ImageDataset, tmp_path) -> None:
+def test_bootstrap_version_holds_model_features_and_codes(data: ImageSet, tmp_path) -> None:
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
     arrays = galleries.load_arrays(GALLERY, "v1")
-    expected = extract_features(model(0), data.images)
+    expected = extract_features(model(0), data.native_inputs())
     np.testing.assert_array_equal(arrays.ids, data.item_ids)
     np.testing.assert_allclose(arrays.features, expected, atol=1e-6)
     np.testing.assert_array_equal(arrays.codes, codebooks(0).encode(arrays.features))
@@ -106,7 +112,7 @@ def test_bootstrap_version_holds_model_features_and_codes(data: ImageDataset, tm
 
 
 def test_interrupted_backfill_redoes_no_finished_shard_and_matches_clean_run(
-    any_store: ObjectStore, data: ImageDataset, tmp_path
+    any_store: ObjectStore, data: ImageSet, tmp_path
 ) -> None:
     bootstrap(any_store, data)
     checker = GalleryStore(any_store)
@@ -161,7 +167,7 @@ def test_interrupted_backfill_redoes_no_finished_shard_and_matches_clean_run(
 
     clean_store = sibling_store(any_store, "clean", tmp_path)
     bootstrap(clean_store, data)
-    backfill(clean_store, DatasetItemSource(data))
+    backfill(clean_store, item_source(data))
     prefix = checker.version_prefix(GALLERY, "v2")
     resumed_files, clean_files = snapshot(any_store, prefix), snapshot(clean_store, prefix)
     resumed_files.pop("PUBLISHED"), clean_files.pop("PUBLISHED")  # the seal holds its own timestamp
@@ -169,11 +175,11 @@ def test_interrupted_backfill_redoes_no_finished_shard_and_matches_clean_run(
     assert resumed_files == clean_files
 
 
-def test_modes_write_the_right_features_codes_and_provenance(data: ImageDataset, tmp_path) -> None:
+def test_modes_write_the_right_features_codes_and_provenance(data: ImageSet, tmp_path) -> None:
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
     old = galleries.load_arrays(GALLERY, "v1")
     new = model(1, "large")
-    new_feats = extract_features(new, data.images)
+    new_feats = extract_features(new, data)
     forward = count_forward(new)
     common = dict(model_version="m2", codebook_version="c2", workers=2)
 
@@ -216,13 +222,13 @@ def test_modes_write_the_right_features_codes_and_provenance(data: ImageDataset,
     assert galleries.is_sealed(GALLERY, "v1") and not galleries.is_sealed(GALLERY, "full")
 
 
-def test_uncertainty_partial_reextracts_the_least_certain_stored_items(data: ImageDataset, tmp_path) -> None:
+def test_uncertainty_partial_reextracts_the_least_certain_stored_items(data: ImageSet, tmp_path) -> None:
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
     old_model = model(0)
     prototypes = old_model.head.weight.detach().numpy()
     stored = galleries.load_arrays(GALLERY, "v1")
     run_backfill(
-        galleries, GALLERY, "v1", "partial", model(1, "large"), codebooks(1), DatasetItemSource(data),
+        galleries, GALLERY, "v1", "partial", model(1, "large"), codebooks(1), item_source(data),
         fraction=0.25, ordering="uncertainty", prototypes=prototypes, shard_size=40,
         model_version="m2", version="u25", workers=1,
     )  # fmt: skip
@@ -235,7 +241,7 @@ def test_uncertainty_partial_reextracts_the_least_certain_stored_items(data: Ima
     np.testing.assert_array_equal(galleries.load_arrays(GALLERY, "u25").ids, stored.ids)
 
 
-def test_compute_slots_cap_concurrent_forward_passes(data: ImageDataset, tmp_path) -> None:
+def test_compute_slots_cap_concurrent_forward_passes(data: ImageSet, tmp_path) -> None:
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
     new = model(1, "large")
     state = {"now": 0, "max": 0}
@@ -255,22 +261,22 @@ def test_compute_slots_cap_concurrent_forward_passes(data: ImageDataset, tmp_pat
     new.trunk.register_forward_hook(leave)
     results: list[ShardResult] = []
     run_backfill(
-        galleries, GALLERY, "v1", "full", new, codebooks(1), DatasetItemSource(data), model_version="m2",
+        galleries, GALLERY, "v1", "full", new, codebooks(1), item_source(data), model_version="m2",
         version="slots", workers=3, compute_slots=1, on_shard=results.append,
     )  # fmt: skip
     assert state["max"] == 1 and len(results) == N_ITEMS // SHARD
     np.testing.assert_allclose(
-        galleries.load_arrays(GALLERY, "slots").features, extract_features(new, data.images), atol=1e-5
+        galleries.load_arrays(GALLERY, "slots").features, extract_features(new, data), atol=1e-5
     )
 
 
-def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageDataset, tmp_path) -> None:
+def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageSet, tmp_path) -> None:
     distributed = pytest.importorskip("distributed")
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
     new = model(1, "large")
     common = dict(fraction=1.0, model_version="m2", created_at=CREATED)
     run_backfill(
-        galleries, GALLERY, "v1", "full", new, codebooks(1), DatasetItemSource(data), version="threads",
+        galleries, GALLERY, "v1", "full", new, codebooks(1), item_source(data), version="threads",
         workers=2, **common,
     )  # fmt: skip
     with (
@@ -281,7 +287,7 @@ def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageDatase
     ):
         seen: list[int] = []
         run_backfill(
-            galleries, GALLERY, "v1", "full", new, codebooks(1), DatasetItemSource(data), version="dask",
+            galleries, GALLERY, "v1", "full", new, codebooks(1), item_source(data), version="dask",
             executor=client, on_shard=lambda r: seen.append(r.shard), **common,
         )  # fmt: skip
     assert sorted(seen) == list(range(N_ITEMS // SHARD))
@@ -291,7 +297,7 @@ def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageDatase
 
 
 def test_corrupted_source_shard_is_detected_by_its_checksum(
-    any_store: ObjectStore, data: ImageDataset
+    any_store: ObjectStore, data: ImageSet
 ) -> None:
     galleries = bootstrap(any_store, data)
     key = galleries.version_key(GALLERY, "v1", "shards/000003.features.npy")
@@ -304,9 +310,9 @@ def test_corrupted_source_shard_is_detected_by_its_checksum(
         )
 
 
-def test_resuming_with_another_plan_is_refused(data: ImageDataset, tmp_path) -> None:
+def test_resuming_with_another_plan_is_refused(data: ImageSet, tmp_path) -> None:
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
-    args = (galleries, GALLERY, "v1", "partial", model(1), codebooks(1), DatasetItemSource(data))
+    args = (galleries, GALLERY, "v1", "partial", model(1), codebooks(1), item_source(data))
 
     def interrupt(_result: ShardResult) -> None:
         raise Interrupted("stop after the first shard")
@@ -320,7 +326,7 @@ def test_resuming_with_another_plan_is_refused(data: ImageDataset, tmp_path) -> 
             run_backfill(*args, workers=1, **kwargs)
 
 
-def test_tampered_provenance_is_detected(data: ImageDataset, tmp_path) -> None:
+def test_tampered_provenance_is_detected(data: ImageSet, tmp_path) -> None:
     store = LocalObjectStore(tmp_path / "s", fsync=False)
     galleries = bootstrap(store, data)
     store.put_bytes(galleries.version_key(GALLERY, "v1", PROVENANCE_FILE), b"not the recorded array")
@@ -339,9 +345,9 @@ def test_tampered_provenance_is_detected(data: ImageDataset, tmp_path) -> None:
         ("full", {"new_model": "wrong-dim"}, "d=8"),
     ],
 )
-def test_bad_requests_get_clear_errors(data: ImageDataset, tmp_path, mode, kwargs, message) -> None:
+def test_bad_requests_get_clear_errors(data: ImageSet, tmp_path, mode, kwargs, message) -> None:
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
-    args = {"new_model": model(1), "item_source": DatasetItemSource(data), "fraction": 0.5} | kwargs
+    args = {"new_model": model(1), "item_source": item_source(data), "fraction": 0.5} | kwargs
     if args["new_model"] == "wrong-dim":
         args["new_model"] = build_model(
             BackboneSpec(arch="small", embedding_dim=4, num_classes=4, image_size=16)

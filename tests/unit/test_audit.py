@@ -44,9 +44,9 @@ def test_audit_versions_sort_numerically():
         for v in ("10", "9")
     }
     data_images = np.zeros((4, 1, 28, 28), dtype=np.float32)
-    from hotswap.components.data import ImageDataset
+    from hotswap.components.data.bundled import in_memory_set
 
-    data = ImageDataset(
+    data = in_memory_set(
         data_images, np.array([0, 0, 1, 1]), np.array(list("abcd")), np.array(["val"] * 4), ("a", "b")
     )
     assert audit_models(models, data).versions == ["9", "10"]

@@ -144,7 +144,7 @@ def test_the_step_floor_raises_epochs_only_for_short_epochs(items, epochs, floor
 def test_train_compatible_runs_the_raised_epochs():
     from hotswap.components.backbones import BackboneSpec, build_model
     from hotswap.components.compatibility import train_compatible
-    from hotswap.components.data import make_synthetic
+    from hotswap.components.data.bundled import make_synthetic
     from hotswap.components.training import TrainConfig
 
     data = make_synthetic(48, 3, image_size=8, seed=0)

@@ -25,7 +25,7 @@ from hotswap.components.compatibility import (
     synthesised_classifier,
     train_compatible,
 )
-from hotswap.components.data import make_synthetic
+from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.training import TrainConfig
 
 SIZE, DIM, OLD_K, NEW_K = 12, 8, 3, 5
@@ -194,7 +194,7 @@ def test_prototypes_equal_class_means_of_old_eval_features():
     assert old.training, "the caller's mode is restored"
     old.eval()
     with torch.no_grad():
-        feats = old.embed(torch.from_numpy(data.images))
+        feats = old.embed(torch.from_numpy(data.native_inputs()))
     expected = torch.stack([feats[torch.from_numpy(data.labels == k)].mean(0) for k in range(NEW_K)])
     assert protos.shape == (NEW_K, DIM)
     assert torch.allclose(protos, expected, atol=1e-6)
@@ -240,11 +240,39 @@ def test_embedding_dims_must_match():
         train_compatible(old, wrong, data, progress=False)
 
 
-def test_input_shape_must_match():
-    data = make_synthetic(30, NEW_K, image_size=SIZE, seed=0)
-    other = BackboneSpec(arch="large", embedding_dim=DIM, num_classes=NEW_K, image_size=SIZE + 4)
-    with pytest.raises(CompatibilityError, match="input mismatch"):
-        train_compatible(_model("small", OLD_K), other, data, progress=False)
+def test_old_and_new_models_each_read_their_own_view_of_the_data():
+    """A new model may read another size and channels than the old one: each gets its own view."""
+    data = make_synthetic(40, NEW_K, image_size=SIZE, seed=0)
+    old = _model("small", OLD_K).eval()
+    torch.manual_seed(1)
+    spec = BackboneSpec(
+        arch="large", embedding_dim=DIM, num_classes=NEW_K, image_size=SIZE + 4, in_channels=3
+    )
+    new = build_model(spec)
+    assert old.preprocessing.key != new.preprocessing.key
+    seen: dict[str, set[tuple[int, ...]]] = {"old": set(), "new": set()}
+
+    def recorder(who: str):
+        return lambda _module, args: seen[who].add(tuple(args[0].shape[1:]))
+
+    hooks = [m.trunk.register_forward_pre_hook(recorder(who)) for who, m in (("old", old), ("new", new))]
+    try:
+        trained, history = train_compatible(
+            old, new, data, train_config=TrainConfig(epochs=1, batch_size=20), progress=False
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert trained is new and set(history.final) == {"ce", "proto", "n2o", "o2n", "loss"}
+    assert all(np.isfinite(v) for v in history.final.values())
+    assert seen["old"] == {(1, SIZE, SIZE)}, seen  # prototypes and o2n: the old model's own view
+    assert seen["new"] == {(3, SIZE + 4, SIZE + 4)}, seen
+    # a d mismatch is still refused before anything trains, whatever the inputs
+    wrong = BackboneSpec(**{**spec.model_dump(), "embedding_dim": 2 * DIM})
+    with pytest.raises(
+        ValueError, match=f"embedding dimension mismatch: old model has d={DIM}, new model has d={2 * DIM}"
+    ):
+        train_compatible(old, wrong, data, progress=False)
 
 
 def test_train_compatible_keeps_the_old_model_frozen_and_restores_its_flags():

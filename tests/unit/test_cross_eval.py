@@ -12,7 +12,7 @@ from hotswap.components.cross_eval import (
     compatibility_matrix,
     compatibility_matrix_from_features,
 )
-from hotswap.components.data import make_synthetic
+from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.metrics import RetrievalMetrics, retrieval_metrics
 
 
@@ -82,7 +82,7 @@ def test_matrix_extracts_features_once_per_model(monkeypatch):
     monkeypatch.setattr(cross_eval, "extract_features", counting)
     matrix = compatibility_matrix(old, new, data)
     assert len(calls) == 2 and {id(m) for m in calls} == {id(old), id(new)}
-    old_feats, new_feats = real(old, data.images), real(new, data.images)
+    old_feats, new_feats = real(old, data.native_inputs()), real(new, data.native_inputs())
     expected = compatibility_matrix_from_features({"old": old_feats, "new": new_feats}, data.labels)
     for pair, metrics in expected.items():
         assert matrix[pair].map == pytest.approx(metrics.map)

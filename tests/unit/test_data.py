@@ -5,20 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hotswap.components.data import (
-    DataError,
-    load_image_folder,
-    load_manifest_images,
-    load_mnist5k,
-    make_synthetic,
-    read_manifest,
-)
+from hotswap.components.data.bundled import InMemorySource, in_memory_set, load_mnist5k, make_synthetic
+from hotswap.components.data.images import DataError
+from hotswap.components.data.loading import model_inputs
+from hotswap.components.data.objects import manifest_from_frame, read_image_folder, read_image_manifest
+from hotswap.components.data.preprocess import Preprocessing, builtin_preprocessing
 from PIL import Image
 
 
 def test_mnist5k_split_is_stratified_and_seeded(mnist):
-    assert mnist.images.shape == (5000, 1, 28, 28)
-    assert mnist.images.min() >= 0.0 and mnist.images.max() <= 1.0
+    inputs = mnist.native_inputs()
+    assert inputs.shape == (5000, 1, 28, 28) and inputs.dtype == np.float32
+    assert inputs.min() >= 0.0 and inputs.max() <= 1.0 and inputs.max() > 0.5
+    assert mnist.source.image_shape() == (28, 28, 1) and mnist.class_names == tuple(str(i) for i in range(10))
     for split, per_class in {"train": 300, "val": 100, "test": 100}.items():
         counts = np.bincount(mnist.split(split).labels, minlength=10)
         assert (counts == per_class).all(), split
@@ -36,26 +35,113 @@ def test_class_subset_keeps_global_label_numbers(mnist):
 
 def test_synthetic_generator_scales_to_many_classes():
     data = make_synthetic(n_items=1200, n_classes=120, image_size=16, seed=3)
-    assert data.images.shape == (1200, 1, 16, 16)
+    assert data.native_inputs().shape == (1200, 1, 16, 16)
+    assert data.source.pixels.dtype == np.uint8 and data.source.image_shape() == (16, 16, 1)
     assert data.num_classes == 120 and (np.bincount(data.labels) == 10).all()
-    assert (make_synthetic(1200, 120, 16, seed=3).images == data.images).all()
+    again = make_synthetic(1200, 120, 16, seed=3)
+    assert (again.native_inputs() == data.native_inputs()).all() and again.version == data.version
+    assert (again.splits == data.splits).all() and (again.labels == data.labels).all()
+    other = make_synthetic(1200, 120, 16, seed=4)
+    assert (other.native_inputs() != data.native_inputs()).any() and other.version != data.version
 
 
-def _write_pngs(root, per_class=5, classes=("cat", "dog")):
+def test_in_memory_views_are_computed_once_per_preprocessing(monkeypatch):
+    data = make_synthetic(50, 5, image_size=16, seed=0)
+    source = data.source
+    assert isinstance(source, InMemorySource)
+    calls = []
+    real_call = Preprocessing.__call__
+
+    def counting(self, image, where="image"):
+        calls.append(self.key)
+        return real_call(self, image, where)
+
+    monkeypatch.setattr(Preprocessing, "__call__", counting)
+    native = builtin_preprocessing(16)
+    first = source.views(native)
+    assert first.shape == (50, 1, 16, 16) and calls == []  # native size: one vectorised pass
+    assert source.views(builtin_preprocessing(16)) is first  # an equal preprocessing: the same view
+    np.testing.assert_allclose(first, data.native_inputs())
+    resized = Preprocessing(image_size=24, channels="RGB", mean=(0.5,), std=(0.25,))
+    view = source.views(resized)
+    assert view.shape == (50, 3, 24, 24) and len(calls) == 50  # one transform per row, once
+    assert source.views(resized) is view and source.views(native) is first and len(calls) == 50
+    np.testing.assert_array_equal(view[7], real_call(resized, source.image(7)))
+    # model inputs of a subset are rows of the cached view, read nothing again
+    inputs = model_inputs(data.subset([7, 3]), resized)
+    np.testing.assert_array_equal(inputs, view[[7, 3]])
+    assert len(calls) == 50
+
+
+def test_in_memory_version_follows_the_pixels():
     rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 10, 10, 1), dtype=np.uint8)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    base = in_memory_set(images, labels).version
+    assert in_memory_set(images.copy(), labels).version == base  # same content, another array
+    changed = images.copy()
+    changed[4, 5, 5, 0] ^= 1  # one pixel of one image
+    assert in_memory_set(changed, labels).version != base
+    assert in_memory_set(images, np.array([0, 0, 1, 1, 2, 1])).version != base  # a label
+
+
+def _write_pngs(root, per_class=5, classes=("cat", "dog"), channels=1, size=20, seed=0):
+    rng = np.random.default_rng(seed)
     for name in classes:
-        (root / name).mkdir(parents=True)
+        (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            pixels = (rng.random((20, 20)) * 255).astype(np.uint8)
+            shape = (size, size) if channels == 1 else (size, size, channels)
+            pixels = (rng.random(shape) * 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
 def test_image_folder_becomes_a_dataset(tmp_path):
     _write_pngs(tmp_path)
-    data = load_image_folder(tmp_path, image_size=28)
-    assert data.images.shape == (10, 1, 28, 28)
+    data = read_image_folder(tmp_path)
+    assert len(data) == 10 and data.source.image_shape() == (20, 20, 1)
     assert data.class_names == ("cat", "dog")
     assert sorted(np.bincount(data.labels).tolist()) == [5, 5]
+    assert set(data.splits) <= {"train", "val", "test"} and data.labelled
+    inputs = model_inputs(data, builtin_preprocessing(28))  # a model reading 28x28 resizes
+    assert inputs.shape == (10, 1, 28, 28) and inputs.min() >= 0.0 and inputs.max() <= 1.0
+    native = model_inputs(data, builtin_preprocessing(20))
+    np.testing.assert_allclose(native[3, 0], data.decoded(3)[:, :, 0] / 255.0, atol=1e-6)
+    with pytest.raises(DataError, match="not held in memory"):
+        data.native_inputs()
+
+
+def test_an_rgb_image_folder_keeps_its_three_channels(tmp_path):
+    _write_pngs(tmp_path, per_class=3, channels=3, size=12)
+    data = read_image_folder(tmp_path)
+    assert data.source.image_shape() == (12, 12, 3) and data.decoded(0).shape == (12, 12, 3)
+    rgb = model_inputs(data, builtin_preprocessing(12, 3))
+    assert rgb.shape == (6, 3, 12, 12)
+    np.testing.assert_allclose(rgb[0], data.decoded(0).transpose(2, 0, 1) / 255.0, atol=1e-6)
+    assert not np.allclose(rgb[:, 0], rgb[:, 1])  # real colour, not a grey copied three times
+    assert model_inputs(data, builtin_preprocessing(12, 1)).shape == (6, 1, 12, 12)  # a gray model
+
+
+def test_image_folder_version_changes_with_an_images_content_only(tmp_path):
+    _write_pngs(tmp_path, per_class=3)
+    first = read_image_folder(tmp_path).version
+    assert read_image_folder(tmp_path).version == first  # read again, nothing changed
+    target = tmp_path / "dog" / "1.png"
+    original = target.read_bytes()
+    target.write_bytes(original)  # rewritten with the same bytes
+    assert read_image_folder(tmp_path).version == first
+    Image.fromarray(np.full((20, 20), 7, dtype=np.uint8)).save(target)
+    changed = read_image_folder(tmp_path).version
+    assert changed != first
+    # another image of exactly the same byte size (uncompressed PNGs of one shape) is a change too
+    Image.fromarray(np.full((20, 20), 7, dtype=np.uint8)).save(target, compress_level=0)
+    stored = target.read_bytes()
+    Image.fromarray(np.full((20, 20), 8, dtype=np.uint8)).save(target, compress_level=0)
+    assert len(target.read_bytes()) == len(stored) and target.read_bytes() != stored
+    same_size = read_image_folder(tmp_path).version
+    target.write_bytes(stored)
+    assert same_size != read_image_folder(tmp_path).version
+    target.write_bytes(original)
+    assert read_image_folder(tmp_path).version == first  # the content, not the history, decides
 
 
 def _manifest(tmp_path, **changes) -> pd.DataFrame:
@@ -75,54 +161,63 @@ def _manifest(tmp_path, **changes) -> pd.DataFrame:
 
 def test_manifest_round_trips_through_parquet_and_csv(tmp_path):
     frame = _manifest(tmp_path)
+    versions = set()
     for name in ("m.parquet", "m.csv"):
         path = tmp_path / name
         frame.to_parquet(path) if name.endswith("parquet") else frame.to_csv(path, index=False)
-        loaded = read_manifest(path)
-        data = load_manifest_images(loaded, base_dir=tmp_path, name=name)
+        data = read_image_manifest(path)
         assert data.item_ids.tolist() == ["a", "b", "c", "d"] and data.labels.tolist() == [0, 0, 1, 1]
+        assert data.class_names == ("cat", "dog") and data.splits.tolist() == frame["split"].tolist()
+        assert data.split("test").item_ids.tolist() == ["b", "d"]
+        assert model_inputs(data, builtin_preprocessing(20)).shape == (4, 1, 20, 20)
+        versions.add(data.version)
+    assert len(versions) == 1  # the same rows and objects, whatever the file format
 
 
 def test_manifest_missing_columns_is_named(tmp_path):
     path = tmp_path / "m.csv"
     _manifest(tmp_path).drop(columns=["label"]).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"m\.csv: missing column\(s\) \['label'\]"):
-        read_manifest(path)
+        read_image_manifest(path)
 
 
 def test_manifest_duplicate_ids_are_named(tmp_path):
     frame = _manifest(tmp_path, item_id=["a", "b", "a", "d"])
-    with pytest.raises(DataError, match=r"duplicate item_id\(s\) \['a'\]"):
-        load_manifest_images(frame, base_dir=tmp_path)
+    with pytest.raises(DataError, match=r"^shop\.csv: duplicate item_id\(s\) \['a'\]"):
+        manifest_from_frame(frame, "shop.csv", base_dir=tmp_path)
 
 
 def test_manifest_unknown_labels_are_named(tmp_path):
     frame = _manifest(tmp_path, label=["cat", "cat", "dog", "bird"])
-    with pytest.raises(DataError, match=r"unknown label\(s\) \['bird'\]"):
-        load_manifest_images(frame, base_dir=tmp_path, classes=["cat", "dog"])
+    with pytest.raises(DataError, match=r"^shop\.csv: unknown label\(s\) \['bird'\]"):
+        manifest_from_frame(frame, "shop.csv", base_dir=tmp_path, class_names=["cat", "dog"])
 
 
 def test_manifest_unknown_split_is_named(tmp_path):
     frame = _manifest(tmp_path, split=["train", "test", "holdout", "test"])
-    with pytest.raises(DataError, match=r"unknown split value\(s\) \['holdout'\]"):
-        load_manifest_images(frame, base_dir=tmp_path)
+    with pytest.raises(DataError, match=r"^shop\.csv: unknown split value\(s\) \['holdout'\]"):
+        manifest_from_frame(frame, "shop.csv", base_dir=tmp_path)
 
 
 def test_unreadable_image_is_named(tmp_path):
     frame = _manifest(tmp_path)
     (tmp_path / "dog" / "0.png").write_bytes(b"this is not a png")
-    with pytest.raises(DataError, match=r"item 'c' \(dog/0\.png\): unreadable image"):
-        load_manifest_images(frame, base_dir=tmp_path)
+    data = manifest_from_frame(frame, "shop.csv", base_dir=tmp_path)
+    with pytest.raises(DataError, match=r"^shop\.csv: item 'c' \(dog/0\.png\): unreadable image"):
+        model_inputs(data, builtin_preprocessing(20))
 
 
 def test_missing_image_file_is_named(tmp_path):
     frame = _manifest(tmp_path, uri=["cat/0.png", "cat/1.png", "dog/0.png", "dog/9.png"])
-    with pytest.raises(DataError, match=r"item 'd' \(dog/9\.png\): cannot be read"):
-        load_manifest_images(frame, base_dir=tmp_path)
+    data = manifest_from_frame(frame, "shop.csv", base_dir=tmp_path)
+    with pytest.raises(DataError, match=r"^shop\.csv: item 'd' \(dog/9\.png\): cannot be read"):
+        model_inputs(data, builtin_preprocessing(20))
+    with pytest.raises(DataError, match=r"1 object\(s\) do not exist, e\.g\. shop\.csv: item 'd' \(dog/9"):
+        _ = data.version
 
 
 def test_damaged_manifest_file_is_a_clear_error(tmp_path):
     path = tmp_path / "m.parquet"
     path.write_bytes(b"PAR1 garbage")
     with pytest.raises(DataError, match=r"m\.parquet: cannot be parsed"):
-        read_manifest(path)
+        read_image_manifest(path)

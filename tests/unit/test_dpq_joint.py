@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.data import make_synthetic
+from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.dpq_joint import finetune_with_dpq
 from hotswap.components.quantization import DPQConfig, train_dpq
 from hotswap.components.training import TrainConfig, extract_features
@@ -23,7 +23,7 @@ def test_the_quantization_loss_pulls_features_onto_the_codebooks():
     data = make_synthetic(320, 4, image_size=16, seed=0)
     torch.manual_seed(0)
     start = build_model(BackboneSpec(arch="small", embedding_dim=16, num_classes=4, image_size=16))
-    features = extract_features(start, data.images)
+    features = extract_features(start, data)
     codebooks = train_dpq(features, data.labels, start.head, DPQConfig(n_blocks=2, n_codewords=16, epochs=2))
     before_books = codebooks.codebooks.copy()
     keys = set(start.state_dict())
@@ -34,7 +34,7 @@ def test_the_quantization_loss_pulls_features_onto_the_codebooks():
         tuned, history = finetune_with_dpq(
             model, data, codebooks, TrainConfig(epochs=3, batch_size=64, lr=1e-3), quant_weight=weight
         )
-        results[weight] = distortion(extract_features(model, data.images), tuned)
+        results[weight] = distortion(extract_features(model, data), tuned)
         assert set(model.state_dict()) == keys  # nothing left attached to the model
         assert not torch.equal(model.projection.weight, start.projection.weight)
     assert results[20.0] < 0.5 * results[0.0], results  # the backbone moved towards the codes

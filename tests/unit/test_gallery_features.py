@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hotswap.components.adopt import read_gallery_features
-from hotswap.components.data import DataError
-from hotswap.components.streaming_training import fit_cosine_head
+from hotswap.components.adopt import fit_cosine_head, read_gallery_features
+from hotswap.components.data.images import DataError
 
 
 def _features(n: int = 30, d: int = 8, seed: int = 0) -> np.ndarray:

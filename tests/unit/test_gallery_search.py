@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.backfill import DatasetItemSource, build_gallery_version, feature_models, run_backfill
+from hotswap.components.backfill import build_gallery_version, feature_models, run_backfill
 from hotswap.components.calibration import AffineMap, ScoreCalibration
-from hotswap.components.data import ImageDataset, make_synthetic
+from hotswap.components.data.bundled import make_synthetic
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.gallery import GalleryStore, ShardCorruptedError, VersionImmutableError
 from hotswap.components.gallery_calibration import (
     CalibrationMissingError,
@@ -39,9 +41,9 @@ DIM = 16
 
 @dataclass
 class World:
-    data: ImageDataset
-    gallery: ImageDataset
-    validation: ImageDataset
+    data: ImageSet
+    gallery: ImageSet
+    validation: ImageSet
     models: dict[str, EmbeddingModel]
     books: DPQCodebooks
 
@@ -53,7 +55,7 @@ def world() -> World:
     models = {"1": build_model(spec, seed=1).eval(), "2": build_model(spec, seed=2).eval()}
     gallery = data.split("train")
     books = train_dpq(
-        extract_features(models["2"], gallery.images), config=DPQConfig(n_blocks=2, n_codewords=16, epochs=0)
+        extract_features(models["2"], gallery), config=DPQConfig(n_blocks=2, n_codewords=16, epochs=0)
     )
     return World(data, gallery, data.split("val"), models, books)
 
@@ -70,7 +72,8 @@ def mixed_version(
 ) -> GalleryStore:
     """v1: every item by model 1; v2-partial: 40 % re-extracted by model 2; both coded with one codebook."""
     galleries = GalleryStore(store)
-    source = DatasetItemSource(world.data)
+    assert world.models["1"].preprocessing == world.models["2"].preprocessing
+    source = SourceItemSource(world.data, world.models["2"].preprocessing)
     build_gallery_version(
         galleries, GALLERY, world.models["1"], world.books, source, world.gallery.item_ids,
         model_version="1", codebook_version="c", version="v1", shard_size=64,
@@ -105,7 +108,7 @@ def test_sub_index_merge_equals_exact_calibrated_brute_force(world: World, tmp_p
     galleries = mixed_version(world, LocalObjectStore(tmp_path / "store", fsync=False), cal)
     searcher = GallerySearcher.from_version(galleries, GALLERY, "v2-partial", "2")
     assert searcher.mixed and searcher.calibration_source == "stored" and searcher.calibration == cal
-    queries = extract_features(world.models["2"], world.data.split("test").images[:20])
+    queries = extract_features(world.models["2"], world.data.split("test").subset(np.arange(20)))
     k = 15
     scores, ids = searcher.search(queries, k)
     assert scores.shape == ids.shape == (20, k) and ids.dtype.kind == "U"

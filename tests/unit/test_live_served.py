@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.classes import ClassMapError, check_classes, cross_map, to_head_labels
-from hotswap.components.data import make_synthetic
+from hotswap.components.data.bundled import make_synthetic
+from hotswap.components.data.classes import ClassMapError, check_classes, cross_map, to_head_labels
 from hotswap.components.fingerprint import noop_reason, settings_hash
 from hotswap.components.live import LiveComposition, compatibility_targets
 from hotswap.components.metrics import retrieval_metrics
@@ -109,7 +109,7 @@ def test_served_evaluation_composes_the_gallery_like_the_live_one():
     assert mixed.champion_only == alone.champion_only and mixed.live_shares == {"1": 0.5, "2": 0.5}
     from hotswap.components.training import extract_features
 
-    given = {"2": extract_features(champion, data.images), "3": extract_features(candidate, data.images)}
+    given = {"2": extract_features(champion, data), "3": extract_features(candidate, data)}
     reused = served_evaluation(
         **common,
         gallery_models={"1": older},
@@ -125,24 +125,55 @@ def test_served_evaluation_composes_the_gallery_like_the_live_one():
 
 
 def test_class_lists_are_checked_against_the_data_in_one_line():
-    assert check_classes("data.bootstrap_classes", [9, 1, 5], range(10)) == [1, 5, 9]
-    assert check_classes("data.classes", None, range(10)) is None
+    digits = [str(i) for i in range(10)]
+    # integer labels: ints stand for the label of that name; the result is names in the data's order
+    assert check_classes("data.bootstrap_classes", [9, 1, 5], digits) == ["1", "5", "9"]
+    assert check_classes("data.bootstrap_classes", ["9", 1, "5"], digits) == ["1", "5", "9"]
+    assert check_classes("data.classes", None, digits) is None
     with pytest.raises(
-        ClassMapError, match=r"^data\.bootstrap_classes: class\(es\) \[99\] are not in the data"
+        ClassMapError, match=r"^data\.bootstrap_classes: class\(es\) \['99'\] are not in the data"
     ):
-        check_classes("data.bootstrap_classes", [0, 1, 99], range(10))
+        check_classes("data.bootstrap_classes", [0, 1, 99], digits)
     with pytest.raises(ClassMapError, match="more than once"):
-        check_classes("data.classes", [1, 1], range(10))
+        check_classes("data.classes", [1, 1], digits)
+    with pytest.raises(ClassMapError, match="more than once"):
+        check_classes("data.classes", [1, "1"], digits)  # the same label, once as a number
+    # named labels: classes are listed by name
+    animals = ["cat", "dog", "emu"]
+    assert check_classes("data.classes", ["emu", "cat"], animals) == ["cat", "emu"]
+    with pytest.raises(ClassMapError, match=r"^data\.classes: class\(es\) \['zebra'\] are not in the data"):
+        check_classes("data.classes", ["cat", "zebra"], animals)
+
+
+def test_numbers_are_refused_where_the_labels_are_names():
+    animals = ["cat", "dog", "emu"]
+    with pytest.raises(
+        ClassMapError,
+        match=r"^data\.bootstrap_classes: 0 is a number, but the data's labels are names .*by name$",
+    ):
+        check_classes("data.bootstrap_classes", [0, 1], animals)
+    with pytest.raises(ClassMapError, match=r"^data\.classes: 1 is a number"):
+        check_classes("data.classes", ["cat", 1], animals)  # mixed: one number is enough to refuse
+    # a mix of integer and named labels is not "integer labels" either
+    with pytest.raises(ClassMapError, match=r"^data\.classes: 1 is a number"):
+        check_classes("data.classes", [1], ["1", "2", "cat"])
+    assert check_classes("data.classes", ["1", "cat"], ["1", "2", "cat"]) == ["1", "cat"]
 
 
 def test_head_labels_and_cross_maps_follow_the_recorded_maps():
     data = make_synthetic(40, 10, image_size=8, seed=0).with_classes([1, 3, 5, 7, 9])
-    head = to_head_labels(data, [1, 3, 5, 7, 9])
+    odd = ["1", "3", "5", "7", "9"]
+    assert [data.class_names[c] for c in np.unique(data.labels)] == odd
+    head = to_head_labels(data, odd)
     assert sorted(set(head.labels.tolist())) == [0, 1, 2, 3, 4]
     assert np.array_equal(np.array([1, 3, 5, 7, 9])[head.labels], data.labels)
-    assert cross_map(list(range(10)), [1, 3, 5, 7, 9]) == {1: 0, 3: 1, 5: 2, 7: 3, 9: 4}
+    # the map is by name, not by position: a reordered map gives the reordered rows
+    reordered = to_head_labels(data, ["9", "7", "5", "3", "1"])
+    assert np.array_equal(4 - reordered.labels, head.labels)
+    assert cross_map([str(i) for i in range(10)], odd) == {1: 0, 3: 1, 5: 2, 7: 3, 9: 4}
+    assert cross_map(["cat", "dog", "emu"], ["emu", "cat"]) == {0: 1, 2: 0}
     with pytest.raises(ClassMapError, match="not in the head's class map"):
-        to_head_labels(data, [1, 3])
+        to_head_labels(data, ["1", "3"])
 
 
 # --------------------------------------------------------------------------- no-op refresh
@@ -183,7 +214,7 @@ def test_noop_when_the_champion_or_a_challenger_against_it_was_trained_on_the_sa
 
 
 def test_a_growing_image_folder_is_read_again_with_a_new_dataset_version(tmp_path):
-    from hotswap.components.data import load_dataset
+    from hotswap.components.data.sources import open_source
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -195,8 +226,9 @@ def test_a_growing_image_folder_is_read_again_with_a_new_dataset_version(tmp_pat
 
     write("a", 3)
     write("b", 3)
-    first = load_dataset(str(tmp_path), image_size=12)
-    assert load_dataset(str(tmp_path), image_size=12) is first  # unchanged: decoded once
+    first = open_source(str(tmp_path))
+    assert open_source(str(tmp_path)) is first  # unchanged: read once
+    assert first.source.image_shape() == (12, 12, 1)
     write("c", 3)  # a new class arrives
-    grown = load_dataset(str(tmp_path), image_size=12)
+    grown = open_source(str(tmp_path))
     assert len(grown) == 9 and grown.num_classes == 3 and grown.version != first.version

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hotswap.components.backbones import ModelFormatError, model_from_bytes, model_to_bytes
+from hotswap.components.data.preprocess import Preprocessing
 from hotswap.components.model_spec import (
     ModelSpec,
     build_user_model,
@@ -21,7 +22,6 @@ from hotswap.components.model_spec import (
     load_team_model,
     model_from_files,
 )
-from hotswap.components.preprocess import Preprocessing
 from safetensors.torch import save_file
 
 from tests.fixtures.user_models import resnet

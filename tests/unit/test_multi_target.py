@@ -19,7 +19,7 @@ from hotswap.components.compatibility import (
     prototype_triplet_loss,
     train_compatible,
 )
-from hotswap.components.data import make_synthetic
+from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.training import TrainConfig
 
 SIZE, DIM = 12, 8
