@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from hotswap.components.cross_eval import compatibility_matrix
-from hotswap.components.data import load_dataset
+from hotswap.components.data.sources import open_source
 from hotswap.components.registry import ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.compat_search import PARENT_RUN_TAG, TRIAL_TAG
@@ -84,7 +84,7 @@ def test_the_gate_judges_the_searched_model_on_the_unseen_split(searched):
     settings = searched["settings"]
     registry = ModelRegistry.from_settings(settings)
     report = registry.load_report("3")
-    data = load_dataset(settings.data.source, image_size=settings.data.image_size)
+    data = open_source(settings.data.source, synthetic_size=settings.data.image_size)
     on_test = compatibility_matrix(registry.load_model("1"), registry.load_model("3"), data.split("test"))
     assert report.matrix["new/old"]["map"] == pytest.approx(on_test["new/old"].map, abs=1e-6)
     trial = MlflowClient(settings.resolved_tracking_uri).get_run(registry.resolve("3").run_id)

@@ -14,7 +14,7 @@ import pytest
 from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.compatibility import train_compatible
 from hotswap.components.cross_eval import compatibility_matrix
-from hotswap.components.data import ImageDataset
+from hotswap.components.data.images import ImageSet
 from hotswap.components.decision import CostModel, DecisionConfig, decide, decide_from_features
 from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
 from hotswap.components.report import build_report
@@ -34,11 +34,11 @@ class Upgrade:
     compatible: EmbeddingModel
     independent: EmbeddingModel
     codebooks: dict[str, DPQCodebooks]
-    validation: ImageDataset
+    validation: ImageSet
 
 
 @pytest.fixture(scope="module")
-def upgrade(mnist: ImageDataset) -> Upgrade:
+def upgrade(mnist: ImageSet) -> Upgrade:
     train = mnist.split("train")
     val = mnist.split("val")
     spec = BackboneSpec(arch="small", embedding_dim=DIM, num_classes=10)
@@ -51,7 +51,7 @@ def upgrade(mnist: ImageDataset) -> Upgrade:
     train_model(independent, train, TrainConfig(epochs=3, seed=2), progress=False)
     dpq = DPQConfig(n_blocks=2, n_codewords=64, epochs=2)
     codebooks = {
-        name: train_dpq(extract_features(m, train.images), train.labels, classifier=m.head, config=dpq)
+        name: train_dpq(extract_features(m, train), train.labels, classifier=m.head, config=dpq)
         for name, m in (("old", old), ("compatible", compatible), ("independent", independent))
     }
     half = val.subset(np.arange(len(val)) % 2 == 0, name="val-half")
@@ -89,7 +89,7 @@ def test_compatible_model_skips_reextraction(upgrade: Upgrade) -> None:
 
 def test_stricter_target_buys_a_costlier_option_with_the_same_models(upgrade: Upgrade) -> None:
     old, new = upgrade.old, upgrade.compatible
-    images, labels = upgrade.validation.images, upgrade.validation.labels
+    images, labels = upgrade.validation.native_inputs(), upgrade.validation.labels
     common = dict(
         gallery_items=GALLERY_ITEMS,
         blessed=True,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hotswap.components.classes import ClassMapError, load_class_map
+from hotswap.components.data.classes import ClassMapError, load_class_map
 from hotswap.components.registry import ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.context import gallery_store
@@ -82,9 +82,9 @@ def test_bootstrap_on_a_non_contiguous_class_subset_records_its_class_map(chain)
     assert chain["bootstrap"]["version"] == "1"
     v1 = registry.load_model("1")
     assert v1.spec.num_classes == 3
-    assert load_class_map(registry, "1", 3) == [1, 3, 5]
-    assert load_class_map(registry, "2", 6) == [0, 1, 2, 3, 4, 5]
-    assert load_class_map(registry, "3", 8) == list(range(8))
+    assert load_class_map(registry, "1", 3) == ["1", "3", "5"]
+    assert load_class_map(registry, "2", 6) == ["0", "1", "2", "3", "4", "5"]
+    assert load_class_map(registry, "3", 8) == [str(c) for c in range(8)]
 
 
 def test_an_unknown_bootstrap_class_is_one_line_before_anything_is_written(tmp_path):

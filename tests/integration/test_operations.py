@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from hotswap.components.data import load_dataset, make_synthetic
+from hotswap.components.data.bundled import make_synthetic
+from hotswap.components.data.sources import open_source
 from hotswap.components.registry import ModelRegistry
 from hotswap.components.settings import HotswapSettings
 
@@ -56,7 +56,7 @@ def _write_manifest(directory: Path, name: str, rows: slice) -> Path:
     for i in range(len(data))[rows]:
         path = images / f"{data.item_ids[i]}.png"
         if not path.exists():
-            Image.fromarray((data.images[i, 0] * 255).astype(np.uint8)).save(path)
+            Image.fromarray(data.decoded(i)[:, :, 0]).save(path)
         lines.append(
             f"{data.item_ids[i]},images/{path.name},{data.class_names[data.labels[i]]},{data.splits[i]}"
         )
@@ -227,7 +227,7 @@ def test_a_cli_bootstrap_sends_info_logs_to_the_api_and_is_named_after_what_it_d
 
 def test_registering_new_data_triggers_a_refresh_through_the_worker(ops, prefect_client):
     second = _write_manifest(ops.data_dir, "second.csv", slice(0, 720))
-    expected = load_dataset(str(second), seed=0, image_size=IMAGE_SIZE).version
+    expected = open_source(str(second), seed=0).version
     output = _run([str(HOTSWAP), "data", "register", str(second)], ops.env)
     assert f"registered dataset {expected}" in output
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 import httpx
 import numpy as np
 import pytest
-from hotswap.components.data import decode_image
+from hotswap.components.data.objects import decode_uint8
 from hotswap.components.index import index_from_bytes, search
 from hotswap.components.serving.server import ServerThread
 from hotswap.components.serving.service import LiveService
@@ -59,8 +59,12 @@ class Oracle:
             self._ids[version] = g.load_arrays(name, version).ids.astype(str)
         return self._indexes[version], self._ids[version]
 
-    def check(self, answer: dict, image: np.ndarray) -> None:
+    def check(self, answer: dict, image: np.ndarray | bytes) -> None:
+        """``image``: the model's input [C, H, W], or the encoded query as sent (read through the
+        answering model's own preprocessing, as the service reads it)."""
         model = self.home.models[answer["model_version"]]
+        if isinstance(image, bytes):
+            image = model.preprocessing(decode_uint8(image, "query"))
         index, ids = self.gallery(answer["gallery_version"])
         got_ids = [hit["item_id"] for hit in answer["results"]]
         got_scores = np.array([hit["score"] for hit in answer["results"]])
@@ -108,7 +112,7 @@ def test_promotion_under_load_is_atomic_and_consistent(
     assert client.get("/health").json() == {"status": "ok", "model_version": "1", "gallery_version": "g1"}
 
     gallery_items = home.data.split("test")
-    answers: list[tuple[int, int, dict, np.ndarray]] = []
+    answers: list[tuple[int, int, dict, np.ndarray | bytes]] = []
     failures: list[str] = []
     sent = [0] * CLIENTS
     lock = threading.Lock()
@@ -127,11 +131,11 @@ def test_promotion_under_load_is_atomic_and_consistent(
                 if n % 2:
                     item = str(gallery_items.item_ids[row])
                     response = http.post("/search/item", json={"item_id": item, "k": K})
-                    image = gallery_items.images[row]
+                    image = gallery_items.native_inputs()[row]
                 else:
-                    png = _png(gallery_items.images[row])
+                    png = _png(gallery_items.native_inputs()[row])
                     response = http.post(f"/search/image?k={K}", content=png)
-                    image = decode_image(png, 28)[None]
+                    image = png
                 with lock:
                     if response.status_code != 200:
                         failures.append(f"{response.status_code}: {response.text}")
@@ -182,7 +186,7 @@ def test_raw_embedding_search_names_its_version(serve_home: ServeHome, served) -
     service, server = served
     client = httpx.Client(base_url=server.url, timeout=60)
     live = client.get("/live").json()["model_version"]
-    image = serve_home.data.split("test").images[3]
+    image = serve_home.data.split("test").native_inputs()[3]
     query = extract_features(serve_home.models[live], image[None])[0].tolist()
     answer = client.post("/search/embedding", json={"model_version": live, "embedding": query, "k": K})
     assert answer.status_code == 200
@@ -204,10 +208,10 @@ def test_rollback_restores_the_previous_pair(serve_home: ServeHome, served, pref
     _wait_live(client, "2", "g2")
     assert rollback(overrides=serve_home.overrides) == {"champion": "1", "gallery_version": "g1"}
     _wait_live(client, "1", "g1")
-    image = serve_home.data.split("test").images[7]
+    image = serve_home.data.split("test").native_inputs()[7]
     answer = client.post(f"/search/image?k={K}", content=_png(image)).json()
     assert (answer["model_version"], answer["gallery_version"]) == ("1", "g1")
-    Oracle(serve_home).check(answer, decode_image(_png(image), 28)[None])
+    Oracle(serve_home).check(answer, _png(image))
     aliases = serve_home.registry.aliases()
     assert (aliases["champion"], aliases["previous"]) == ("1", "2")
 
@@ -244,7 +248,7 @@ def test_broken_index_keeps_the_old_pair_serving(
     after = client.get("/live").json()
     assert (after["model_version"], after["gallery_version"]) == old
     assert "index.faiss is broken" in after["last_error"]
-    image = home.data.split("test").images[11]
+    image = home.data.split("test").native_inputs()[11]
     answer = client.post(f"/search/image?k={K}", content=_png(image)).json()
     assert (answer["model_version"], answer["gallery_version"]) == old
     metrics = client.get("/metrics").text
