@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hotswap.components.data import DataError, decode_image, load_dataset
+from hotswap.components.data import DataError, load_dataset
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.gallery_search import GallerySearcher
 from hotswap.components.preflight import check_query_size
+from hotswap.components.query_image import ReadsPixels, query_pixels
 from hotswap.components.registry import CHAMPION, ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
@@ -46,14 +47,20 @@ class SearchHits:
     calibration: str = "single-model"  # single-model | stored | missing (raw scores on a mixed gallery)
 
 
-def _query_image(settings: HotswapSettings, image: Path | None, item_id: str | None) -> np.ndarray:
+def _read_query_file(image: Path) -> bytes:
+    try:
+        return Path(image).read_bytes()
+    except OSError as exc:
+        raise DataError(f"query image {image}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _query_image(
+    settings: HotswapSettings, model: ReadsPixels, image: Path | None, item_id: str | None
+) -> np.ndarray:
+    """A query file in the champion's own preprocessing; an item id from the in-memory dataset."""
     size = settings.data.image_size
     if image is not None:
-        try:
-            data = Path(image).read_bytes()
-        except OSError as exc:
-            raise DataError(f"query image {image}: cannot be read ({exc.strerror or exc})") from exc
-        return decode_image(data, size, where=f"query image {image}")[None, None]
+        return query_pixels(model, _read_query_file(image), where=f"query image {image}")
     dataset = load_dataset(settings.data.source, seed=settings.data.split_seed, image_size=size)
     rows = np.flatnonzero(dataset.item_ids == item_id)
     if len(rows) == 0:
@@ -85,7 +92,7 @@ def search_live(
     pixels = (
         _streamed_query(settings, model, image, item_id)
         if streamed
-        else _query_image(settings, image, item_id)
+        else _query_image(settings, model, image, item_id)
     )
     with torch.no_grad():
         query = model.eval().embed(torch.from_numpy(pixels)).numpy()
@@ -119,29 +126,28 @@ def _manifests(settings: HotswapSettings) -> list:
 
 
 def _streamed_query(
-    settings: HotswapSettings, model: object, image: Path | None, item_id: str | None
+    settings: HotswapSettings, model: ReadsPixels, image: Path | None, item_id: str | None
 ) -> np.ndarray:
     """With streamed data: the query from its file or manifest row, in the model's own preprocessing."""
-    from hotswap.components.streaming import ObjectReader, decode_uint8
+    from hotswap.components.streaming import ObjectReader
 
-    where = f"query image {image}" if image is not None else f"item {item_id!r}"
+    if image is not None:
+        return query_pixels(model, _read_query_file(image), where=f"query image {image}")
+    where = f"item {item_id!r}"
     try:
-        if image is not None:
-            data = Path(image).read_bytes()
+        for manifest in _manifests(settings):
+            rows = manifest.frame.index[manifest.frame["item_id"] == str(item_id)]
+            if len(rows):
+                uri = manifest.frame.loc[rows[0], "uri"]
+                data = ObjectReader(settings.s3_endpoint_url).read(uri, manifest.base_dir)
+                break
         else:
-            for manifest in _manifests(settings):
-                rows = manifest.frame.index[manifest.frame["item_id"] == str(item_id)]
-                if len(rows):
-                    uri = manifest.frame.loc[rows[0], "uri"]
-                    data = ObjectReader(settings.s3_endpoint_url).read(uri, manifest.base_dir)
-                    break
-            else:
-                raise DataError(f"item id {item_id!r} is in neither the gallery nor the training manifest")
+            raise DataError(f"item id {item_id!r} is in neither the gallery nor the training manifest")
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{where}: cannot be read ({exc})") from exc
-    return model.preprocessing(decode_uint8(data, where), where)[None]
+    return query_pixels(model, data, where)
 
 
 def _streamed_labels(settings: HotswapSettings) -> dict[str, str]:
