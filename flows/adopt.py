@@ -16,6 +16,7 @@ from hotswap.tasks.adopt import (
     train_gallery_codebooks,
 )
 from hotswap.tasks.context import settings_from
+from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.registry import resolve_alias
 from prefect import flow
 
@@ -54,8 +55,13 @@ def adopt(
 
 @flow(name="gallery-sync", log_prints=True)
 def gallery_sync(overrides: dict[str, Any] | None = None, publish: bool = True) -> dict[str, Any]:
-    """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones."""
+    """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones.
+
+    Holds the gallery's lifecycle lock: a switch or backfill in between could otherwise publish
+    over the synced version, or the sync over theirs.
+    """
     settings = settings_from(
         {**(overrides or {}), "stream": {**(overrides or {}).get("stream", {}), "enabled": True}}
     )
-    return sync_gallery_items(settings, publish)
+    with lifecycle_lock(settings, "gallery sync"):
+        return sync_gallery_items(settings, publish)

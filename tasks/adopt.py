@@ -13,7 +13,9 @@ import torch
 from hotswap.components.adopt import AdoptReport, file_sha256, read_gallery_features
 from hotswap.components.cross_eval import compatibility_matrix_from_features
 from hotswap.components.data import DataError
+from hotswap.components.errors import StateError
 from hotswap.components.gallery_import import write_feature_version
+from hotswap.components.live_state import read_live_target
 from hotswap.components.model_spec import ModelSpec, load_team_model
 from hotswap.components.quantization import train_dpq
 from hotswap.components.settings import HotswapSettings
@@ -34,6 +36,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 ROLE_ADOPTED = "adopted"
+
+
+class LiveNotWholeError(StateError):
+    """The champion and CURRENT are not one pair (a switch is in progress or was interrupted)."""
 
 
 def adopted_spec(settings: HotswapSettings, spec: dict[str, Any]) -> ModelSpec:
@@ -227,18 +233,26 @@ def record_adopt_report(
 @task(name="sync-gallery", task_run_name="sync the gallery with its manifest", cache_policy=NONE)
 def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[str, Any]:
     """The next gallery version holds exactly the gallery manifest's ids: new ids embedded by the
-    champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted."""
+    champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted.
+
+    Only from a whole live pair, and published only over the version it was made from; the new
+    version then stays paired with the champion (components/sync_lineage.py)."""
     from hotswap.components.gallery_import import sync_gallery
     from hotswap.components.gallery_records import new_version_id
     from hotswap.tasks.streaming import gallery_manifest
 
     reg = registry(settings)
     galleries = gallery_store(settings)
-    live = galleries.read_current(settings.gallery_name)
-    if live is None:
+    target = read_live_target(reg, galleries, settings.gallery_name)
+    if target.gallery_version is None:
         raise DataError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap adopt` first")
+    if not target.whole:  # the added items would be embedded by a model that does not serve them
+        raise LiveNotWholeError(
+            f"gallery {settings.gallery_name!r} cannot be synced now: {target.reason}; "
+            "run `hotswap status` (it finishes or undoes an interrupted switch), then rerun"
+        )
+    live, champion = target.gallery_version, str(target.model_version)
     source = galleries.load_manifest(settings.gallery_name, live)
-    champion = reg.resolve("champion").version
     codebooks = load_codebooks(settings, source.codebook_version or champion)
     manifest, counts = sync_gallery(
         galleries,
