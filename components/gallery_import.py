@@ -25,6 +25,7 @@ from hotswap.components.data.loading import DEFAULT_LOADER, LoaderConfig, embed
 from hotswap.components.gallery import GalleryManifest, GalleryStore, new_version_id
 from hotswap.components.gallery_records import npy_bytes, sha256_hex
 from hotswap.components.quantization import DPQCodebooks
+from hotswap.components.sync_lineage import sync_record
 from pydantic import JsonValue
 
 IndexBuilder = Callable[[np.ndarray, np.ndarray], bytes]
@@ -133,7 +134,9 @@ def sync_gallery(
     """The next version holding exactly ``wanted``'s ids: removed ids absent, added ids embedded with
     ``model`` (the champion, ``model_version``) and encoded with ``codebooks`` (the live ones).
 
-    Only the added images are read. Returns the manifest and counts {kept, added, removed}.
+    Only the added images are read. Returns the manifest and counts {kept, added, removed}. The
+    manifest records what it was synced from (components/sync_lineage.py), which is what keeps
+    the champion and the new CURRENT one whole pair without touching the registry.
     """
     source = galleries.load_manifest(gallery, source_version)
     arrays = galleries.load_arrays(gallery, source_version)
@@ -167,8 +170,8 @@ def sync_gallery(
         shard_size=shard_size,
         index_builder=index_builder,
         codes=codes,
-        metadata={"backfill": {"mode": "sync", "source_version": source_version, **counts}},
+        metadata={"backfill": {**sync_record(galleries, gallery, source, model_version), **counts}},
         publish=publish,
-        expected_current=galleries.read_current(gallery),
+        expected_current=source_version,  # never over a version published since this one was read
     )
     return manifest, counts

@@ -2,9 +2,11 @@
 
 A model version and a gallery version only make sense together: the gallery a promotion switches
 to is recorded on the model version (tag ``backfill.gallery_version``, written by the backfill
-decision), so the pair is *whole* when CURRENT names the gallery the champion's tag names. A skip
-decision names the gallery that was already live; a bootstrap names the first gallery. A model
-registered without that tag is paired with a gallery whose features it built itself.
+decision), so the pair is *whole* when CURRENT names the gallery the champion's tag names, or a
+version ``gallery-sync`` made from it with the champion (components/sync_lineage.py says why a
+sync does not move the tag). A skip decision names the gallery that was already live; a
+bootstrap names the first gallery. A model registered without that tag is paired with a gallery
+whose features it built itself.
 
 The switch transaction (flows/switch.py) moves the alias first and CURRENT second, so a reader
 that polls both can see a half-moved state for a moment; :func:`read_live_target` says so
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from hotswap.components.gallery import GalleryStore, ManifestError
 from hotswap.components.registry import CHAMPION, PREVIOUS, ModelRegistry, VersionNotFoundError
+from hotswap.components.sync_lineage import belongs_to, newest_synced
 
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 
@@ -45,8 +48,17 @@ def bound_gallery(registry: ModelRegistry, model_version: str) -> str | None:
     return registry.resolve(model_version).tags.get(TAG_GALLERY_VERSION) or None
 
 
-def read_live_target(registry: ModelRegistry, galleries: GalleryStore, gallery: str) -> LiveTarget:
-    """Champion and CURRENT now; ``whole`` when CURRENT is the gallery that belongs to the champion."""
+def read_live_target(
+    registry: ModelRegistry,
+    galleries: GalleryStore,
+    gallery: str,
+    memo: dict[tuple[str, str, str], bool] | None = None,
+) -> LiveTarget:
+    """Champion and CURRENT now; ``whole`` when CURRENT is the gallery that belongs to the champion.
+
+    ``memo`` keeps what a poller learnt about (version, model, bound gallery): published versions
+    are immutable, so the answer never changes, and a watcher need not reread a manifest each poll.
+    """
     champion = registry.aliases().get(CHAMPION)
     current = galleries.read_current(gallery)
     if champion is None or current is None:
@@ -59,6 +71,24 @@ def read_live_target(registry: ModelRegistry, galleries: GalleryStore, gallery: 
     if bound is not None:
         if bound == current:
             return LiveTarget(champion, current, True, f"champion v{champion} belongs to gallery {current}")
+        key = (current, champion, bound)
+        try:
+            synced = (
+                memo[key]
+                if memo is not None and key in memo
+                else belongs_to(galleries, gallery, current, champion, bound)
+            )
+        except ManifestError as exc:
+            return LiveTarget(champion, current, False, str(exc))
+        if memo is not None:
+            memo[key] = synced
+        if synced:
+            return LiveTarget(
+                champion,
+                current,
+                True,
+                f"champion v{champion} belongs to gallery {bound}, synced as {current}",
+            )
         return LiveTarget(
             champion,
             current,
@@ -83,8 +113,9 @@ def read_live_target(registry: ModelRegistry, galleries: GalleryStore, gallery: 
 def rollback_target(registry: ModelRegistry, galleries: GalleryStore, gallery: str) -> tuple[str, str]:
     """(previous champion, its gallery): what ``hotswap rollback`` makes live again.
 
-    The gallery is the one recorded on the previous champion; without that record, the version
-    CURRENT pointed at before the last switch. It must still be a finalized version.
+    The gallery is the one recorded on the previous champion, as last synced while it was live
+    (the newest published sync of it); without that record, the version CURRENT pointed at
+    before the last switch. It must still be a finalized version.
     """
     previous = registry.aliases().get(PREVIOUS)
     if previous is None:
@@ -95,6 +126,8 @@ def rollback_target(registry: ModelRegistry, galleries: GalleryStore, gallery: s
     if target is None:
         pointer = galleries.read_pointer(gallery)
         target = pointer.previous if pointer is not None else None
+    else:  # items synced while it was champion stay added (or removed)
+        target = newest_synced(galleries, gallery, previous, target)
     if target is None:
         raise NothingToRollBackError(
             f"previous champion v{previous} names no gallery and gallery {gallery!r} has no previous version"

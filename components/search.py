@@ -21,9 +21,9 @@ import torch
 from hotswap.components.data.catalog import find_item, labels_by_id
 from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import model_inputs
-from hotswap.components.data.objects import decode_uint8
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.gallery_search import GallerySearcher
+from hotswap.components.query_image import query_pixels
 from hotswap.components.registry import CHAMPION, ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
@@ -54,12 +54,11 @@ def query_input(
     """The query as ``model`` reads it ([1, C, H, W]): a file, or an item of the gallery or data,
     decoded as it is (RGB stays RGB) and put through the model's own preprocessing."""
     if image is not None:
-        where = f"query image {image}"
         try:
             data = Path(image).read_bytes()
         except OSError as exc:
-            raise DataError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
-        return model.preprocessing(decode_uint8(data, where), where)[None]  # type: ignore[attr-defined]
+            raise DataError(f"query image {image}: cannot be read ({exc.strerror or exc})") from exc
+        return query_pixels(model, data, where=f"query image {image}")  # type: ignore[arg-type]
     return model_inputs(find_item(settings, str(item_id)), model.preprocessing)  # type: ignore[attr-defined]
 
 

@@ -15,6 +15,7 @@ from hotswap.tasks.adopt import (
     train_gallery_codebooks,
 )
 from hotswap.tasks.context import settings_from
+from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.registry import resolve_alias
 from hotswap.tasks.validation import rubber_stamp
 from prefect import flow
@@ -52,6 +53,11 @@ def adopt(
 
 @flow(name="gallery-sync", log_prints=True)
 def gallery_sync(overrides: dict[str, Any] | None = None, publish: bool = True) -> dict[str, Any]:
-    """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones."""
+    """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones.
+
+    Holds the gallery's lifecycle lock: a switch or backfill in between could otherwise publish
+    over the synced version, or the sync over theirs.
+    """
     settings = settings_from(overrides)
-    return sync_gallery_items(settings, publish)
+    with lifecycle_lock(settings, "gallery sync"):
+        return sync_gallery_items(settings, publish)

@@ -199,6 +199,7 @@ def promote(
     reason: str = typer.Option("", help="why (recorded on the model version)"),
     backfill_mode: str = typer.Option("as-decided", help="as-decided, skip, requantize, partial or full"),
     fraction: float = typer.Option(None, help="fraction for a partial backfill"),
+    force: bool = typer.Option(False, "--force", help="promote even a version worse than the live system"),
     home: Path | None = HomeOption,
 ) -> None:
     """Promote a challenger; without --approve/--reject the run pauses for a decision in the Prefect UI."""
@@ -215,7 +216,7 @@ def promote(
         )
     if approve is not None:
         answer = PromotionInput(
-            approve=approve, reason=reason, backfill_mode=backfill_mode, fraction=fraction
+            approve=approve, reason=reason, backfill_mode=backfill_mode, fraction=fraction, force=force
         )
     _print_json(promote_flow(overrides=overrides, version=version, answer=answer))
 

@@ -30,9 +30,13 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 #: Commands that change a gallery: each holds the gallery's lease while it runs.
-CHANGES_GALLERY = frozenset({"bootstrap", "refresh", "promote", "backfill", "rollback", "demo"})
+CHANGES_GALLERY = frozenset(
+    {"bootstrap", "refresh", "promote", "backfill", "rollback", "demo", "gallery-sync"}
+)
 #: Commands that read live state: each first repairs an interrupted switch.
-READS_LIVE = frozenset({"status", "search", "serve", "refresh", "promote", "backfill", "rollback"})
+READS_LIVE = frozenset(
+    {"status", "search", "serve", "refresh", "promote", "backfill", "rollback", "gallery-sync"}
+)
 LOG_FILE = Path("logs") / "hotswap.log"
 
 _errors = Console(emoji=False, highlight=False, markup=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal
 
+from hotswap.components.promotion_gate import refusal, refuse
 from hotswap.components.registry import CHALLENGER, CHAMPION
 from hotswap.components.review import review_summary
 from hotswap.flows.switch import switch_live
@@ -51,6 +52,11 @@ class PromotionInput(RunInput):
         description="Share of the gallery to re-extract (0 < fraction < 1); only for backfill mode "
         "'partial'.",
     )
+    force: bool = Field(
+        False,
+        description="Tick to promote even a version that does not beat the live system (a 'reject' "
+        "decision, new/new below the champion's, or an option that does not beat live as served).",
+    )
 
     @model_validator(mode="after")
     def _fraction_fits_mode(self) -> PromotionInput:
@@ -92,8 +98,10 @@ def promote(
 ) -> State:
     """Publish the report, pause for a human decision (unless ``answer`` is given), then switch.
 
-    The switch moves the aliases and the gallery pointer in one transaction (see switch_live),
-    holding the gallery's lifecycle slot; the wait for the reviewer holds nothing.
+    An approval of a version worse than the live system is refused unless ``answer.force``
+    (components/promotion_gate.py). The switch moves the aliases and the gallery pointer in one
+    transaction (see switch_live), holding the gallery's lifecycle slot; the wait for the
+    reviewer holds nothing.
     """
     settings = settings_from(overrides)
     resolved = version if version.isdigit() else resolve_alias(settings, version)
@@ -121,6 +129,12 @@ def promote(
             poll_interval=poll_interval_seconds,
         )
     review_tags = {"promotion.reason": answer.reason, **_flow_run_url_tag()}
+    worse = refusal(report, decision, answer.backfill_mode, answer.fraction) if answer.approve else None
+    if worse is not None:
+        if not answer.force:  # before the lock and before anything is written
+            raise refuse(resolved, worse)
+        get_run_logger().warning("v%s is promoted by force although %s", resolved, worse)
+        review_tags["promotion.forced"] = worse
     if not answer.approve:
         tag_version(settings, resolved, {"promotion.status": "rejected", **review_tags})
         result = {"version": resolved, "promoted": False, "reason": answer.reason}

@@ -15,20 +15,26 @@ import torch
 from hotswap.components.adopt import AdoptReport, file_sha256, fit_cosine_head, read_gallery_features
 from hotswap.components.data.classes import TAG_CLASSES, save_class_map
 from hotswap.components.data.images import DataError
+from hotswap.components.errors import StateError
 from hotswap.components.gallery_import import gallery_difference, sync_gallery, write_feature_version
 from hotswap.components.gallery_records import new_version_id
-from hotswap.components.live_state import TAG_GALLERY_VERSION
+from hotswap.components.live_state import TAG_GALLERY_VERSION, read_live_target
 from hotswap.components.model_spec import ModelSpec, load_team_model
+from hotswap.components.preflight import check_gallery_removals
 from hotswap.components.quantization import train_dpq
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.training import extract_features
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
-from hotswap.tasks.gallery import _index_builder
+from hotswap.tasks.gallery import _index_builder, ensure_served_calibration
 from hotswap.tasks.quantization import load_codebooks, log_codebooks
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 ROLE_ADOPTED = "adopted"
+
+
+class LiveNotWholeError(StateError):
+    """The champion and CURRENT are not one pair (a switch is in progress or was interrupted)."""
 
 
 def adopted_spec(settings: HotswapSettings, spec: dict[str, Any]) -> ModelSpec:
@@ -216,9 +222,9 @@ def live_gallery_difference(settings: HotswapSettings) -> dict[str, Any]:
         raise DataError(
             f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap` first"
         )
-    diff = gallery_difference(
-        galleries.load_ids(settings.gallery_name, live), gallery_items(settings).item_ids
-    )
+    live_ids = galleries.load_ids(settings.gallery_name, live)
+    diff = gallery_difference(live_ids, gallery_items(settings).item_ids)
+    check_gallery_removals(settings, diff["removed"], len(live_ids))
     return {
         "live_version": live,
         "added": len(diff["added"]),
@@ -230,14 +236,22 @@ def live_gallery_difference(settings: HotswapSettings) -> dict[str, Any]:
 @task(name="sync-gallery", task_run_name="sync the gallery with its manifest", cache_policy=NONE)
 def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[str, Any]:
     """The next gallery version holds exactly the gallery manifest's ids: new ids embedded by the
-    champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted."""
+    champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted.
+
+    Only from a whole live pair, and published only over the version it was made from; the new
+    version then stays paired with the champion (components/sync_lineage.py)."""
     reg = registry(settings)
     galleries = gallery_store(settings)
-    live = galleries.read_current(settings.gallery_name)
-    if live is None:
+    target = read_live_target(reg, galleries, settings.gallery_name)
+    if target.gallery_version is None:
         raise DataError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap adopt` first")
+    if not target.whole:  # the added items would be embedded by a model that does not serve them
+        raise LiveNotWholeError(
+            f"gallery {settings.gallery_name!r} cannot be synced now: {target.reason}; "
+            "run `hotswap status` (it finishes or undoes an interrupted switch), then rerun"
+        )
+    live, champion = target.gallery_version, str(target.model_version)
     source = galleries.load_manifest(settings.gallery_name, live)
-    champion = reg.resolve("champion").version
     codebooks = load_codebooks(settings, source.codebook_version or champion)
     manifest, counts = sync_gallery(
         galleries,
@@ -252,7 +266,14 @@ def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[
         version=f"{new_version_id()}-sync",
         shard_size=settings.backfill.shard_size,
         index_builder=_index_builder(codebooks),
-        publish=publish,
+        publish=False,
     )
+    # a mixed gallery is served through a calibration per query model: the champion's must be in
+    # the new version before it goes live (fitted when missing, as for any staged version)
+    ensure_served_calibration(settings, manifest.version, champion)
+    if publish:
+        galleries.publish(
+            settings.gallery_name, manifest.version, expected_current=live, verify_checksums=True
+        )
     get_run_logger().info("gallery %s → %s: %s", live, manifest.version, counts)
     return {"source_version": live, "gallery_version": manifest.version, "published": publish, **counts}

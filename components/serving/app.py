@@ -2,7 +2,8 @@
 
 Endpoints (JSON unless said otherwise):
 
-- ``POST /search/image?k=10``: the request body is the image file itself (PNG/JPEG bytes);
+- ``POST /search/image?k=10``: the request body is the image file itself (PNG/JPEG bytes), decoded
+  and transformed by the live model's own preprocessing (components/query_image.py);
 - ``POST /search/item``: ``{"item_id": "...", "k": 10}``, an item of the configured dataset;
 - ``POST /search/embedding``: ``{"model_version": "2", "embedding": [...], "k": 10}``; a version
   that is not live gets 409 (its features do not belong to the live gallery's space);
@@ -25,7 +26,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from hotswap.components.data.images import DataError
-from hotswap.components.data.objects import decode_uint8
+from hotswap.components.query_image import query_pixels
 from hotswap.components.serving.batching import Answer, QueueFullError
 from hotswap.components.serving.metrics import CONTENT_TYPE
 from hotswap.components.serving.service import (
@@ -111,8 +112,8 @@ def create_app(service: LiveService, manage_service: bool = True) -> FastAPI:
                     f"query image is {len(data)} bytes, more than serve.max_upload_bytes = "
                     f"{service.config.max_upload_bytes}"
                 )
-            where = "uploaded query image"
-            images = pair.model.preprocessing(decode_uint8(data, where), where)[None]  # the model's own
+            # decoded and transformed exactly as the live model's gallery items were
+            images = query_pixels(pair.model, data, where="uploaded query image")
             return await asyncio.wrap_future(service.submit_images(pair, images, k_))
 
         return await answer("image", work)

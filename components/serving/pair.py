@@ -59,7 +59,8 @@ class LivePair:
         return (spec.in_channels, spec.image_size, spec.image_size)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Query features [n, d] float32 for images [n, C, H, W] in [0, 1] (one forward pass)."""
+        """Query features [n, d] float32 for images [n, C, H, W] already in the model's own
+        preprocessing (components/query_image.py), in one forward pass."""
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"images of shape {tuple(images.shape)} do not fit model v{self.model_version}'s "

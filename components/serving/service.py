@@ -75,6 +75,7 @@ class LiveService:
             retry_failed_s=self.config.retry_failed_s,
         )
         self.pair: LivePair | None = None
+        self._lineage_memo: dict[tuple[str, str, str], bool] = {}
         self._swap_lock = threading.Lock()
 
     # lifecycle --------------------------------------------------------------
@@ -96,7 +97,9 @@ class LiveService:
     # following --------------------------------------------------------------
 
     def read_target(self) -> LiveTarget:
-        return read_live_target(self.registry, self.galleries, self.settings.gallery_name)
+        return read_live_target(
+            self.registry, self.galleries, self.settings.gallery_name, memo=self._lineage_memo
+        )
 
     def build(self, target: LiveTarget) -> LivePair:
         """Build and health-check the pair ``target`` names, beside the live one."""

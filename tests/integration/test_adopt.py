@@ -4,6 +4,8 @@ architecture reading a different input size from the same S3 JPEGs, and a backfi
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest
 from hotswap.components.registry import TAG_KIND, ModelRegistry
 from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.context import gallery_store
+from PIL import Image
 from safetensors.torch import save_file
 
 from tests.fixtures.images import S3ImageSet
@@ -95,7 +98,14 @@ def adopted(
     )
     second = refresh(overrides=overrides, auto_promote=False)
     settings = HotswapSettings(**overrides)
-    return {"first": first, "second": second, "settings": settings, "features": feats, "gallery": gallery}
+    return {
+        "first": first,
+        "second": second,
+        "settings": settings,
+        "features": feats,
+        "gallery": gallery,
+        "images": s3_images,
+    }
 
 
 def test_adopt_registers_the_team_model_and_imports_its_gallery(adopted: dict[str, Any]) -> None:
@@ -138,6 +148,63 @@ def test_adopt_registers_the_team_model_and_imports_its_gallery(adopted: dict[st
     np.testing.assert_allclose(again, adopted["features"][:20], atol=1e-5)
 
 
+def _serve_settings(settings: HotswapSettings) -> HotswapSettings:
+    """The adopted home's settings with a watcher that polls fast (a readiness wait, not a limit)."""
+    fields = settings.model_dump(mode="json")
+    fields["serve"] = {**fields["serve"], "poll_interval_s": 0.1, "retry_failed_s": 3600, "max_k": 1000}
+    return HotswapSettings(**fields)
+
+
+def test_image_search_over_http_and_cli_read_the_models_own_preprocessing(
+    adopted: dict[str, Any], tmp_path: Path
+) -> None:
+    """An RGB model with mean/std: HTTP, the CLI's search and the model's own transform agree."""
+    import httpx
+    from hotswap.components.gallery_search import GallerySearcher
+    from hotswap.components.search import search_live
+    from hotswap.components.serving.server import ServerThread
+    from hotswap.components.serving.service import LiveService
+
+    settings, k = _serve_settings(adopted["settings"]), 8
+    registry, galleries = ModelRegistry.from_settings(settings), gallery_store(settings)
+    live = galleries.read_current(settings.gallery_name)
+    model = registry.load_model("1").eval()
+    assert (model.preprocessing.channels, model.preprocessing.std) == ("RGB", (0.25, 0.25, 0.25))
+    searcher = GallerySearcher.from_version(galleries, settings.gallery_name, live, "1")
+    first = adopted["gallery"]["item_id"][3]
+    queries = [(first, adopted["images"].data[first]), s3_images_item(adopted, GALLERY + 40)]
+    with ServerThread(LiveService(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        for item, jpeg in queries:
+            # the model's own preprocessing, computed here: decode to uint8 HWC, then its transform
+            own = model.preprocessing(decode_uint8(jpeg))[None]
+            with torch.no_grad():
+                scores, ids = searcher.search(model.embed(torch.from_numpy(own)).numpy(), k)
+            answer = http.post(f"/search/image?k={k}", content=jpeg)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert (body["model_version"], body["gallery_version"]) == ("1", live)
+            assert [h["item_id"] for h in body["results"]] == list(ids[0].astype(str)), item
+            np.testing.assert_allclose([h["score"] for h in body["results"]], scores[0], atol=1e-5)
+            (tmp_path / f"{item}.jpg").write_bytes(jpeg)
+            cli = search_live(adopted["settings"], image=tmp_path / f"{item}.jpg", k=k)
+            assert [h.item_id for h in cli.results] == list(ids[0].astype(str)), item
+            np.testing.assert_allclose([h.score for h in cli.results], scores[0], atol=1e-5)
+            # what the service used to send (grayscale, channel repeated, no mean/std) ranks otherwise
+            with Image.open(io.BytesIO(jpeg)) as img:
+                plain = np.asarray(img.convert("L").resize((24, 24)), dtype=np.float32) / 255.0
+            gray = np.repeat(plain[None, None], 3, axis=1)
+            with torch.no_grad():
+                wrong, _ = searcher.search(model.embed(torch.from_numpy(gray)).numpy(), k)
+            assert np.abs(wrong[0] - scores[0]).max() > 1e-3
+
+
+def s3_images_item(adopted: dict[str, Any], row: int) -> tuple[str, bytes]:
+    """(item id, JPEG bytes) of a gallery-split image that is not in the adopted gallery."""
+    frame, data = adopted["images"].frame, adopted["images"].data
+    item = frame[frame["split"] == "gallery"]["item_id"].iloc[row]
+    return item, data[item]
+
+
 def test_refresh_trains_another_architecture_at_another_input_size(adopted: dict[str, Any]) -> None:
     settings, second = adopted["settings"], adopted["second"]
     registry = ModelRegistry.from_settings(settings)
@@ -165,6 +232,7 @@ def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, A
 
     settings = adopted["settings"]
     overrides = settings.model_dump(mode="json")
+    live_before = gallery_store(settings).read_current(settings.gallery_name)
     result = backfill(overrides=overrides, mode="full", version="2", publish=True)
     galleries = gallery_store(settings)
     assert galleries.read_current(settings.gallery_name) == result["gallery_version"]
@@ -180,6 +248,9 @@ def test_backfill_streams_the_gallery_through_the_new_model(adopted: dict[str, A
     (expected,) = embed([new], sample)
     rows = [list(arrays.ids.astype(str)).index(i) for i in sample.item_ids]
     np.testing.assert_allclose(arrays.features[rows], expected, atol=1e-5)
+    # published without a promotion, v2's gallery sits beside champion v1: not a pair anything
+    # may build on (a sync refuses it); the tests after this one start from the adopted pair
+    galleries.set_current(settings.gallery_name, live_before)
 
 
 def test_gallery_sync_adds_and_removes_items_without_a_backfill(
@@ -208,6 +279,78 @@ def test_gallery_sync_adds_and_removes_items_without_a_backfill(
     champion = ModelRegistry.from_settings(settings).resolve("champion").version
     models = feature_models(galleries, settings.gallery_name, result["gallery_version"])
     assert list(models[-15:]) == [champion] * 15
+
+
+def _wait_for_gallery(http: Any, version: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120  # readiness wait for the watcher, not a limit on the test
+    while time.monotonic() < deadline:
+        live = http.get("/live").json()
+        if live["gallery_version"] == version:
+            return live
+        time.sleep(0.05)
+    raise AssertionError(f"the service never served gallery {version}: {live}")
+
+
+def test_a_running_and_a_freshly_started_service_serve_the_synced_gallery(
+    adopted: dict[str, Any], tmp_path: Path
+) -> None:
+    import httpx
+    from hotswap.components.gallery_search import GallerySearcher
+    from hotswap.components.live_state import read_live_target
+    from hotswap.components.serving.server import ServerThread
+    from hotswap.components.serving.service import LiveService
+    from hotswap.flows.adopt import gallery_sync
+
+    settings, k = _serve_settings(adopted["settings"]), 20
+    registry, galleries = ModelRegistry.from_settings(settings), gallery_store(settings)
+    name = settings.gallery_name
+    live = galleries.read_current(name)  # already a sync of the adopted gallery (the test above)
+    assert read_live_target(registry, galleries, name).whole
+    before = sorted(galleries.load_arrays(name, live).ids.astype(str))
+    removed = before[::10]
+    frame = adopted["images"].frame
+    added = list(frame[frame["split"] == "gallery"]["item_id"].iloc[GALLERY + 100 : GALLERY + 112])
+    assert not set(added) & set(before)
+    wanted = frame[frame["item_id"].isin((set(before) - set(removed)) | set(added))][["item_id", "uri"]]
+    wanted.to_parquet(tmp_path / "gallery-next.parquet")
+    overrides = settings.model_dump(mode="json")
+    overrides["stream"]["gallery_manifest"] = str(tmp_path / "gallery-next.parquet")
+
+    def ask(http: httpx.Client, item: str, k: int = k) -> dict[str, Any]:
+        answer = http.post(f"/search/image?k={k}", content=adopted["images"].data[item])
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    model = registry.load_model("1").eval()
+    with ServerThread(LiveService(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        assert http.get("/health").json()["gallery_version"] == live
+        result = gallery_sync(overrides=overrides)
+        synced = result["gallery_version"]
+        assert (result["added"], result["removed"]) == (len(added), len(removed))
+        _wait_for_gallery(http, synced)  # the running service followed the sync by itself
+        searcher = GallerySearcher.from_version(galleries, name, synced, "1")
+        for item in [*added, *before[1::25]]:
+            body = ask(http, item)
+            ids = [h["item_id"] for h in body["results"]]
+            assert body["gallery_version"] == synced and not set(ids) & set(removed), ids
+            with torch.no_grad():
+                own = model.preprocessing(decode_uint8(adopted["images"].data[item]))[None]
+                _, expected = searcher.search(model.embed(torch.from_numpy(own)).numpy(), k)
+            assert ids == list(expected[0].astype(str))
+        # the whole served ranking holds exactly the manifest's items: the added found, no removed
+        everything = ask(http, added[0], k=len(wanted))["results"]
+        assert {h["item_id"] for h in everything} == set(wanted["item_id"])
+    # a sync never moves the champion's tag; the new version carries its descent instead
+    assert registry.get_tags("1")["backfill.gallery_version"] == "v1-adopted"
+    target = read_live_target(registry, galleries, name)
+    assert target.whole and target.key == ("1", synced)
+    # a service started after the sync is healthy at once, on the synced gallery
+    with ServerThread(LiveService(settings)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        health = http.get("/health")
+        assert health.status_code == 200 and health.json()["gallery_version"] == synced, health.text
+        everything = ask(http, added[-1], k=len(wanted))
+        assert everything["gallery_version"] == synced
+        assert {h["item_id"] for h in everything["results"]} == set(wanted["item_id"])
 
 
 def test_adopt_with_a_corrupt_training_object_stores_nothing(

@@ -159,3 +159,46 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     # either rule rejects it: no option beats live as served, or not blessed and not better
     reason = record.reasons[0]
     assert ("not better" in reason or "no option beats the live system" in reason) and "no backfill" in reason
+
+
+def test_promote_refuses_a_candidate_worse_than_live_unless_forced(chain):
+    """The reviewer's approval is not enough for a rejected candidate: one line says why and how
+    to override; with ``force`` it goes live (and the version records that it was forced)."""
+    from hotswap.components.errors import classify
+    from hotswap.components.promotion_gate import WorseThanLiveError
+    from hotswap.flows.promote import PromotionInput, promote
+
+    settings, bad = chain["settings"], chain["bad"]
+    overrides, version = _grown(chain["overrides"], lr=1e-7, epochs=1), bad["challenger"]
+    registry, galleries = ModelRegistry.from_settings(settings), gallery_store(settings)
+    before = (
+        registry.aliases(),
+        galleries.read_current(settings.gallery_name),
+        galleries.list_versions(settings.gallery_name, include_staged=True),
+    )
+    for mode in ("as-decided", "full"):
+        with pytest.raises(WorseThanLiveError) as refused:
+            promote(
+                overrides=overrides,
+                version=version,
+                answer=PromotionInput(approve=True, reason="looks fine", backfill_mode=mode),
+            )
+        failure = classify(refused.value)
+        assert failure.exit_code == 3 and failure.line() == str(refused.value)
+        assert failure.line().startswith(f"v{version} was not promoted: it is worse than the live system")
+        assert failure.line().endswith("rerun with --force to promote it anyway")
+    after = (
+        registry.aliases(),
+        galleries.read_current(settings.gallery_name),
+        galleries.list_versions(settings.gallery_name, include_staged=True),
+    )
+    assert after == before and "promotion.status" not in registry.get_tags(version)
+
+    result = promote(
+        overrides=overrides,
+        version=version,
+        answer=PromotionInput(approve=True, reason="forced on purpose", backfill_mode="full", force=True),
+    )
+    assert result["promoted"] is True and registry.aliases()["champion"] == version
+    tags = registry.get_tags(version)
+    assert tags["promotion.status"] == "approved" and "reject" in tags["promotion.forced"]

