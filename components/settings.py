@@ -14,10 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from hotswap.components.compat_search import CompatSearchConfig
-from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig
-from hotswap.components.decision import DecisionConfig
-from hotswap.components.quantization import DPQConfig
+from hotswap.components.configs import CompatConfig, CompatSearchConfig, DecisionConfig, DPQConfig
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -217,7 +214,7 @@ class HotswapSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="OpenMP threads; 1 is fastest on a busy small box")
     auto_promote: bool = Field(False, description="scheduled refresh promotes a blessed model by itself")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    compat: CompatConfig = Field(default_factory=lambda: DEFAULT_CONFIG)
+    compat: CompatConfig = Field(default_factory=CompatConfig)
     compat_search: CompatSearchConfig = Field(default_factory=CompatSearchConfig)
     dpq: DPQConfig = Field(default_factory=DPQConfig)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
