@@ -9,11 +9,15 @@ what is wrong, and what to do.
 
 from __future__ import annotations
 
-import numpy as np
-from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.data import ImageDataset
+from typing import TYPE_CHECKING
+
 from hotswap.components.errors import InputError
 from hotswap.components.settings import HotswapSettings
+
+if TYPE_CHECKING:  # type hints only: the CLI checks a backfill request before torch is imported
+    import numpy as np
+    from hotswap.components.backbones import EmbeddingModel
+    from hotswap.components.data import ImageDataset
 
 
 def _explicit(section: object, name: str) -> bool:

@@ -226,6 +226,15 @@ class HotswapSettings(BaseSettings):
     service_timeout_seconds: float = Field(
         10.0, gt=0, description="connect/read timeout for MLflow, S3 and the Prefect API calls"
     )
+    prefect_start_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="how long a command waits for the home's local Prefect API to start (a fresh "
+        "database migrates first; minutes on a busy machine, see docs/operations.md)",
+    )
+    prefect_idle_seconds: float = Field(
+        600.0, gt=0, description="the home's local Prefect API stops after this long unused"
+    )
     lease_ttl_seconds: float = Field(
         60.0, gt=0, description="a gallery lease not renewed for this long is expired (holder dead)"
     )
@@ -254,6 +263,19 @@ class HotswapSettings(BaseSettings):
     @property
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').as_posix()}"
+
+    @property
+    def local_tracking_db(self) -> Path | None:
+        """The SQLite file of a ``sqlite:///`` tracking URI (None for a server or another database)."""
+        uri = self.resolved_tracking_uri
+        return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+    @property
+    def registry_absent(self) -> bool:
+        """No MLflow database exists yet: nothing was ever recorded, and a read must not create it
+        (creating the tables takes seconds, minutes on a busy machine)."""
+        db = self.local_tracking_db
+        return db is not None and not db.exists()
 
     @property
     def resolved_store_uri(self) -> str:
