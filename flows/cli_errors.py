@@ -156,7 +156,6 @@ def guard_gallery(settings: Any) -> None:
     """Lease for commands that change the gallery, repair for commands that read live state."""
     from hotswap.components.errors import Services
     from hotswap.components.lease import GalleryLease
-    from hotswap.components.recovery import recover_live_state
     from hotswap.components.service_timeouts import apply_service_timeouts
     from hotswap.components.store import open_store
 
@@ -186,7 +185,9 @@ def guard_gallery(settings: Any) -> None:
             cli_state.context.with_resource(lease)
         else:  # called outside a command line: hold it for the process
             lease.acquire()
-    if command in READS_LIVE:
+    if command in READS_LIVE and not settings.registry_absent:  # a fresh home has nothing to repair
+        from hotswap.components.recovery import recover_live_state
+
         for message in recover_live_state(settings, holding_lease=holding):
             note(message)
 
