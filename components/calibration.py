@@ -43,31 +43,16 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+from hotswap.components.configs import DEFAULT_RULE, CalibrationConfig, CalibrationRule  # noqa: F401 (re-exported)
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-CalibrationRule = Literal["identity", "impostor", "two_point", "logistic"]
 CALIBRATION_RULES: tuple[str, ...] = ("identity", "impostor", "two_point", "logistic")
-DEFAULT_RULE: CalibrationRule = "logistic"
 FORMAT_VERSION = 1
 MIN_SLOPE = 1e-3  # in standardised units: what a segment without match evidence gets (see _logistic)
 
 
 class CalibrationError(ValueError):
     """A calibration cannot be fitted, parsed or applied; the message names the input."""
-
-
-class CalibrationConfig(BaseModel):
-    """How calibrations are fitted (every knob with its documented default)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(True, description="calibrate mixed galleries; False ranks raw scores")
-    rule: CalibrationRule = Field(DEFAULT_RULE, description="how each segment's affine map is fitted")
-    max_pairs: int = Field(
-        2_000_000, ge=1000, description="cap on query × item pairs per segment (query rows are sampled)"
-    )
-    ridge: float = Field(1e-3, ge=0, description="logistic rule only: ridge on the standardised slope")
-    seed: int = Field(0, description="seed of the query-row sample when max_pairs caps it")
 
 
 class AffineMap(BaseModel):

@@ -20,74 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.compatibility import CompatConfig, train_compatible
+from hotswap.components.configs import SEARCHED_KNOBS, CompatSearchConfig
 from hotswap.components.cross_eval import compatibility_matrix
 from hotswap.components.data.images import ImageSet
 from hotswap.components.report import CompatThresholds, build_report
 from hotswap.components.training import TrainConfig, TrainHistory
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-Split = Literal["train", "val", "test"]
-SEARCHED_KNOBS = ("proto_weight", "margin", "o2n_weight", "anchor_weight", "min_epoch_steps")
-
-
-class CompatSearchConfig(BaseModel):
-    """How far the refresh may search when the configured compatibility weights fail the gate.
-
-    The space is a grid of values per knob (the product, without the configured config itself);
-    ``strategy`` says in which order candidates are tried, ``max_trials`` and ``max_seconds``
-    bound the search. Trials run ``parallel`` at a time (one mapped wave).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = Field(True, description="search when the configured weights are not blessed")
-    max_trials: int = Field(6, ge=0, description="at most this many candidate trainings")
-    max_seconds: float = Field(1800.0, gt=0, description="no new trial starts after this many seconds")
-    parallel: int = Field(2, ge=1, description="trials per wave (mapped Prefect tasks run together)")
-    strategy: Literal["nearest", "random", "grid"] = Field(
-        "nearest",
-        description="nearest: fewest knobs changed from the configured config first (seeded order "
-        "within); random: seeded shuffle of the grid; grid: the product in order",
-    )
-    seed: int = Field(0, description="seed of the random order")
-    stop_on_pass: bool = Field(True, description="stop after the first wave with a passing trial")
-    selection_split: Split = Field("val", description="the split trials are scored and selected on")
-    gate_split: Split | None = Field(
-        None,
-        description="the split the gate judges the selected model on; None = the data settings' "
-        "gate split where set, else 'test'. Must differ from selection_split",
-    )
-    proto_weight: list[float] = Field(default_factory=lambda: [8.0, 16.0, 32.0])
-    margin: list[float] = Field(default_factory=lambda: [0.15, 0.3])
-    o2n_weight: list[float] = Field(default_factory=lambda: [1.0, 2.0])
-    anchor_weight: list[float] = Field(default_factory=lambda: [0.0, 1.0])
-    min_epoch_steps: list[int] = Field(default_factory=lambda: [44, 88])
-
-    @model_validator(mode="after")
-    def _check(self) -> CompatSearchConfig:
-        for knob in SEARCHED_KNOBS:
-            values = getattr(self, knob)
-            if not values:
-                raise ValueError(f"compat_search.{knob}: give at least one value")
-            if any(v < 0 for v in values):
-                raise ValueError(f"compat_search.{knob}: values must be >= 0, got {values}")
-        if self.gate_split is not None and self.gate_split == self.selection_split:
-            raise ValueError(
-                f"compat_search.gate_split {self.gate_split!r} equals selection_split: the gate must "
-                "judge on data the selection never saw"
-            )
-        return self
-
-    def resolve_gate_split(self, data_gate_split: str | None = None) -> str:
-        """The split the gate judges a searched model on (never the selection split)."""
-        split = self.gate_split or data_gate_split or "test"
-        if split == self.selection_split:
-            split = "test" if self.selection_split != "test" else "val"
-        return split
 
 
 def candidate_configs(base: CompatConfig, search: CompatSearchConfig) -> list[CompatConfig]:

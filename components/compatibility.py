@@ -27,15 +27,14 @@ its BatchNorm statistics and its gallery features never move.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model, require_same_dim
+from hotswap.components.configs import CompatConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import DEFAULT_LOADER, LoaderConfig
 from hotswap.components.training import (
@@ -47,88 +46,10 @@ from hotswap.components.training import (
     resolve_device,
     train_model,
 )
-from pydantic import BaseModel, ConfigDict, Field
-
-Method = Literal["independent", "l2", "bct", "dual_tuning"]
-ProtoVariant = Literal["softmax", "triplet"]
-DUAL_TUNING_TERMS = ("proto", "n2o", "o2n")
 
 
 class CompatibilityError(ValueError):
     """The old and new models (or the data) cannot be made compatible as asked."""
-
-
-class CompatConfig(BaseModel):
-    """Which compatible-training method to run and how hard each loss term pulls.
-
-    Weights multiply the named terms; a weight of 0 removes a term (that is how the ablations
-    are expressed). Only the weights of the chosen ``method`` are used: ``proto``/``n2o``/``o2n``
-    for Dual-Tuning, ``l2_weight`` for L2 and ``bct_weight`` for BCT.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: Method = "dual_tuning"
-    ce_weight: float = Field(1.0, ge=0, description="label-smoothed CE of the new head")
-    proto_weight: float = Field(8.0, ge=0, description="old-prototype transfer (feature level)")
-    n2o_weight: float = Field(0.2, ge=0, description="new features through the frozen old classifier")
-    o2n_weight: float = Field(1.0, ge=0, description="old features through the new classifier")
-    l2_weight: float = Field(4.0, ge=0, description="L2 baseline: ‖φ_n − φ_o‖² per sample")
-    bct_weight: float = Field(1.0, ge=0, description="BCT baseline: influence loss with synthesised rows")
-    proto_variant: ProtoVariant = "triplet"
-    proto_scale: float = Field(
-        24.0, gt=0, description="s in CE(s·⟨f, p_k⟩) (softmax variant): inverse temperature"
-    )
-    proto_normalize: bool = Field(
-        True, description="unit-normalise prototypes (cosine logits); False keeps raw class means"
-    )
-    margin: float = Field(0.15, ge=0, description="margin m of the prototype-triplet variant")
-    targets: Literal["live", "champion"] = Field(
-        "live",
-        description="which frozen models a refresh regularises towards: 'live' = the champion plus "
-        "every model version holding at least target_min_share of the live gallery, weighted by "
-        "its share; 'champion' = the champion alone (the single-old-model behaviour)",
-    )
-    target_min_share: float = Field(
-        0.1, gt=0, le=1, description="share of live gallery items a model version needs to become a target"
-    )
-    champion_floor_weight: float = Field(
-        0.25,
-        ge=0,
-        le=1,
-        description="the champion's weight never falls below this, even when few live items are its own",
-    )
-    anchor_weight: float = Field(
-        0.0,
-        ge=0,
-        description="instance anchor: ‖φ_n(x) − sg[φ_o(x)]‖² per sample (0 = off; see training_epochs)",
-    )
-    min_epoch_steps: int = Field(
-        44,
-        ge=0,
-        description="an epoch counts as at least this many optimiser steps: with fewer items per "
-        "epoch the trainer runs ceil(epochs x min_epoch_steps / steps per epoch) epochs; 0 = off",
-    )
-
-    def training_epochs(self, train_items: int, batch_size: int, epochs: int) -> int:
-        """Epochs that give at least ``epochs × min_epoch_steps`` optimiser steps.
-
-        Why: the prototype and O2N terms need a number of *steps* to pull the new space onto the
-        old one, not a number of passes over the data. On a small data set the configured epochs
-        leave them unconverged (scikit-learn's digits, 1,078 training images: 17 steps per epoch,
-        136 in 8 epochs, and new/old stays below old/old), while MNIST-5k's 3,000 training items
-        (47 steps per epoch at batch 64) keep their configured epochs: the default of 44 is the
-        largest that leaves that protocol unchanged. Scaling with the configured epochs keeps
-        short test and smoke runs short.
-        """
-        steps_per_epoch = max(1, math.ceil(train_items / batch_size))
-        return max(epochs, math.ceil(epochs * self.min_epoch_steps / steps_per_epoch))
-
-    def without(self, term: str) -> CompatConfig:
-        """The same config with one Dual-Tuning term switched off (for ablations)."""
-        if term not in DUAL_TUNING_TERMS:
-            raise ValueError(f"unknown Dual-Tuning term {term!r}; expected one of {DUAL_TUNING_TERMS}")
-        return self.model_copy(update={f"{term}_weight": 0.0})
 
 
 # The paper's config: CE 1, prototype 0.1 (softmax over prototypes), N2O 0.2, O2N 0.2. Its features

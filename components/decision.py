@@ -48,89 +48,30 @@ from typing import Any, Literal
 
 import numpy as np
 from hotswap.components.backbones import EmbeddingModel, require_same_dim
-from hotswap.components.calibration import CalibrationConfig, fit_backfill_calibration
+from hotswap.components.calibration import fit_backfill_calibration
+from hotswap.components.configs import DecisionConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import model_inputs
 from hotswap.components.live import LiveComposition
 from hotswap.components.metrics import retrieval_metrics
 from hotswap.components.ordering import (
-    DEFAULT_SCORE,
-    Ordering,
-    UncertaintyScore,
     backfill_curve,
-    backfill_fractions,
     backfill_order,
     backfilled_count,
 )
 from hotswap.components.quantization import DPQCodebooks
 from hotswap.components.served import assign_gallery_models, compose_gallery, served_metrics
 from hotswap.components.training import extract_features
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Choice = Literal["skip", "requantize", "partial", "full", "reject"]
 OptionMode = Literal["skip", "requantize", "partial", "full"]
-Metric = Literal["map", "top1", "top5"]
 MODE_ORDER = {"skip": 0, "requantize": 1, "partial": 2, "full": 3}
 SCHEMA_VERSION = 1
 
 
 class DecisionError(ValueError):
     """Inputs the decision cannot work with, or a stored record that does not parse."""
-
-
-class DecisionConfig(BaseModel):
-    """Every knob of the decision, with its documented default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    quality_target: float = Field(
-        0.95, gt=0, le=1, description="an option must reach this share of full backfill's metric"
-    )
-    metric: Metric = Field("map", description="the metric the target applies to")
-    quantized: bool = Field(True, description="judge options as served (DPQ codes); False = float features")
-    ordering: Ordering = Field(
-        "uncertainty", description="which items a partial backfill re-extracts first (won on MNIST val)"
-    )
-    uncertainty_score: UncertaintyScore = DEFAULT_SCORE
-    partial_fractions: tuple[float, ...] | None = Field(
-        None, description="candidate fractions; None = the 20 inner points of the 22-point backfill curve"
-    )
-    unblessed_action: Literal["full", "reject"] = Field(
-        "full",
-        description="what an unblessed model gets when a full backfill beats the live system: a full "
-        "backfill, or no upgrade at all",
-    )
-    policy: Literal["auto", "full", "skip"] = Field(
-        "auto",
-        description="'auto' = the rules below; 'full' / 'skip' force that option whatever the numbers "
-        "(baselines for benchmarks; the as-served numbers are still recorded)",
-    )
-    min_gain_over_live: float = Field(
-        0.0,
-        ge=0,
-        description="an option beats the live system when its served metric exceeds live by more than this",
-    )
-    timing_sample: int = Field(256, ge=8, description="validation images timed to estimate per-item cost")
-    timing_repeats: int = Field(3, ge=1, description="timing runs; the fastest is kept (least disturbed)")
-    batch_size: int = Field(256, ge=1)
-    overhead_seconds_per_item: float = Field(0.0, ge=0, description="I/O per written item, if known")
-    seed: int = 0
-    calibration: CalibrationConfig = Field(
-        default_factory=CalibrationConfig,
-        description="score calibration of mixed galleries (partial options; components/calibration.py)",
-    )
-
-    @field_validator("partial_fractions")
-    @classmethod
-    def _fractions(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if value is not None and (not value or any(not 0 < f < 1 for f in value)):
-            raise ValueError(f"partial_fractions must be non-empty and strictly between 0 and 1, got {value}")
-        return value
-
-    def fractions(self) -> tuple[float, ...]:
-        if self.partial_fractions is not None:
-            return tuple(sorted(self.partial_fractions))
-        return tuple(float(f) for f in backfill_fractions()[1:-1])
 
 
 class CostModel(BaseModel):

@@ -188,6 +188,12 @@ def _service_failure(exc: BaseException, services: Services) -> Failure | None:
             f"MLflow tracking server {services.mlflow()} did not answer; the registry is unchanged: "
             "start it (or fix tracking_uri), then rerun",
         )
+    if "Timed out while attempting to connect to ephemeral Prefect API server" in text:
+        return Failure(
+            "service",
+            "the temporary Prefect API did not start in time; the machine may be busy: retry, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (or set PREFECT_API_URL to a running server)",
+        )
     if module.startswith(("httpx", "httpcore")) and name in {"ConnectError", "ConnectTimeout", "ReadTimeout"}:
         where = mask_uri_credentials(services.prefect_api_url or "the Prefect API")
         return Failure(

@@ -41,6 +41,8 @@ EXCLUDED_FIELDS = frozenset(
         "torch_threads",
         "auto_promote",
         "backfill",
+        "prefect_start_timeout_seconds",
+        "prefect_idle_seconds",
     }
 )
 

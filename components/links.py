@@ -16,6 +16,17 @@ from __future__ import annotations
 from urllib.parse import quote
 
 TRAINING_VIEW = "workflowType=machine_learning"
+#: Set (to "1") in a process running on a home's local Prefect API (flows/local_api.py), which
+#: serves no UI: flow-run links are then left out and the flow-run id alone is recorded.
+LOCAL_PREFECT_API_ENV = "HOTSWAP_LOCAL_PREFECT_API"
+
+
+def prefect_ui_link(url: str | None, local_api: bool) -> str | None:
+    """A Prefect UI address worth writing down: an http(s) URL of a server with a UI, else None
+    (Prefect builds ``"None/flow-runs/..."`` when no UI URL is known)."""
+    if local_api or not url or not url.startswith(("http://", "https://")):
+        return None
+    return url
 
 
 def mlflow_experiment_url(ui_url: str | None, experiment_id: str) -> str | None:

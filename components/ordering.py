@@ -37,17 +37,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from hotswap.components.calibration import ScoreCalibration
+from hotswap.components.configs import DEFAULT_SCORE, Ordering, UncertaintyScore
 from hotswap.components.metrics import retrieval_metrics
 
-Ordering = Literal["random", "uncertainty"]
-UncertaintyScore = Literal["margin", "max_similarity", "entropy"]
 ORDERINGS: tuple[str, ...] = ("random", "uncertainty")
 UNCERTAINTY_SCORES: tuple[str, ...] = ("margin", "max_similarity", "entropy")
-DEFAULT_SCORE: UncertaintyScore = "entropy"
 CURVE_POINTS = 22
 Transform = Callable[[np.ndarray], np.ndarray]
 

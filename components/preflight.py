@@ -9,12 +9,15 @@ what is wrong, and what to do.
 
 from __future__ import annotations
 
-import numpy as np
-from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.data.catalog import bootstrap_classes
-from hotswap.components.data.images import ImageSet
+from typing import TYPE_CHECKING
+
 from hotswap.components.errors import InputError
 from hotswap.components.settings import HotswapSettings
+
+if TYPE_CHECKING:  # type hints only: the CLI checks a backfill request before torch is imported
+    import numpy as np
+    from hotswap.components.backbones import EmbeddingModel
+    from hotswap.components.data.images import ImageSet
 
 
 def _explicit(section: object, name: str) -> bool:
@@ -40,6 +43,8 @@ def _power_of_two_below(n: int) -> int:
 def check_bootstrap(settings: HotswapSettings, data: ImageSet) -> None:
     """Before v1 is registered: its classes exist and its training split can train DPQ codebooks."""
     train = data.split("train")
+    from hotswap.components.data.catalog import bootstrap_classes
+
     classes = bootstrap_classes(settings, data)
     if classes is not None:
         train = train.with_class_names(classes)

@@ -39,66 +39,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, field_validator
+from hotswap.components.configs import DPQConfig, Similarity
 from torch import nn
 
 CODEBOOKS_FILE = "codebooks.npy"
 SPEC_FILE = "dpq.json"
 FORMAT_VERSION = 1
 
-Similarity = Literal["cosine", "l2"]
 Classifier = Callable[[torch.Tensor], torch.Tensor]
-
-
-class DPQConfig(BaseModel):
-    """Every knob of DPQ training.
-
-    Defaults were chosen on the *validation* split (MNIST-5k old-model features, a random
-    projection of MNIST pixels, a 100-class synthetic set; bench/quant.py --split val):
-    - ``similarity="l2"`` with progressive k-means init: cosine argmax is not the nearest
-      codeword, and random init leaves codewords dead;
-    - ``gamma=100`` *relative to the block's residual energy* (see :func:`quantize`): with a
-      raw γ the soft term dragged the small later-block codewords off the data on
-      well-clustered features (raw γ = 1000 raised held-out 32-bit error by ~7 %);
-    - ``lr=3e-4``, 10 epochs of 512, ``label_weight=1``: the label term lifts 8/16-bit label
-      mAP; a gentler rate (1e-4) kept 32-bit recall ~0.01 higher but lost most of that lift.
-    """
-
-    n_blocks: int = Field(4, ge=1, description="M: codebooks (blocks); code length = M·log2 K bits")
-    n_codewords: int = Field(256, ge=2, le=65536, description="K: codewords per block, a power of two")
-    gamma: float = Field(
-        100.0, gt=0, description="softmax temperature γ; for 'l2' relative to the block's residual energy"
-    )
-    similarity: Similarity = Field("l2", description="'l2' (−‖r−c‖²) or 'cosine' (the paper code)")
-    mu: float = Field(1.0, ge=0, description="weight of the hard-prefix distortion")
-    nu: float = Field(0.1, ge=0, description="weight of the soft/hard joint term ‖X̃_M − X̂_M‖²")
-    label_weight: float = Field(1.0, ge=0, description="λ of the label-guided term (0 = unsupervised)")
-    classifier_scale: float = Field(16.0, gt=0, description="logit scale of a cosine head built here")
-    init: Literal["kmeans", "random"] = "kmeans"
-    kmeans_iters: int = Field(4, ge=1, description="k-means iterations per progressive-dimension step")
-    reseed_dead: bool = Field(True, description="re-seed codewords no training item selected in an epoch")
-    epochs: int = Field(10, ge=0)
-    lr: float = Field(3e-4, gt=0)
-    batch_size: int = Field(512, ge=1)
-    seed: int = 0
-    device: str = "cpu"
-
-    @field_validator("n_codewords")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value & (value - 1):
-            raise ValueError(f"n_codewords must be a power of two (K = 2^bits), got {value}")
-        return value
-
-    @property
-    def bits_per_block(self) -> int:
-        return self.n_codewords.bit_length() - 1
 
 
 # --------------------------------------------------------------------------- the codebook object

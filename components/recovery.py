@@ -24,6 +24,8 @@ from hotswap.components.switch_intent import read_intent, recover_switch
 
 def recover_live_state(settings: HotswapSettings, *, holding_lease: bool = False) -> list[str]:
     """Repair an interrupted switch and dead runs; returns what was done, one sentence each."""
+    if settings.registry_absent:  # nothing was ever recorded: nothing to repair, and no DB to create
+        return []
     store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
     galleries = GalleryStore(store)
     registry = ModelRegistry.from_settings(settings)

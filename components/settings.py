@@ -14,10 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from hotswap.components.compat_search import CompatSearchConfig
-from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig
-from hotswap.components.decision import DecisionConfig
-from hotswap.components.quantization import DPQConfig
+from hotswap.components.configs import CompatConfig, CompatSearchConfig, DecisionConfig, DPQConfig
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -238,7 +235,7 @@ class HotswapSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="OpenMP threads; 1 is fastest on a busy small box")
     auto_promote: bool = Field(False, description="scheduled refresh promotes a blessed model by itself")
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    compat: CompatConfig = Field(default_factory=lambda: DEFAULT_CONFIG)
+    compat: CompatConfig = Field(default_factory=CompatConfig)
     compat_search: CompatSearchConfig = Field(default_factory=CompatSearchConfig)
     dpq: DPQConfig = Field(default_factory=DPQConfig)
     thresholds: ThresholdSettings = Field(default_factory=ThresholdSettings)
@@ -249,6 +246,15 @@ class HotswapSettings(BaseSettings):
     ops: OperationsSettings = Field(default_factory=OperationsSettings)
     service_timeout_seconds: float = Field(
         10.0, gt=0, description="connect/read timeout for MLflow, S3 and the Prefect API calls"
+    )
+    prefect_start_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="how long a command waits for the home's local Prefect API to start (a fresh "
+        "database migrates first; minutes on a busy machine, see docs/operations.md)",
+    )
+    prefect_idle_seconds: float = Field(
+        600.0, gt=0, description="the home's local Prefect API stops after this long unused"
     )
     lease_ttl_seconds: float = Field(
         60.0, gt=0, description="a gallery lease not renewed for this long is expired (holder dead)"
@@ -279,6 +285,19 @@ class HotswapSettings(BaseSettings):
     @property
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').as_posix()}"
+
+    @property
+    def local_tracking_db(self) -> Path | None:
+        """The SQLite file of a ``sqlite:///`` tracking URI (None for a server or another database)."""
+        uri = self.resolved_tracking_uri
+        return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+    @property
+    def registry_absent(self) -> bool:
+        """No MLflow database exists yet: nothing was ever recorded, and a read must not create it
+        (creating the tables takes seconds, minutes on a busy machine)."""
+        db = self.local_tracking_db
+        return db is not None and not db.exists()
 
     @property
     def resolved_store_uri(self) -> str:

@@ -32,12 +32,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from hotswap.components.store_uri import parse_store_uri
 
 #: Local temp files start with this; keys may not, so a half-written temp file is never listed.
 TEMP_PREFIX = ".~tmp-"
@@ -475,24 +475,7 @@ def open_store(uri: str, endpoint_url: str | None = None, **options: Any) -> Obj
     or ``AWS_ENDPOINT_URL_S3``. Extra keyword ``options`` go to the store's constructor (for
     example ``list_page_size`` or ``multipart_threshold`` for S3, ``fsync`` for a directory).
     """
-    if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"store URI {uri!r} is empty; give a directory or s3://bucket/prefix")
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise ValueError(f"store URI {uri!r} names no bucket; expected s3://bucket/prefix")
-        if parsed.query or parsed.fragment:
-            raise ValueError(f"store URI {uri!r} must not carry a query or fragment")
-        return S3ObjectStore(parsed.netloc, parsed.path, endpoint_url=endpoint_url, **options)
-    if endpoint_url is not None:
-        raise ValueError(
-            f"an S3 endpoint ({endpoint_url}) is set but store URI {uri!r} is a local directory: "
-            "set store_uri to s3://bucket/prefix, or unset s3_endpoint_url"
-        )
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"store URI {uri!r}: file URIs must name a local path (file:///dir)")
-        return LocalObjectStore(parsed.path, **options)
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
-        raise ValueError(f"store URI {uri!r} has unsupported scheme {parsed.scheme!r}; use a path or s3://")
-    return LocalObjectStore(uri, **options)
+    location = parse_store_uri(uri, endpoint_url)
+    if location.kind == "s3":
+        return S3ObjectStore(location.bucket, location.prefix, endpoint_url=endpoint_url, **options)
+    return LocalObjectStore(location.path, **options)

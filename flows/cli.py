@@ -1,7 +1,10 @@
 """The ``hotswap`` command line: one command per flow, plus search and status.
 
-Prefect needs an API; without ``PREFECT_API_URL`` each command runs on a temporary local one
-whose database lives under ``<hotswap home>/prefect`` (set before Prefect is imported).
+Start-up is cheap on purpose: this module imports only typer and rich; each command imports what
+it needs in its body, after its inputs are checked (flows/cli_checks.py). Read-only commands
+(``status``, ``report``, ``search``, ``serve``) never touch Prefect. Commands that run flows need
+a Prefect API: ``PREFECT_API_URL`` when set, else the home's own local API, started on first use
+and reused by later commands (flows/local_api.py); its database is ``<home>/prefect``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
-from hotswap.flows.cli_errors import HotswapGroup, cli_state, guard_gallery, note
+from hotswap.flows.cli_errors import HotswapGroup, cli_state, guard_gallery, note, use_prefect_api
 from rich.console import Console
 from rich.table import Table
 
@@ -30,21 +34,29 @@ console = Console()
 HomeOption = typer.Option(None, "--home", help="hotswap home (default: HOTSWAP_HOME or ~/.hotswap)")
 
 
-def _prepare(home: Path | None) -> dict[str, Any]:
-    """Settings overrides for the flows, and Prefect pointed at the home before it is imported.
+def _prepare(
+    home: Path | None, check: Callable[[Any], None] | None = None, *, prefect: bool = False
+) -> dict[str, Any]:
+    """Check, then set up: settings and ``check`` first, before anything is started or created.
 
-    Also (flows/cli_errors.py): takes the gallery's lease for lifecycle commands and repairs an
-    interrupted switch before commands that read live state.
+    Order matters (an input error must cost about as much as ``--help``): the settings are loaded
+    and checked (flows/cli_checks.py), then the command's own ``check(settings)`` runs; only then
+    is the home created, the gallery's lease taken and an interrupted switch repaired
+    (flows/cli_errors.py), and, for commands that run flows (``prefect=True``), a Prefect API
+    found or started (flows/local_api.py).
     """
     from hotswap.components.settings import load_settings
+    from hotswap.flows.cli_checks import check_settings
 
     overrides: dict[str, Any] = {"home": str(home)} if home else {}
     cli_state.home = home
     settings = load_settings(**overrides)
-    settings.home.mkdir(parents=True, exist_ok=True)
     cli_state.home = settings.home
+    check_settings(settings)
+    if check is not None:
+        check(settings)
+    settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # INFO reaches the API (the UI shows each run's log); Prefect's console handler stays at
     # CRITICAL so its failed-task tracebacks never bury the one `error:` line (flows/cli_errors.py).
@@ -54,7 +66,21 @@ def _prepare(home: Path | None) -> dict[str, Any]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     guard_gallery(settings)
+    if prefect:
+        use_prefect_api(settings)
     return overrides
+
+
+def _require_registry(settings: Any, ref: str) -> None:
+    """A read of a version on a home where nothing was recorded: the state error, without creating
+    the MLflow database only to find it empty."""
+    if settings.registry_absent:
+        from hotswap.components.errors import StateError
+
+        raise StateError(
+            f"registered model {settings.model_name!r} has no version or alias {ref!r} (nothing is "
+            f"recorded in {settings.local_tracking_db} yet): run `hotswap bootstrap` first"
+        )
 
 
 def _print_report(payload: dict[str, Any]) -> None:
@@ -118,7 +144,9 @@ def _print_json(data: Any) -> None:
 @app.command()
 def bootstrap(home: Path | None = HomeOption) -> None:
     """Train the first model, bless it (rubber stamp) and build the first live gallery."""
-    overrides = _prepare(home)
+    from hotswap.flows.cli_checks import check_data
+
+    overrides = _prepare(home, check_data, prefect=True)
     from hotswap.flows.bootstrap import bootstrap as bootstrap_flow
 
     _print_json(bootstrap_flow(overrides=overrides))
@@ -142,13 +170,17 @@ def adopt(
     home: Path | None = HomeOption,
 ) -> None:
     """Take over a running system: its model as v1, its gallery features as the live gallery."""
-    overrides = _prepare(home)
+    from hotswap.flows.cli_checks import check_adopt, read_spec
+
+    spec_fields: dict[str, Any] = {}
+
+    def check(settings: Any) -> None:
+        spec_fields.update(read_spec(spec))
+        check_adopt(settings, weights, gallery_features, gallery_ids)
+
+    overrides = _prepare(home, check, prefect=True)
     from hotswap.flows.adopt import adopt as adopt_flow
 
-    try:
-        spec_fields = json.loads(spec.read_text())
-    except (OSError, ValueError) as exc:
-        raise typer.BadParameter(f"{spec}: not a readable JSON model spec ({exc})") from None
     result = adopt_flow(
         spec=spec_fields,
         weights=str(weights),
@@ -171,7 +203,9 @@ def gallery_sync(
     publish: bool = typer.Option(True, help="make the new version live"), home: Path | None = HomeOption
 ) -> None:
     """Make the gallery match its manifest: embed added items with the champion, drop removed ones."""
-    overrides = _prepare(home)
+    from hotswap.flows.cli_checks import check_gallery_sync
+
+    overrides = _prepare(home, check_gallery_sync, prefect=True)
     from hotswap.flows.adopt import gallery_sync as sync_flow
 
     _print_json(sync_flow(overrides=overrides, publish=publish))
@@ -183,7 +217,9 @@ def refresh(
     auto_promote: bool = typer.Option(None, "--auto-promote/--no-auto-promote", help="default: settings"),
 ) -> None:
     """Run the lifecycle: compatible training, validation, DPQ, decision, staged backfill."""
-    overrides = _prepare(home)
+    from hotswap.flows.cli_checks import check_data
+
+    overrides = _prepare(home, check_data, prefect=True)
     from hotswap.flows.refresh import refresh as refresh_flow
 
     result = refresh_flow(overrides=overrides, auto_promote=auto_promote)
@@ -203,17 +239,15 @@ def promote(
     home: Path | None = HomeOption,
 ) -> None:
     """Promote a challenger; without --approve/--reject the run pauses for a decision in the Prefect UI."""
-    overrides = _prepare(home)
+    from hotswap.flows.cli_checks import check_promote, check_version
+
+    check_version(version, "version")
+    check_promote(approve, backfill_mode, fraction)
+    overrides = _prepare(home, prefect=True)
     from hotswap.flows.promote import PromotionInput
     from hotswap.flows.promote import promote as promote_flow
 
     answer = None
-    if approve is None and not os.environ.get("PREFECT_API_URL"):
-        raise typer.BadParameter(
-            "without --approve/--reject the run pauses for a reviewer in the Prefect UI, which needs a "
-            "Prefect server: set PREFECT_API_URL (see docs/operations.md) or decide here",
-            param_hint="--approve/--reject",
-        )
     if approve is not None:
         answer = PromotionInput(
             approve=approve, reason=reason, backfill_mode=backfill_mode, fraction=fraction, force=force
@@ -231,9 +265,11 @@ def backfill(
 ) -> None:
     """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
     from hotswap.components.preflight import check_backfill_request
+    from hotswap.flows.cli_checks import check_data, check_version
 
     check_backfill_request(mode, fraction)
-    overrides = _prepare(home)
+    check_version(version, "--version")
+    overrides = _prepare(home, check_data, prefect=True)
     from hotswap.flows.backfill import backfill as backfill_flow
 
     _print_json(
@@ -244,7 +280,9 @@ def backfill(
 @app.command()
 def audit(home: Path | None = HomeOption) -> None:
     """Every registered version against every other: matrix, AC/AM, markdown/CSV/HTML in MLflow."""
-    overrides = _prepare(home)
+    from hotswap.flows.cli_checks import check_data
+
+    overrides = _prepare(home, check_data, prefect=True)
     from hotswap.flows.audit import audit as audit_flow
 
     result = audit_flow(overrides=overrides)
@@ -259,13 +297,16 @@ def search(
     home: Path | None = HomeOption,
 ) -> None:
     """Top-k of a query image against the live gallery, with the champion model."""
-    overrides = _prepare(home)
-    from hotswap.components.search import search_live
+    from hotswap.flows.cli_checks import check_search
+
+    overrides = _prepare(home, lambda settings: check_search(settings, image, item_id))
     from hotswap.components.settings import load_settings
 
-    if (image is None) == (item_id is None):
-        raise typer.BadParameter("give exactly one of --image or --item-id")
-    _print_hits(search_live(load_settings(**overrides), image=image, item_id=item_id, k=k))
+    settings = load_settings(**overrides)
+    _require_registry(settings, "champion")
+    from hotswap.components.search import search_live
+
+    _print_hits(search_live(settings, image=image, item_id=item_id, k=k))
 
 
 @app.command()
@@ -286,7 +327,7 @@ def serve(
 @app.command()
 def rollback(home: Path | None = HomeOption) -> None:
     """Make the previous champion and its gallery live again (the same switch as a promotion)."""
-    overrides = _prepare(home)
+    overrides = _prepare(home, prefect=True)
     from hotswap.flows.rollback import rollback as rollback_flow
 
     _print_json(rollback_flow(overrides=overrides))
@@ -300,9 +341,21 @@ def status(
     """Champion, challenger (matrix, verdict), live gallery composition by model version, last decision."""
     overrides = _prepare(home)
     from hotswap.components.settings import load_settings
-    from hotswap.components.status import system_status
 
-    state = system_status(load_settings(**overrides))
+    settings = load_settings(**overrides)
+    if settings.registry_absent:  # a fresh home: say so without creating the MLflow database
+        state = {
+            "model": settings.model_name,
+            "champion": None,
+            "challenger": None,
+            "previous": None,
+            "gallery": settings.gallery_name,
+            "live_gallery_version": None,
+        }
+    else:
+        from hotswap.components.status import system_status
+
+        state = system_status(settings)
     if as_json:
         _print_json(state)
     else:
@@ -317,11 +370,15 @@ def report(
     home: Path | None = HomeOption,
 ) -> None:
     """A version's compatibility report and backfill decision, read from MLflow alone."""
+    from hotswap.flows.cli_checks import check_version
+
+    check_version(version, "version")
     overrides = _prepare(home)
     from hotswap.components.settings import load_settings
     from hotswap.components.status import version_record
 
     settings = load_settings(**overrides)
+    _require_registry(settings, version)
     record = version_record(settings, version)
     aliases = f" ({', '.join(record['aliases'])})" if record["aliases"] else ""
     console.rule(f"{settings.model_name} v{record['version']}{aliases}")
@@ -330,9 +387,18 @@ def report(
         console.print("no backfill decision recorded (first model, or the refresh stopped before deciding)")
     else:
         _print_decision(settings, record["version"])
-    for key in ("promotion.status", "promotion.reason", "prefect.flow_run_url", "promotion.flow_run_url"):
+    for key in ("promotion.status", "promotion.reason", *FLOW_RUN_TAGS):
         if record["tags"].get(key):
             console.print(f"{key}: {record['tags'][key]}")
+
+
+#: Tags naming the Prefect flow run that recorded a version (a URL only when a UI serves it).
+FLOW_RUN_TAGS = (
+    "prefect.flow_run_url",
+    "prefect.flow_run_id",
+    "promotion.flow_run_url",
+    "promotion.flow_run_id",
+)
 
 
 data_app = typer.Typer(help="Datasets a refresh can train on.", no_args_is_help=True)
@@ -346,7 +412,9 @@ def data_register(
 ) -> None:
     """Record a dataset version and emit `hotswap.dataset.registered` (which triggers a refresh);
     data already registered emits nothing."""
-    overrides = _prepare(home)
+    from hotswap.components.source_check import check_data_source
+
+    overrides = _prepare(home, lambda settings: check_data_source(manifest), prefect=True)
     from hotswap.components.data.registered import register_dataset
     from hotswap.components.settings import load_settings
     from hotswap.tasks.events import emit_dataset_registered
@@ -356,10 +424,10 @@ def data_register(
     if not registration.new:
         console.print(f"dataset {registration.version} is already registered: no event, no new refresh")
         return
-    if not os.environ.get("PREFECT_API_URL"):
+    if cli_state.local_api:
         console.print(
-            "[yellow]PREFECT_API_URL is not set: the event goes to a temporary API "
-            "that no deployment listens on[/yellow]"
+            "[yellow]PREFECT_API_URL is not set: the event goes to this home's local Prefect API, "
+            "where no deployment listens[/yellow]"
         )
     event_id = emit_dataset_registered(settings, registration)
     sent = f"event hotswap.dataset.registered {event_id}" if event_id else "no event sent (events are off)"
@@ -367,6 +435,42 @@ def data_register(
         f"registered dataset {registration.version} ({registration.items} items, "
         f"{registration.classes} classes): {sent}"
     )
+
+
+server_app = typer.Typer(
+    help="The home's local Prefect API (used when PREFECT_API_URL is not set).", no_args_is_help=True
+)
+app.add_typer(server_app, name="server")
+
+
+def _api_folder(home: Path | None) -> Path:
+    from hotswap.components.settings import load_settings
+
+    overrides: dict[str, Any] = {"home": str(home)} if home else {}
+    cli_state.home = home
+    settings = load_settings(**overrides)
+    cli_state.home = settings.home
+    return settings.home / "prefect"
+
+
+@server_app.command("stop")
+def server_stop(home: Path | None = HomeOption) -> None:
+    """Stop the home's local Prefect API now (it also stops by itself after prefect_idle_seconds)."""
+    from hotswap.flows.local_api import stop_local_api
+
+    stopped = stop_local_api(_api_folder(home))
+    if stopped is None:
+        console.print("no local Prefect API is recorded for this home")
+    else:
+        console.print(f"stopped the local Prefect API (pid {stopped.pid}, {stopped.url})")
+
+
+@server_app.command("status")
+def server_status(home: Path | None = HomeOption) -> None:
+    """The home's local Prefect API: pid, URL, whether it answers, which commands use it (JSON)."""
+    from hotswap.flows.local_api import local_api_status
+
+    _print_json(local_api_status(_api_folder(home)))
 
 
 @app.command()
@@ -380,8 +484,11 @@ def demo(
     home = home or load_settings().home / "demo"
     if home.exists() and not keep:
         console.print(f"starting fresh: removing the previous demo state in {home}")
+        from hotswap.flows.local_api import stop_local_api
+
+        stop_local_api(home / "prefect")  # its database is about to go
         shutil.rmtree(home)
-    overrides = _prepare(home)
+    overrides = _prepare(home, prefect=True)
     overrides["auto_promote"] = True
     timings: dict[str, float] = {}
 
@@ -423,13 +530,16 @@ def demo(
         f"MLflow UI:  mlflow ui --backend-store-uri {settings.resolved_tracking_uri}"
         "  (side bar: Model training)"
     )
-    if os.environ.get("PREFECT_API_URL"):
+    if not cli_state.local_api:
         console.print(
             f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')} (the server this ran on)"
         )
-    else:  # the runs are in the temporary API's database: serve that database (this venv's prefect)
+    else:  # the runs are in the home's local API database (no UI): serve that database with one
         prefect = Path(sys.executable).with_name("prefect")
-        console.print(f"Prefect UI: PREFECT_HOME={os.environ['PREFECT_HOME']} {prefect} server start")
+        console.print(
+            f"Prefect UI: hotswap server stop --home {home}; "
+            f"PREFECT_HOME={home / 'prefect'} {prefect} server start"
+        )
 
 
 @app.callback()

@@ -9,7 +9,8 @@
   ``--wait``), and repairs an interrupted switch before commands that read live state.
 - Prefect's console handlers are quieted for CLI runs (its failed-task traceback would bury the
   one line); its API log handler is untouched, so what Prefect logs still reaches the server.
-- The temporary Prefect API server is tied to this process (flows/prefect_server.py).
+- :func:`use_prefect_api` points a command that runs flows at ``PREFECT_API_URL`` or the home's
+  local Prefect API (flows/local_api.py); read-only commands never call it.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ class CliState:
     notes: list[str] = field(default_factory=list)
     context: Any = None  # the group's typer.Context: resources (the lease) close with it
     command: str = ""
+    local_api: str | None = None  # the home's local Prefect API this command runs on, if any
 
     def reset(self, context: Any = None, debug: bool = False, wait: float = 0.0) -> None:
         self.debug, self.wait, self.home, self.services, self.notes = debug, wait, None, None, []
+        self.local_api = None
         self.context = context
         self.command = getattr(context, "invoked_subcommand", None) or ""
 
@@ -157,9 +160,8 @@ def guard_gallery(settings: Any) -> None:
     """Lease for commands that change the gallery, repair for commands that read live state."""
     from hotswap.components.errors import Services
     from hotswap.components.lease import GalleryLease
-    from hotswap.components.recovery import recover_live_state
+    from hotswap.components.service_timeouts import apply_service_timeouts
     from hotswap.components.store import open_store
-    from hotswap.tasks.context import apply_service_timeouts
 
     cli_state.services = Services(
         tracking_uri=settings.resolved_tracking_uri,
@@ -173,10 +175,6 @@ def guard_gallery(settings: Any) -> None:
     command = cli_state.command
     holding = command in CHANGES_GALLERY
     if holding:
-        if not os.environ.get("PREFECT_API_URL"):
-            from hotswap.flows.prefect_server import tie_ephemeral_server_to_this_process
-
-            tie_ephemeral_server_to_this_process()
         store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
         lease = GalleryLease(
             store,
@@ -191,6 +189,40 @@ def guard_gallery(settings: Any) -> None:
             cli_state.context.with_resource(lease)
         else:  # called outside a command line: hold it for the process
             lease.acquire()
-    if command in READS_LIVE:
+    if command in READS_LIVE and not settings.registry_absent:  # a fresh home has nothing to repair
+        from hotswap.components.recovery import recover_live_state
+
         for message in recover_live_state(settings, holding_lease=holding):
             note(message)
+
+
+def use_prefect_api(settings: Any) -> None:
+    """Point this command's flows at a Prefect API before Prefect is imported.
+
+    ``PREFECT_API_URL`` wins; so does an API the process already chose (Prefect imported and
+    configured, as in a test harness). Otherwise the home's local API is found or started
+    (flows/local_api.py) and named in ``PREFECT_API_URL`` for this process and its children.
+    """
+    import dataclasses
+
+    from hotswap.flows.local_api import LOCAL_API_ENV, ensure_local_api
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return
+    api, _ = ensure_local_api(
+        settings.home / "prefect", settings.prefect_start_timeout_seconds, settings.prefect_idle_seconds
+    )
+    os.environ["PREFECT_API_URL"] = api.url
+    os.environ[LOCAL_API_ENV] = "1"
+    cli_state.local_api = api.url
+    if cli_state.services is not None:
+        cli_state.services = dataclasses.replace(cli_state.services, prefect_api_url=api.url)
+    if "prefect.settings" in sys.modules and cli_state.context is not None:  # settings already read
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        cli_state.context.with_resource(temporary_settings(updates={PREFECT_API_URL: api.url}))

@@ -17,7 +17,13 @@ from hotswap.tasks.gallery import (
     load_decision,
     override_decision,
 )
-from hotswap.tasks.links import TAG_FLOW_RUN_URL, links_markdown, prefect_run_tags
+from hotswap.tasks.links import (
+    TAG_FLOW_RUN_ID,
+    TAG_FLOW_RUN_URL,
+    flow_run_ui_url,
+    links_markdown,
+    prefect_run_tags,
+)
 from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.naming import promote_run_name
 from hotswap.tasks.refresh_progress import check_promotable
@@ -75,7 +81,7 @@ class NothingToPromoteError(RuntimeError):
 
 def _announce_pause(version: str, timeout_seconds: int) -> None:
     """Say where the form is and what to do, in the run's logs and on the terminal that started it."""
-    url = flow_run.get_flow_run_ui_url()
+    url = flow_run_ui_url()
     where = f"open {url} and press Resume" if url else "open this flow run in the Prefect UI and press Resume"
     message = (
         f"v{version} is waiting for a reviewer: {where}; fill in approve, reason and the backfill mode. "
@@ -163,6 +169,8 @@ def promote(
 
 
 def _flow_run_url_tag() -> dict[str, str]:
-    """``promotion.flow_run_url``: the review's flow run, on the model version it decided."""
-    url = prefect_run_tags().get(TAG_FLOW_RUN_URL)
-    return {"promotion.flow_run_url": url} if url else {}
+    """The review's flow run on the model version it decided: its UI address, or its id without a UI."""
+    tags = prefect_run_tags()
+    if TAG_FLOW_RUN_URL in tags:
+        return {"promotion.flow_run_url": tags[TAG_FLOW_RUN_URL]}
+    return {"promotion.flow_run_id": tags[TAG_FLOW_RUN_ID]} if TAG_FLOW_RUN_ID in tags else {}

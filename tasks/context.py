@@ -17,6 +17,7 @@ from hotswap.components.data.catalog import current_data, gallery_items, loader_
 from hotswap.components.data.images import ImageSet
 from hotswap.components.gallery import GalleryStore
 from hotswap.components.registry import ModelRegistry
+from hotswap.components.service_timeouts import apply_service_timeouts
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
 
@@ -31,22 +32,6 @@ def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
     apply_service_timeouts(settings)
     torch.set_num_threads(settings.torch_threads)
     return settings
-
-
-def apply_service_timeouts(settings: HotswapSettings) -> None:
-    """Bound every wait on MLflow and S3 by ``service_timeout_seconds`` (unless set explicitly).
-
-    MLflow's HTTP client otherwise waits 120 s per request and retries 7 times with backoff
-    (minutes before a stopped server is reported); S3 clients read the same variable.
-    """
-    timeout = settings.service_timeout_seconds
-    os.environ.setdefault("HOTSWAP_SERVICE_TIMEOUT_SECONDS", str(timeout))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    # Prefect's API client waits 60 s per request by default; its server can be slow on a busy
-    # machine (SQLite), so it gets a longer bound than MLflow and S3, but still a bound.
-    os.environ.setdefault("PREFECT_API_REQUEST_TIMEOUT", str(max(30.0, 3 * timeout)))
 
 
 def registry(settings: HotswapSettings) -> ModelRegistry:

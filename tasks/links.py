@@ -7,8 +7,15 @@ gets link artifacts (and markdown lines) pointing at the MLflow run and model ve
 from __future__ import annotations
 
 import logging
+import os
 
-from hotswap.components.links import mlflow_artifact_url, mlflow_run_url, model_version_url
+from hotswap.components.links import (
+    LOCAL_PREFECT_API_ENV,
+    mlflow_artifact_url,
+    mlflow_run_url,
+    model_version_url,
+    prefect_ui_link,
+)
 from hotswap.components.settings import HotswapSettings
 from hotswap.tasks.context import registry
 from hotswap.tasks.reporting import artifact_key
@@ -22,13 +29,19 @@ TAG_FLOW_RUN_URL = "prefect.flow_run_url"
 logger = logging.getLogger(__name__)
 
 
+def flow_run_ui_url() -> str | None:
+    """The current flow run's page in the Prefect UI, or None when no UI serves it (a home's
+    local API has none; without a UI URL Prefect would build "None/flow-runs/...")."""
+    return prefect_ui_link(flow_run.get_flow_run_ui_url(), bool(os.environ.get(LOCAL_PREFECT_API_ENV)))
+
+
 def prefect_run_tags() -> dict[str, str]:
-    """Tags naming the flow run we are in (empty outside a flow run)."""
+    """Tags naming the flow run we are in (empty outside a flow run); the URL only with a UI."""
     run_id = flow_run.get_id()
     if run_id is None:
         return {}
     tags = {TAG_FLOW_RUN_ID: str(run_id), TAG_FLOW_RUN_NAME: flow_run.get_name() or ""}
-    url = flow_run.get_flow_run_ui_url()
+    url = flow_run_ui_url()
     if url:
         tags[TAG_FLOW_RUN_URL] = url
     return tags

@@ -23,4 +23,12 @@ def cli_homes(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -
         result = invoke(live, config, argv)
         assert result.exit_code == 0, result.output
     assert invoke(empty, config, ["status"]).exit_code == 0
+    # `status` on a fresh home creates no MLflow database: initialise the empty registry explicitly
+    from hotswap.components.registry import ModelRegistry
+    from hotswap.components.settings import load_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOTSWAP_CONFIG", str(config))
+        ModelRegistry.from_settings(load_settings(home=str(empty))).aliases()
+    assert (empty / "mlflow.db").exists()
     yield {"live": live, "empty": empty, "config": config}

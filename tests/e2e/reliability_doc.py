@@ -103,9 +103,9 @@ FAULTS = [
         "`--wait SECONDS` waits (bounded, saying for whom); after the holder ends the command runs",
     ),
     Fault(
-        "SIGKILL of a running `refresh` (its temporary Prefect server running)",
+        "SIGKILL of a running `refresh` (its home's local Prefect API running)",
         "tests/e2e/test_concurrent_commands.py::test_a_second_lifecycle_command_fails_at_once_and_a_killed_cli_leaves_no_orphan",
-        "the temporary Prefect API server stops with it (a sentinel process); no RUNNING MLflow run is left",
+        "the home's local Prefect API stops once idle (no live command); no RUNNING MLflow run is left",
         "the dead holder's lease is taken over at once (same host) or after `lease_ttl_seconds`",
     ),
     Fault(

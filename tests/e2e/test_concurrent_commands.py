@@ -1,13 +1,15 @@
 """Two lifecycle commands on one embedded home, and what a SIGKILL of the CLI leaves behind.
 
-The first ``hotswap refresh`` runs as a user would start it: no PREFECT_API_URL, so Prefect starts
-its temporary API server (uvicorn) as a child process. A second ``refresh`` on the same home must
-fail at once, naming the first. Then the first is SIGKILLed mid-run: its temporary server must
-not outlive it, its lease must not block the next command, and no MLflow run stays RUNNING.
+The first ``hotswap refresh`` runs as a user would start it: no PREFECT_API_URL, so it starts the
+home's local Prefect API (flows/local_api.py), a process shared by the home's commands. A second
+``refresh`` on the same home must fail at once, naming the first. Then the first is SIGKILLed
+mid-run: the local API must not be left behind for good (with no live command it stops after its
+idle time), its lease must not block the next command, and no MLflow run stays RUNNING.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,12 +41,14 @@ def _wait_for(condition, what: str, timeout: float = 300.0, proc: subprocess.Pop
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _uvicorn_children(pid: int) -> list[psutil.Process]:
+def _local_api(home: Path) -> list[psutil.Process]:
+    """The home's local Prefect API process, as its api.json names it."""
     try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+        pid = json.loads((home / "prefect" / "api.json").read_text())["pid"]
+        process = psutil.Process(pid)
+    except (OSError, ValueError, KeyError, psutil.NoSuchProcess):
         return []
-    return [c for c in children if "uvicorn" in " ".join(_cmdline(c))]
+    return [process] if "hotswap.flows.local_api_server" in " ".join(_cmdline(process)) else []
 
 
 def _cmdline(process: psutil.Process) -> list[str]:
@@ -63,7 +67,12 @@ def test_a_second_lifecycle_command_fails_at_once_and_a_killed_cli_leaves_no_orp
     second_command: str, cli_homes, tmp_path: Path
 ) -> None:
     home, config = copy_home(cli_homes["live"], tmp_path / "home"), cli_homes["config"]
-    env = {**os.environ, "HOTSWAP_CONFIG": str(config), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {
+        **os.environ,
+        "HOTSWAP_CONFIG": str(config),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "HOTSWAP_PREFECT_IDLE_SECONDS": "5",  # the local API stops 5 s after its last command
+    }
     env.pop("PREFECT_API_URL", None)
     store = LocalObjectStore(home / "store")
     first = subprocess.Popen(
@@ -92,16 +101,16 @@ def test_a_second_lifecycle_command_fails_at_once_and_a_killed_cli_leaves_no_orp
         assert time.monotonic() - start < 120  # no waiting on the first: only start-up time
         assert first.poll() is None  # the first one proceeds
 
-        servers = _wait_for(lambda: _uvicorn_children(first.pid), "the temporary Prefect server", proc=first)
+        servers = _wait_for(lambda: _local_api(home), "the home's local Prefect API", proc=first)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
         first.stdout.close()
 
     gone = _wait_for(
-        lambda: not any(s.is_running() and s.status() != "zombie" for s in servers), "orphan", 30
+        lambda: not any(s.is_running() and s.status() != "zombie" for s in servers), "orphan", 120
     )
-    assert gone, "the temporary Prefect server outlived the killed CLI"
+    assert gone, "the local Prefect API outlived the killed CLI beyond its idle time"
     with GalleryLease(store, "default", "hotswap refresh"):  # the dead holder's lease is taken over at once
         pass
     registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", "matrix")
