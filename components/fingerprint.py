@@ -43,6 +43,13 @@ EXCLUDED_FIELDS = frozenset(
         "backfill",
         "prefect_start_timeout_seconds",
         "prefect_idle_seconds",
+        # how images are read, served, synced and waited for: none of it shapes a model
+        "stream",
+        "gallery",
+        "serve",
+        "ops",
+        "service_timeout_seconds",
+        "lease_ttl_seconds",
     }
 )
 

@@ -36,7 +36,7 @@ CURRENT when the rolled-back publish was the gallery's first.
 
 Records, layout and errors live in components/gallery_records.py and are re-exported here.
 
-One writer job per gallery version is assumed (a Prefect concurrency limit in the flows);
+One writer job per gallery version is assumed (the gallery's lease, components/lease.py);
 ``expected_current`` gives an optimistic check against a concurrent switch, not a lock.
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hotswap.components.configs import CompatConfig, CompatSearchConfig, DecisionConfig, DPQConfig
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +26,8 @@ from pydantic_settings import (
 
 class TrainingSettings(BaseModel):
     """Hyper-parameters of supervised and compatible training (see components/training.py)."""
+
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
 
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -58,6 +60,8 @@ class ThresholdSettings(BaseModel):
 
 class DataSettings(BaseModel):
     """Which labelled images the lifecycle trains, validates and builds the gallery on."""
+
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
 
     source: str = Field(
         "mnist5k",
@@ -151,9 +155,6 @@ class OperationsSettings(BaseModel):
         gt=0,
         description="how long a lifecycle run waits for another one on the same gallery; None = forever",
     )
-    lock_lease_seconds: float = Field(
-        300.0, gt=0, description="lease of the lifecycle slot: a crashed holder frees it after this long"
-    )
 
 
 class SettingsFileError(ValueError):
@@ -167,6 +168,8 @@ class StreamSettings(BaseModel):
     goes through a torch DataLoader with these knobs, so nothing holds the whole image set.
     """
 
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
+
     workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = read in the calling process)")
     batch_size: int = Field(64, ge=1, description="images per streamed batch (extraction, decision)")
     prefetch_factor: int = Field(4, ge=1, description="batches each worker reads ahead")
@@ -174,6 +177,8 @@ class StreamSettings(BaseModel):
 
 class GallerySettings(BaseModel):
     """The gallery's own manifest, and whether a refresh brings the live gallery in line with it."""
+
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
 
     manifest: str | None = Field(
         None,
@@ -310,11 +315,6 @@ class HotswapSettings(BaseSettings):
         if url is None and self.resolved_tracking_uri.startswith(("http://", "https://")):
             url = self.resolved_tracking_uri
         return None if url is None else mask_uri_credentials(url).rstrip("/")
-
-    @property
-    def lifecycle_limit_name(self) -> str:
-        """The Prefect global concurrency limit that admits one lifecycle run per gallery."""
-        return f"hotswap-lifecycle-{self.gallery_name}"
 
     @property
     def torch_device(self) -> str:

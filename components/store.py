@@ -475,7 +475,7 @@ def open_store(uri: str, endpoint_url: str | None = None, **options: Any) -> Obj
     or ``AWS_ENDPOINT_URL_S3``. Extra keyword ``options`` go to the store's constructor (for
     example ``list_page_size`` or ``multipart_threshold`` for S3, ``fsync`` for a directory).
     """
-    location = parse_store_uri(uri, endpoint_url)
+    location = parse_store_uri(uri)
     if location.kind == "s3":
         return S3ObjectStore(location.bucket, location.prefix, endpoint_url=endpoint_url, **options)
     return LocalObjectStore(location.path, **options)

@@ -21,7 +21,7 @@ class StoreLocation:
     prefix: str = ""
 
 
-def parse_store_uri(uri: str, endpoint_url: str | None = None) -> StoreLocation:
+def parse_store_uri(uri: str) -> StoreLocation:
     """``s3://bucket[/prefix]``, ``file:///dir`` or a plain directory; ValueError names the URI."""
     if not isinstance(uri, str) or not uri.strip():
         raise ValueError(f"store URI {uri!r} is empty; give a directory or s3://bucket/prefix")
@@ -32,11 +32,7 @@ def parse_store_uri(uri: str, endpoint_url: str | None = None) -> StoreLocation:
         if parsed.query or parsed.fragment:
             raise ValueError(f"store URI {uri!r} must not carry a query or fragment")
         return StoreLocation("s3", bucket=parsed.netloc, prefix=parsed.path)
-    if endpoint_url is not None:
-        raise ValueError(
-            f"an S3 endpoint ({endpoint_url}) is set but store URI {uri!r} is a local directory: "
-            "set store_uri to s3://bucket/prefix, or unset s3_endpoint_url"
-        )
+    # an S3 endpoint beside a local store is fine: it also serves the manifests' s3:// images
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"store URI {uri!r}: file URIs must name a local path (file:///dir)")

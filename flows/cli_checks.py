@@ -26,7 +26,7 @@ PROMOTE_MODES = ("as-decided", "skip", "requantize", "partial", "full")
 def check_settings(settings: HotswapSettings) -> None:
     """Every command: the store URI parses (its scheme, bucket, endpoint)."""
     try:
-        parse_store_uri(settings.resolved_store_uri, settings.s3_endpoint_url)
+        parse_store_uri(settings.resolved_store_uri)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 

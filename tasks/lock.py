@@ -1,53 +1,37 @@
-"""One lifecycle run per gallery: a Prefect global concurrency limit named after the gallery.
+"""One lifecycle run per gallery: the gallery's lease in the store, and nothing else.
 
-refresh, promote (after the reviewer answered), backfill and bootstrap all change what a gallery
-serves; two of them interleaving could publish a gallery built for a model that is no longer
-the champion. Each takes one slot of ``hotswap-lifecycle-<gallery>`` (limit 1) for its whole
-critical section. The limit is created on the server when missing, so the rule holds without a
-set-up step; an operator may create it beforehand (``prefect gcl create … --limit 1``). A second
-run waits up to ``ops.lock_timeout_seconds`` and then fails with a message naming the limit.
+refresh, promote (after the reviewer answered), backfill, bootstrap and gallery-sync all change
+what a gallery serves; two of them interleaving could publish a gallery built for a model that is
+no longer the champion. Each holds the gallery's lease (components/lease.py: a conditional write
+in the store, renewed while the run lives, taken over once it expires) for its whole critical
+section. A second run waits up to ``ops.lock_timeout_seconds`` and then fails naming the holder.
 
-The run also holds the gallery's lease in the store (components/lease.py), the lock every CLI
-command takes, so a worker-run refresh and a refresh typed at a terminal never interleave. A
-flow started by a CLI command that already holds that lease needs no slot: the lease serialises
-it, and a killed CLI frees its lease at once, where a slot it held would stay taken until the
-server's repossessor service revokes it (an ephemeral or test server runs no such service).
+The lease is the same lock every CLI command takes, so a worker-run refresh and a refresh typed
+at a terminal never interleave. A flow started by a CLI command that already holds the lease
+runs under it. A lease held by another flow of the same process (a nested or a concurrent flow
+run) is held, not shared: the second run waits like any other. A Prefect global concurrency
+limit used to be taken as well; it serialised nothing the lease did not, and a killed holder
+kept its slot until the server's repossessor freed it, so it is gone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from hotswap.components.lease import GalleryLease, LeaseHeldError, held_in_this_process
 from hotswap.components.settings import HotswapSettings
 from hotswap.components.store import open_store
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 
 class GalleryBusyError(RuntimeError):
-    """Another lifecycle run held the gallery's slot for longer than this run was willing to wait."""
-
-
-def ensure_lifecycle_limit(settings: HotswapSettings) -> str:
-    """Create the gallery's global concurrency limit (limit 1) unless it exists; returns its name."""
-    name = settings.lifecycle_limit_name
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with suppress(ObjectAlreadyExists):  # created concurrently by the other run
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name
+    """Another lifecycle run held the gallery for longer than this run was willing to wait."""
 
 
 @contextmanager
 def lifecycle_lock(settings: HotswapSettings, what: str) -> Iterator[None]:
-    """Hold the gallery's lease and lifecycle slot while ``what`` runs (waits for a run holding them)."""
+    """Hold the gallery's lease while ``what`` runs (waits for a run holding it)."""
     logger = get_run_logger()
     store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
     if held_in_this_process(store, settings.gallery_name):
@@ -68,38 +52,12 @@ def lifecycle_lock(settings: HotswapSettings, what: str) -> Iterator[None]:
         lease.acquire()
     except LeaseHeldError as exc:
         raise GalleryBusyError(
-            f"gallery {settings.gallery_name!r} is busy: another lifecycle run held it (lease and slot "
-            f"{settings.lifecycle_limit_name!r}) for more than {settings.ops.lock_timeout_seconds:g} s; "
-            f"{what} did not start (retry later, or raise ops.lock_timeout_seconds): {exc}"
+            f"gallery {settings.gallery_name!r} is busy: another lifecycle run held its lease for more "
+            f"than {settings.ops.lock_timeout_seconds:g} s; {what} did not start (retry later, or raise "
+            f"ops.lock_timeout_seconds): {exc}"
         ) from exc
+    logger.info("%s: holds gallery %r's lease (one run per gallery)", what, settings.gallery_name)
     try:
-        with _lifecycle_slot(settings, what, logger):
-            yield
+        yield
     finally:
         lease.release()
-
-
-@contextmanager
-def _lifecycle_slot(settings: HotswapSettings, what: str, logger) -> Iterator[None]:
-    name = ensure_lifecycle_limit(settings)
-    logger.info("%s: waiting for the lifecycle slot %r (one run per gallery)", what, name)
-    acquired = False
-    try:
-        with concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=settings.ops.lock_timeout_seconds,
-            lease_duration=settings.ops.lock_lease_seconds,
-            strict=True,
-        ):
-            acquired = True
-            logger.info("%s: holds the lifecycle slot %r", what, name)
-            yield
-    except TimeoutError as exc:
-        if acquired:  # a timeout inside the work itself is not ours to rename
-            raise
-        raise GalleryBusyError(
-            f"gallery {settings.gallery_name!r} is busy: another lifecycle run held {name!r} for more "
-            f"than {settings.ops.lock_timeout_seconds:g} s; {what} did not start (retry later, or raise "
-            "ops.lock_timeout_seconds)"
-        ) from exc

@@ -314,7 +314,7 @@ def test_a_running_and_a_freshly_started_service_serve_the_synced_gallery(
     wanted = frame[frame["item_id"].isin((set(before) - set(removed)) | set(added))][["item_id", "uri"]]
     wanted.to_parquet(tmp_path / "gallery-next.parquet")
     overrides = settings.model_dump(mode="json")
-    overrides["stream"]["gallery_manifest"] = str(tmp_path / "gallery-next.parquet")
+    overrides["gallery"]["manifest"] = str(tmp_path / "gallery-next.parquet")
 
     def ask(http: httpx.Client, item: str, k: int = k) -> dict[str, Any]:
         answer = http.post(f"/search/image?k={k}", content=adopted["images"].data[item])

@@ -10,6 +10,7 @@ tests/integration/test_compat_search.py and tests/e2e/test_crash_refresh.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,7 +130,7 @@ def test_an_unchanged_refresh_is_a_noop(team_home: dict[str, Any]) -> None:
     # given the refresh above, when it runs again on the same data, settings and champion
     summary = refresh(overrides=overrides, return_state=True).result()
     # then nothing is trained, and it says why
-    assert summary["noop"] is True and "nothing changed" in summary["reason"]
+    assert summary["noop"] is True and "training again would reproduce it" in summary["reason"]
 
 
 def test_a_refresh_killed_in_training_resumes_without_retraining(team_home: dict[str, Any]) -> None:
@@ -166,24 +167,20 @@ def test_a_refresh_killed_in_training_resumes_without_retraining(team_home: dict
 
 
 def _toml(overrides: dict[str, Any]) -> str:
-    """The overrides as a settings file (what an operator's hotswap.toml holds)."""
-    import json
-
-    lines, tables = [], []
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif key != "home":
-            lines.append(f"{key} = {json.dumps(value)}")
-    for name, table in tables:
-        lines.append(f"[{name}]")
-        nested = []
-        for key, value in table.items():
-            if isinstance(value, dict):
-                nested.append((f"{name}.{key}", value))
-            elif value is not None:
-                lines.append(f"{key} = {json.dumps(value)}")
-        for sub, values in nested:
-            lines.append(f"[{sub}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    """The overrides as a settings file (what an operator's hotswap.toml holds); home is a flag."""
+    lines = [f"{k} = {_value(v)}" for k, v in overrides.items() if not isinstance(v, dict) and k != "home"]
+    for name, table in overrides.items():
+        if isinstance(table, dict):
+            lines.append(f"[{name}]")
+            lines.extend(f"{k} = {_value(v)}" for k, v in table.items() if v is not None)
     return "\n".join(lines) + "\n"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)

@@ -7,8 +7,8 @@ the tests then run in order, each on the state the previous one left:
 2. `hotswap data register` emits the dataset event, the deployment trigger starts the refresh
    through the worker with that dataset version, and both UIs link to each other;
    registering the same data again starts nothing;
-3. a refresh by hand while the deployment's refresh holds the gallery waits for it (the global
-   concurrency limit), and their lifecycle steps never interleave;
+3. a refresh by hand while the deployment's refresh holds the gallery waits for it (the gallery's
+   lease), and their lifecycle steps never interleave;
 4. the promote deployment pauses, is resumed through the API with the typed form, and switches live.
 
 Small data (synthetic 16×16 images, 4 classes), one epoch: the orchestration is under test here;
@@ -276,13 +276,15 @@ def test_registering_new_data_triggers_a_refresh_through_the_worker(ops, prefect
 def test_a_second_refresh_waits_for_the_gallery_and_never_interleaves(ops, prefect_client):
     refresh = ops.deployments["scheduled-refresh"]
     longer = {"training": {"epochs": 3}}  # a longer critical section, so the two runs surely overlap
+    # both on the data registered above: its test split is the gallery the live one was synced to
+    data = str(ops.data_dir / "second.csv")
     deployed = prefect_client.create_flow_run_from_deployment(
-        refresh.id, parameters={"auto_promote": False, "overrides": longer}
+        refresh.id, parameters={"auto_promote": False, "overrides": longer, "data_source": data}
     )
     by_hand = subprocess.Popen(
         [str(HOTSWAP), "--wait", str(WAIT_S), "refresh", "--no-auto-promote"],
         cwd=ROOT,
-        env={**ops.env, "HOTSWAP_TRAINING__EPOCHS": "3"},
+        env={**ops.env, "HOTSWAP_TRAINING__EPOCHS": "3", "HOTSWAP_DATA__SOURCE": data},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -303,8 +305,12 @@ def test_a_second_refresh_waits_for_the_gallery_and_never_interleaves(ops, prefe
     waiting = [log for log in _logs(prefect_client, runs[1].id) if "waiting" in log.message]
     competed = (waiting and waiting[0].timestamp.timestamp() < end_first) or "waiting up to" in output
     assert competed, "the runs never competed for the gallery"
-    limit = prefect_client.read_global_concurrency_limit_by_name(ops.settings.lifecycle_limit_name)
-    assert limit.limit == 1 and limit.active_slots == 0
+    # and neither left the gallery held
+    from hotswap.components.lease import live_holder
+    from hotswap.components.store import open_store
+
+    store = open_store(ops.settings.resolved_store_uri, endpoint_url=ops.settings.s3_endpoint_url)
+    assert live_holder(store, ops.settings.gallery_name) is None
 
 
 def test_the_promote_deployment_pauses_takes_the_typed_form_and_switches_live(ops, prefect_client):
