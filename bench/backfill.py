@@ -36,22 +36,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.backfill import ShardResult, build_gallery_version, run_backfill
-from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.decision import measure_costs
-from hotswap.components.ordering import (
+from hotswap.components.decision.decide import measure_costs
+from hotswap.components.decision.ordering import (
     UNCERTAINTY_SCORES,
     backfill_curve,
     backfill_order,
     order_by_scores,
     random_order,
 )
-from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from hotswap.components.store import LocalObjectStore, ObjectStore, open_store
-from hotswap.components.training import TrainConfig, extract_features, train_model
+from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.gallery.store import LocalObjectStore, ObjectStore, open_store
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.models.training import TrainConfig, extract_features, train_model
+from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
 
 RESULTS = Path(__file__).parent / "results"
 OLD_CLASSES = (0, 1, 2, 3, 4)

@@ -14,7 +14,7 @@ leave-one-out over the gallery items. Policies compared on the same chain:
 
 Per step: live mAP and top-1, the decision, items re-extracted (embedded by the step's new
 model in the gallery version its backfill wrote, promoted or not) and the live gallery's share
-per model version. Over the chain: AC and AM (components/audit.py) of the models that were live, on the
+per model version. Over the chain: AC and AM (components/compat/audit.py) of the models that were live, on the
 validation split of every class.
 
 The class subset of a refresh is the ``data.classes`` setting; the policies use
@@ -140,7 +140,7 @@ def unknown_fields(model: type, values: dict[str, Any], prefix: str = "") -> lis
 
 def check_settings(overrides: dict[str, Any], where: str) -> None:
     """Fail with one line when the installed settings lack or reject a field the chain needs."""
-    from hotswap.components.settings import HotswapSettings
+    from hotswap.components.core.settings import HotswapSettings
     from pydantic import ValidationError
 
     missing = unknown_fields(HotswapSettings, overrides)
@@ -162,12 +162,12 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     Leave-one-out over the gallery's items (each query's own row excluded). Also returns the
     gallery's share of items per model version (its provenance).
     """
-    from hotswap.components.backfill import feature_models
+    from hotswap.components.compat.metrics import retrieval_metrics
     from hotswap.components.data.catalog import gallery_items
-    from hotswap.components.gallery_calibration import calibration_for
-    from hotswap.components.metrics import retrieval_metrics
-    from hotswap.components.registry import CHAMPION
-    from hotswap.components.training import extract_features
+    from hotswap.components.gallery.backfill import feature_models
+    from hotswap.components.gallery.calibration import calibration_for
+    from hotswap.components.models.training import extract_features
+    from hotswap.components.registry.mlflow_registry import CHAMPION
     from hotswap.tasks.context import gallery_store, registry, settings_from
     from hotswap.tasks.quantization import load_codebooks
 
@@ -215,7 +215,7 @@ def extracted_items(overrides: dict[str, Any], gallery_version: str | None, mode
     """Items a step's backfill embedded with its new model (work done, promoted or not)."""
     if gallery_version is None or model_version is None:
         return 0
-    from hotswap.components.backfill import feature_models
+    from hotswap.components.gallery.backfill import feature_models
     from hotswap.tasks.context import gallery_store, settings_from
 
     settings = settings_from(overrides)
@@ -225,7 +225,7 @@ def extracted_items(overrides: dict[str, Any], gallery_version: str | None, mode
 
 def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any]:
     """AC and AM over the versions that were live, on the val split of every class."""
-    from hotswap.components.audit import audit_models
+    from hotswap.components.compat.audit import audit_models
     from hotswap.tasks.context import dataset, registry, settings_from
 
     settings = settings_from(overrides)

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.backbones import BackboneSpec, build_model, model_from_bytes, model_to_bytes
-from hotswap.components.compatibility import (
+from hotswap.components.compat.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
+from hotswap.components.compat.dual_tuning import (
     BASELINES,
     DEFAULT_CONFIG,
     PAPER_PRESET,
@@ -51,12 +51,12 @@ from hotswap.components.compatibility import (
     CompatConfig,
     train_compatible,
 )
-from hotswap.components.cross_eval import PAIRS, compatibility_criterion, compatibility_matrix
+from hotswap.components.compat.metrics import RetrievalMetrics
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.objects import read_image_folder
-from hotswap.components.metrics import RetrievalMetrics
-from hotswap.components.training import TrainConfig, train_model
+from hotswap.components.models.backbones import BackboneSpec, build_model, model_from_bytes, model_to_bytes
+from hotswap.components.models.training import TrainConfig, train_model
 
 RESULTS = Path(__file__).parent / "results"
 DATA_SEED = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hotswap.components.metrics import retrieval_metrics
+from hotswap.components.compat.metrics import retrieval_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

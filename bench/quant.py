@@ -35,8 +35,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.compatibility import (
+from hotswap.components.compat.dual_tuning import (
     DEFAULT_CONFIG,
     CompatObjective,
     class_map_lookup,
@@ -44,13 +43,14 @@ from hotswap.components.compatibility import (
     old_prototypes,
     train_compatible,
 )
+from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import ImageSet
-from hotswap.components.dpq_joint import finetune_with_dpq
-from hotswap.components.index import build_flat_index, build_ivf_index, bytes_per_item, search
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from hotswap.components.training import TrainConfig, extract_features, train_model
+from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.models.training import TrainConfig, extract_features, train_model
+from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq_joint import finetune_with_dpq
+from hotswap.components.quant.index import build_flat_index, build_ivf_index, bytes_per_item, search
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("pq", "opq", "rq1", "rq5", "lsq")

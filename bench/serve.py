@@ -35,13 +35,13 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-from hotswap.components.backbones import BackboneSpec, build_model
 from hotswap.components.data.sources import open_source
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.index import build_flat_index, build_ivf_index, index_to_bytes
-from hotswap.components.live_state import TAG_GALLERY_VERSION
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.store import open_store
+from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
+from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.quant.index import build_flat_index, build_ivf_index, index_to_bytes
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM, BLOCKS, CODEWORDS = 64, 4, 256

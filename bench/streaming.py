@@ -42,7 +42,7 @@ SPEC = {
 
 
 def _model(image_size: int):
-    from hotswap.components.model_spec import ModelSpec, build_user_model
+    from hotswap.components.models.model_spec import ModelSpec, build_user_model
 
     return build_user_model(ModelSpec(**SPEC, image_size=image_size), seed=0).eval()
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hotswap.components.backfill import run_backfill
 from hotswap.components.data.loading import LoaderConfig, SourceItemSource
 from hotswap.components.data.objects import ObjectReader, manifest_from_frame
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.gallery_import import write_feature_version
-from hotswap.components.model_spec import ModelSpec, build_user_model
-from hotswap.components.quantization import DPQCodebooks
-from hotswap.components.store import LocalObjectStore
+from hotswap.components.gallery.backfill import run_backfill
+from hotswap.components.gallery.imports import write_feature_version
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.models.model_spec import ModelSpec, build_user_model
+from hotswap.components.quant.dpq import DPQCodebooks
 
 
 def _status(field: str, pid: str = "self") -> int:

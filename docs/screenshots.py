@@ -262,8 +262,8 @@ def main() -> None:
                 a for a in client.read_artifacts() if a.key and a.key.startswith("decision-report-")
             )
         wait_http(f"{mlflow_ui}/health")
-        from hotswap.components.registry import ModelRegistry
-        from hotswap.components.settings import load_settings
+        from hotswap.components.registry.mlflow_registry import ModelRegistry
+        from hotswap.components.core.settings import load_settings
 
         registry = ModelRegistry.from_settings(load_settings())
         run_id = registry.resolve("challenger").run_id

@@ -45,7 +45,7 @@ def _prepare(
     (flows/cli_errors.py), and, for commands that run flows (``prefect=True``), a Prefect API
     found or started (flows/local_api.py).
     """
-    from hotswap.components.settings import load_settings
+    from hotswap.components.core.settings import load_settings
     from hotswap.flows.cli_checks import check_settings
 
     overrides: dict[str, Any] = {"home": str(home)} if home else {}
@@ -75,7 +75,7 @@ def _require_registry(settings: Any, ref: str) -> None:
     """A read of a version on a home where nothing was recorded: the state error, without creating
     the MLflow database only to find it empty."""
     if settings.registry_absent:
-        from hotswap.components.errors import StateError
+        from hotswap.components.core.errors import StateError
 
         raise StateError(
             f"registered model {settings.model_name!r} has no version or alias {ref!r} (nothing is "
@@ -84,7 +84,7 @@ def _require_registry(settings: Any, ref: str) -> None:
 
 
 def _print_report(payload: dict[str, Any]) -> None:
-    from hotswap.components.report import CompatibilityReport
+    from hotswap.components.compat.report import CompatibilityReport
 
     report = CompatibilityReport.model_validate(payload)
     against = "first model, no baseline" if report.old_version is None else f"vs v{report.old_version}"
@@ -102,8 +102,8 @@ def _print_report(payload: dict[str, Any]) -> None:
 
 def _print_decision(settings: Any, version: str) -> None:
     """The decision's verdict, reasons and a compact view of its options table."""
-    from hotswap.components.decision import load_decision
-    from hotswap.components.registry import ModelRegistry
+    from hotswap.components.decision.decide import load_decision
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
     record = load_decision(ModelRegistry.from_settings(settings), version)
     shown = [o for o in record.options if o.mode != "partial" or round(o.fraction * 21) in (2, 5, 10, 15)]
@@ -193,7 +193,7 @@ def adopt(
 
 
 def _adopt_markdown(result: dict[str, Any]) -> str:
-    from hotswap.components.adopt import AdoptReport
+    from hotswap.components.lifecycle.adopt import AdoptReport
 
     return AdoptReport.model_validate(result["report"]).to_markdown()
 
@@ -264,7 +264,7 @@ def backfill(
     home: Path | None = HomeOption,
 ) -> None:
     """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
-    from hotswap.components.preflight import check_backfill_request
+    from hotswap.components.core.preflight import check_backfill_request
     from hotswap.flows.cli_checks import check_data, check_version
 
     check_backfill_request(mode, fraction)
@@ -300,11 +300,11 @@ def search(
     from hotswap.flows.cli_checks import check_search
 
     overrides = _prepare(home, lambda settings: check_search(settings, image, item_id))
-    from hotswap.components.settings import load_settings
+    from hotswap.components.core.settings import load_settings
 
     settings = load_settings(**overrides)
     _require_registry(settings, "champion")
-    from hotswap.components.search import search_live
+    from hotswap.components.lifecycle.search import search_live
 
     _print_hits(search_live(settings, image=image, item_id=item_id, k=k))
 
@@ -317,8 +317,8 @@ def serve(
 ) -> None:
     """Serve searches over HTTP from the live model and gallery; follows promotions and rollbacks."""
     overrides = _prepare(home)
+    from hotswap.components.core.settings import load_settings
     from hotswap.components.serving.server import serve_forever
-    from hotswap.components.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_forever(load_settings(**overrides), host=host, port=port)
@@ -340,7 +340,7 @@ def status(
 ) -> None:
     """Champion, challenger (matrix, verdict), live gallery composition by model version, last decision."""
     overrides = _prepare(home)
-    from hotswap.components.settings import load_settings
+    from hotswap.components.core.settings import load_settings
 
     settings = load_settings(**overrides)
     if settings.registry_absent:  # a fresh home: say so without creating the MLflow database
@@ -353,7 +353,7 @@ def status(
             "live_gallery_version": None,
         }
     else:
-        from hotswap.components.status import system_status
+        from hotswap.components.lifecycle.status import system_status
 
         state = system_status(settings)
     if as_json:
@@ -374,8 +374,8 @@ def report(
 
     check_version(version, "version")
     overrides = _prepare(home)
-    from hotswap.components.settings import load_settings
-    from hotswap.components.status import version_record
+    from hotswap.components.core.settings import load_settings
+    from hotswap.components.lifecycle.status import version_record
 
     settings = load_settings(**overrides)
     _require_registry(settings, version)
@@ -412,11 +412,11 @@ def data_register(
 ) -> None:
     """Record a dataset version and emit `hotswap.dataset.registered` (which triggers a refresh);
     data already registered emits nothing."""
-    from hotswap.components.source_check import check_data_source
+    from hotswap.components.data.source_check import check_data_source
 
     overrides = _prepare(home, lambda settings: check_data_source(manifest), prefect=True)
+    from hotswap.components.core.settings import load_settings
     from hotswap.components.data.registered import register_dataset
-    from hotswap.components.settings import load_settings
     from hotswap.tasks.events import emit_dataset_registered
 
     settings = load_settings(**overrides)
@@ -444,7 +444,7 @@ app.add_typer(server_app, name="server")
 
 
 def _api_folder(home: Path | None) -> Path:
-    from hotswap.components.settings import load_settings
+    from hotswap.components.core.settings import load_settings
 
     overrides: dict[str, Any] = {"home": str(home)} if home else {}
     cli_state.home = home
@@ -479,7 +479,7 @@ def demo(
     keep: bool = typer.Option(False, help="keep an earlier demo's state instead of starting fresh"),
 ) -> None:
     """Bootstrap v1 on digits 0-4, refresh to v2 on all digits, promote it, and answer a search."""
-    from hotswap.components.settings import load_settings
+    from hotswap.components.core.settings import load_settings
 
     home = home or load_settings().home / "demo"
     if home.exists() and not keep:
@@ -506,8 +506,8 @@ def demo(
     second = refresh_flow(overrides=overrides, auto_promote=True)
     timings["refresh"] = time.perf_counter() - start
 
-    from hotswap.components.registry import ModelRegistry
-    from hotswap.components.status import system_status
+    from hotswap.components.lifecycle.status import system_status
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
     settings = load_settings(**overrides)
     registry = ModelRegistry.from_settings(settings)
@@ -516,7 +516,7 @@ def demo(
     state = system_status(settings)
 
     console.rule("3/3 search the live gallery")
-    from hotswap.components.search import search_live
+    from hotswap.components.lifecycle.search import search_live
 
     console.print(f"query: item {state['example_item']} of the gallery")
     _print_hits(search_live(settings, item_id=state["example_item"], k=5))

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hotswap.components.errors import InputError
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.source_check import check_data_source, check_gallery_manifest
-from hotswap.components.store_uri import parse_store_uri
+from hotswap.components.core.errors import InputError
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.data.source_check import check_data_source, check_gallery_manifest
+from hotswap.components.gallery.store_uri import parse_store_uri
 
 ALIASES = ("champion", "challenger", "previous")
 PROMOTE_MODES = ("as-decided", "skip", "requantize", "partial", "full")

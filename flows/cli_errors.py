@@ -2,7 +2,7 @@
 
 - :class:`HotswapGroup` runs every command. Any failure becomes exactly one line
   ``error: <what is wrong, naming the input or service> — <what to do>`` and the exit code of its
-  class (components/errors.py). The traceback goes to ``<home>/logs/hotswap.log``; ``--debug``
+  class (components/core/errors.py). The traceback goes to ``<home>/logs/hotswap.log``; ``--debug``
   prints it too. Usage errors (bad options) get the same one-line form.
 - :func:`guard_gallery` (called by each command's set-up) takes the gallery's lease for
   commands that change it, so a second one fails at once naming the holder (or waits with
@@ -94,7 +94,7 @@ def _write_log(exc: BaseException, line: str) -> Path | None:
 
 def report_failure(exc: BaseException) -> int:
     """Print the one ``error:`` line (and with --debug the traceback); returns the exit code."""
-    from hotswap.components.errors import classify
+    from hotswap.components.core.errors import classify
 
     failure = classify(exc, cli_state.services)
     line = failure.line()
@@ -158,10 +158,10 @@ def quiet_prefect_console() -> None:
 
 def guard_gallery(settings: Any) -> None:
     """Lease for commands that change the gallery, repair for commands that read live state."""
-    from hotswap.components.errors import Services
-    from hotswap.components.lease import GalleryLease
-    from hotswap.components.service_timeouts import apply_service_timeouts
-    from hotswap.components.store import open_store
+    from hotswap.components.core.errors import Services
+    from hotswap.components.core.service_timeouts import apply_service_timeouts
+    from hotswap.components.gallery.lease import GalleryLease
+    from hotswap.components.gallery.store import open_store
 
     cli_state.services = Services(
         tracking_uri=settings.resolved_tracking_uri,
@@ -190,7 +190,7 @@ def guard_gallery(settings: Any) -> None:
         else:  # called outside a command line: hold it for the process
             lease.acquire()
     if command in READS_LIVE and not settings.registry_absent:  # a fresh home has nothing to repair
-        from hotswap.components.recovery import recover_live_state
+        from hotswap.components.gallery.recovery import recover_live_state
 
         for message in recover_live_state(settings, holding_lease=holding):
             note(message)

@@ -39,8 +39,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hotswap.components.errors import ServiceError
-from hotswap.components.links import LOCAL_PREFECT_API_ENV
+from hotswap.components.core.errors import ServiceError
+from hotswap.components.core.links import LOCAL_PREFECT_API_ENV
 
 STATE_FILE = "api.json"
 LOCK_FILE = "api.lock"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal
 
-from hotswap.components.promotion_gate import refusal, refuse
-from hotswap.components.registry import CHALLENGER, CHAMPION
-from hotswap.components.review import review_summary
+from hotswap.components.decision.promotion_gate import refusal, refuse
+from hotswap.components.decision.review import review_summary
+from hotswap.components.registry.mlflow_registry import CHALLENGER, CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.context import settings_from
 from hotswap.tasks.gallery import (
@@ -105,7 +105,7 @@ def promote(
     """Publish the report, pause for a human decision (unless ``answer`` is given), then switch.
 
     An approval of a version worse than the live system is refused unless ``answer.force``
-    (components/promotion_gate.py). The switch moves the aliases and the gallery pointer in one
+    (components/decision/promotion_gate.py). The switch moves the aliases and the gallery pointer in one
     transaction (see switch_live), holding the gallery's lifecycle slot; the wait for the
     reviewer holds nothing.
     """

@@ -1,19 +1,19 @@
 """Promotion and the gallery switch as one all-or-nothing unit, crash-consistent.
 
-Before the first step the switch stores an intent record (components/switch_intent.py). Inside
+Before the first step the switch stores an intent record (components/gallery/switch_intent.py). Inside
 one Prefect transaction: move the aliases (champion ← version, previous ← old champion), point
 the gallery's CURRENT at the version built for it, health-check the live pair, mark the intent
 checked. If a step fails, the rollback hooks put the aliases and CURRENT back and the intent
 undoes the rest (the target's seal). If the process is killed, the next command that reads live
 state rolls the intent back (not yet checked) or forward (checked).
 
-``HOTSWAP_TEST_KILL_AT`` (components/faults.py) kills the process at each step boundary in tests.
+``HOTSWAP_TEST_KILL_AT`` (components/core/faults.py) kills the process at each step boundary in tests.
 """
 
 from __future__ import annotations
 
-from hotswap.components.faults import fault_point
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.faults import fault_point
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.tasks.gallery import check_live_gallery, publish_gallery
 from hotswap.tasks.registry import promote_model
 from hotswap.tasks.switch import complete_switch, confirm_switch, record_switch_intent, undo_switch

@@ -1,6 +1,6 @@
 """Adopt tasks: the team's model as v1, its classifier, codebooks and gallery; the gallery sync.
 
-Each step is what components/adopt.py describes; tasks pass settings, paths and versions. The
+Each step is what components/lifecycle/adopt.py describes; tasks pass settings, paths and versions. The
 data is read through the same catalog as every other step (components/data/catalog.py): the
 labelled training data in ``data.source`` and the gallery's own manifest.
 """
@@ -12,18 +12,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.adopt import AdoptReport, file_sha256, fit_cosine_head, read_gallery_features
+from hotswap.components.core.errors import StateError
+from hotswap.components.core.preflight import check_gallery_removals
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import TAG_CLASSES, save_class_map
 from hotswap.components.data.images import DataError
-from hotswap.components.errors import StateError
-from hotswap.components.gallery_import import gallery_difference, sync_gallery, write_feature_version
-from hotswap.components.gallery_records import new_version_id
-from hotswap.components.live_state import TAG_GALLERY_VERSION, read_live_target
-from hotswap.components.model_spec import ModelSpec, load_team_model
-from hotswap.components.preflight import check_gallery_removals
-from hotswap.components.quantization import train_dpq
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.training import extract_features
+from hotswap.components.gallery.imports import gallery_difference, sync_gallery, write_feature_version
+from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION, read_live_target
+from hotswap.components.gallery.records import new_version_id
+from hotswap.components.lifecycle.adopt import (
+    AdoptReport,
+    file_sha256,
+    fit_cosine_head,
+    read_gallery_features,
+)
+from hotswap.components.models.model_spec import ModelSpec, load_team_model
+from hotswap.components.models.training import extract_features
+from hotswap.components.quant.dpq import train_dpq
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.gallery import _index_builder, ensure_served_calibration
 from hotswap.tasks.quantization import load_codebooks, log_codebooks
@@ -239,7 +244,7 @@ def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[
     champion (encoded with the live codebooks), removed ids absent, nothing else re-extracted.
 
     Only from a whole live pair, and published only over the version it was made from; the new
-    version then stays paired with the champion (components/sync_lineage.py)."""
+    version then stays paired with the champion (components/gallery/sync_lineage.py)."""
     reg = registry(settings)
     galleries = gallery_store(settings)
     target = read_live_target(reg, galleries, settings.gallery_name)

@@ -1,7 +1,7 @@
 """The refresh's compatibility search: one mapped Prefect task per trial, one nested MLflow run each.
 
 Runs only when the configured weights were not blessed. The loop, budget and selection live in
-components/compat_search.py; here each wave of candidates becomes ``compat_trial.map(...)``, each
+components/compat/search.py; here each wave of candidates becomes ``compat_trial.map(...)``, each
 trial logs its model and selection-split scores as a run nested under the refresh's training
 run (MLflow's ``mlflow.parentRunId`` tag), and the selected trial is registered as the new
 challenger and gated on a split the selection never saw.
@@ -13,7 +13,9 @@ import json
 import time
 from typing import Any
 
-from hotswap.components.compat_search import (
+from hotswap.components.compat.dual_tuning import CompatConfig
+from hotswap.components.compat.report import CompatThresholds
+from hotswap.components.compat.search import (
     INIT_LOCK,
     SEARCHED_KNOBS,
     CompatSearchConfig,
@@ -24,12 +26,10 @@ from hotswap.components.compat_search import (
     skipped_trial,
     train_trial,
 )
-from hotswap.components.compatibility import CompatConfig
+from hotswap.components.core.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import TAG_CLASSES, save_class_map, to_head_labels
-from hotswap.components.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE
-from hotswap.components.refresh_progress import TAG_LIVE_GALLERY, TAG_SEARCHED_FROM
-from hotswap.components.report import CompatThresholds
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.lifecycle.refresh_progress import TAG_LIVE_GALLERY, TAG_SEARCHED_FROM
 from hotswap.tasks.context import dataset, registry
 from hotswap.tasks.refresh_progress import mark_superseded
 from hotswap.tasks.reporting import publish_table

@@ -13,13 +13,13 @@ import os
 from typing import Any
 
 import torch
+from hotswap.components.core.service_timeouts import apply_service_timeouts
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.catalog import current_data, gallery_items, loader_config
 from hotswap.components.data.images import ImageSet
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.service_timeouts import apply_service_timeouts
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.store import open_store
+from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 __all__ = ["dataset", "dataset_version", "gallery_items", "gallery_store", "loader_config", "registry"]
 

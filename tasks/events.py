@@ -7,8 +7,8 @@ refresh deployment's parameters (Jinja: ``{{ event.payload.dataset_version }}``)
 
 from __future__ import annotations
 
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.registered import DatasetRegistration
-from hotswap.components.settings import HotswapSettings
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 

@@ -12,9 +12,9 @@ import threading
 from typing import Any
 
 import numpy as np
-from hotswap.components.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.loading import SourceItemSource, model_inputs
-from hotswap.components.decision import (
+from hotswap.components.decision.decide import (
     DECISION_PNG,
     DecisionConfig,
     DecisionRecord,
@@ -22,16 +22,16 @@ from hotswap.components.decision import (
     decision_plot_png,
     save_decision,
 )
-from hotswap.components.decision import load_decision as read_decision
-from hotswap.components.gallery_calibration import ensure_calibration, fit_for_gallery
-from hotswap.components.gallery_search import GallerySearcher
-from hotswap.components.index import build_flat_index, index_from_bytes, index_to_bytes
-from hotswap.components.live import LiveComposition, read_composition
-from hotswap.components.live_state import TAG_GALLERY_VERSION
-from hotswap.components.quantization import DPQCodebooks
-from hotswap.components.registry import TAG_BACKFILL
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.training import extract_features
+from hotswap.components.decision.decide import load_decision as read_decision
+from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
+from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
+from hotswap.components.gallery.search import GallerySearcher
+from hotswap.components.lifecycle.live import LiveComposition, read_composition
+from hotswap.components.models.training import extract_features
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.index import build_flat_index, index_from_bytes, index_to_bytes
+from hotswap.components.registry.mlflow_registry import TAG_BACKFILL
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks
@@ -192,7 +192,7 @@ def ensure_served_calibration(settings: HotswapSettings, gallery_version: str, q
 
     Called for every version a decision stages, skip included: after a skip onto an already-mixed
     version the query model changes while the gallery does not, so the new model's calibration is
-    added to that version (components/gallery_calibration.py). Returns how it was obtained.
+    added to that version (components/gallery/calibration.py). Returns how it was obtained.
     """
     galleries = gallery_store(settings)
     name = settings.gallery_name

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import os
 
-from hotswap.components.links import (
+from hotswap.components.core.links import (
     LOCAL_PREFECT_API_ENV,
     mlflow_artifact_url,
     mlflow_run_url,
     model_version_url,
     prefect_ui_link,
 )
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.tasks.context import registry
 from hotswap.tasks.reporting import artifact_key
 from prefect.artifacts import create_link_artifact

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hotswap.components.fingerprint import noop_reason, settings_hash
-from hotswap.components.live import LiveComposition, compatibility_targets, read_composition
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.fingerprint import noop_reason, settings_hash
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.lifecycle.live import LiveComposition, compatibility_targets, read_composition
 from hotswap.tasks.context import dataset, gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -38,7 +38,7 @@ def live_composition(settings: HotswapSettings) -> dict[str, Any]:
 def plan_targets(
     settings: HotswapSettings, champion: str, composition: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """T = {champion} ∪ {v : π_v ≥ compat.target_min_share}, weights ∝ π_v (components/live.py)."""
+    """T = {champion} ∪ {v : π_v ≥ compat.target_min_share}, weights ∝ π_v (components/lifecycle/live.py)."""
     targets = compatibility_targets(
         LiveComposition.model_validate(composition),
         champion,

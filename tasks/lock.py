@@ -2,7 +2,7 @@
 
 refresh, promote (after the reviewer answered), backfill, bootstrap and gallery-sync all change
 what a gallery serves; two of them interleaving could publish a gallery built for a model that is
-no longer the champion. Each holds the gallery's lease (components/lease.py: a conditional write
+no longer the champion. Each holds the gallery's lease (components/gallery/lease.py: a conditional write
 in the store, renewed while the run lives, taken over once it expires) for its whole critical
 section. A second run waits up to ``ops.lock_timeout_seconds`` and then fails naming the holder.
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hotswap.components.lease import GalleryLease, LeaseHeldError, held_in_this_process
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.store import open_store
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, held_in_this_process
+from hotswap.components.gallery.store import open_store
 from prefect import get_run_logger
 
 

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from hotswap.components.registry import CHAMPION
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import CHAMPION
 from hotswap.tasks.context import dataset_version, registry
 from prefect.runtime import flow_run
 

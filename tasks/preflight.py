@@ -1,10 +1,10 @@
-"""Preflight tasks: check a command's inputs before its first write (components/preflight.py)."""
+"""Preflight tasks: check a command's inputs before its first write (components/core/preflight.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-from hotswap.components.preflight import check_bootstrap, check_refresh
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.preflight import check_bootstrap, check_refresh
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, registry
 from prefect import task
 from prefect.cache_policies import NONE

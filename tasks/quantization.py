@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map, to_head_labels
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.quantization import DPQCodebooks, prefix_retrieval, train_dpq
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.training import extract_features
+from hotswap.components.models.training import extract_features
+from hotswap.components.quant.dpq import DPQCodebooks, prefix_retrieval, train_dpq
 from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.reporting import publish_table
 from prefect import get_run_logger, task

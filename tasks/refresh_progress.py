@@ -1,6 +1,6 @@
 """Refresh checkpoints: record each stage on the challenger, resume or clean up an interrupted one.
 
-The plan is components/refresh_progress.py; these tasks read the registry and the gallery store
+The plan is components/lifecycle/refresh_progress.py; these tasks read the registry and the gallery store
 for it and carry it out. Both run inside the refresh's lifecycle lock, so an unfinished stage
 found here belongs to a refresh that is no longer running (killed, or failed on an outage).
 """
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.errors import StateError
-from hotswap.components.faults import fault_point
-from hotswap.components.fingerprint import settings_hash
-from hotswap.components.refresh_progress import (
+from hotswap.components.core.errors import StateError
+from hotswap.components.core.faults import fault_point
+from hotswap.components.core.fingerprint import settings_hash
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.lifecycle.refresh_progress import (
     ABANDONED,
     FINISHED,
     SUPERSEDED,
@@ -23,8 +24,7 @@ from hotswap.components.refresh_progress import (
     plan_resume,
     staged_gallery_versions,
 )
-from hotswap.components.registry import CHALLENGER
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import CHALLENGER
 from hotswap.tasks.context import dataset_version, gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -53,7 +53,7 @@ def _abandon(settings: HotswapSettings, version: str, why: str) -> str:
     cache_policy=NONE,
 )
 def resume_or_clean_up(settings: HotswapSettings, champion: str) -> dict[str, Any]:
-    """Plan what to do with unfinished refreshes (components/refresh_progress.py) and clean up.
+    """Plan what to do with unfinished refreshes (components/lifecycle/refresh_progress.py) and clean up.
 
     Returns ``version`` / ``stage`` of the refresh to resume (None: start afresh), whether that
     version came out of a compatibility search (it is not searched again), and ``actions``: one

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hotswap.components.report import CompatibilityReport
+from hotswap.components.compat.report import CompatibilityReport
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 

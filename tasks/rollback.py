@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hotswap.components.live_state import rollback_target
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.gallery.live_state import rollback_target
 from hotswap.tasks.context import gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
@@ -13,7 +13,7 @@ from prefect.cache_policies import NONE
     name="find-rollback-target", task_run_name="find the previous champion and its gallery", cache_policy=NONE
 )
 def find_rollback_target(settings: HotswapSettings) -> dict[str, str]:
-    """The previous champion and the gallery version recorded for it (see components/live_state.py)."""
+    """The previous champion and the gallery version recorded for it (components/gallery/live_state.py)."""
     version, gallery_version = rollback_target(
         registry(settings), gallery_store(settings), settings.gallery_name
     )

@@ -1,12 +1,12 @@
 """Switch tasks: record the intent before the switch, mark it checked, drop it, or undo by it.
 
-See components/switch_intent.py for why the intent exists and how a later command uses it.
+See components/gallery/switch_intent.py for why the intent exists and how a later command uses it.
 """
 
 from __future__ import annotations
 
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.switch_intent import (
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.gallery.switch_intent import (
     SwitchIntent,
     begin_switch,
     finish_switch,

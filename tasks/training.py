@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.compatibility import CompatConfig, CompatTarget, train_compatible
+from hotswap.components.compat.dual_tuning import CompatConfig, CompatTarget, train_compatible
+from hotswap.components.core.fingerprint import (
+    JOB_BOOTSTRAP,
+    JOB_REFRESH,
+    TAG_JOB,
+    TAG_SETTINGS_HASH,
+    TAG_TRAINED_AGAINST,
+    settings_hash,
+)
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.catalog import bootstrap_classes
 from hotswap.components.data.classes import (
     TAG_CLASSES,
@@ -16,19 +24,11 @@ from hotswap.components.data.classes import (
     to_head_labels,
 )
 from hotswap.components.data.images import DataError, ImageSet
-from hotswap.components.fingerprint import (
-    JOB_BOOTSTRAP,
-    JOB_REFRESH,
-    TAG_JOB,
-    TAG_SETTINGS_HASH,
-    TAG_TRAINED_AGAINST,
-    settings_hash,
-)
-from hotswap.components.live import TargetWeight
-from hotswap.components.model_spec import ModelSpec, build_user_model
-from hotswap.components.registry import CHALLENGER
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.training import TrainConfig, train_model
+from hotswap.components.lifecycle.live import TargetWeight
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.models.model_spec import ModelSpec, build_user_model
+from hotswap.components.models.training import TrainConfig, train_model
+from hotswap.components.registry.mlflow_registry import CHALLENGER
 from hotswap.tasks.context import dataset, dataset_version, loader_config, registry
 from hotswap.tasks.links import prefect_run_tags, publish_version_links
 from prefect import get_run_logger, task
@@ -187,7 +187,7 @@ def train_challenger(
 ) -> str:
     """Dual-Tuning (or the configured method) against the frozen targets; alias ``challenger``.
 
-    ``targets`` are TargetWeight dicts (components/live.py: the champion and the model versions
+    ``targets`` are TargetWeight dicts (components/lifecycle/live.py: the champion and the model versions
     holding a real share of the live gallery, with loss weights); None = the champion alone.
     Each target's recorded class map gives the new → old head rows of its structural terms.
     """

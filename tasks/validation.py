@@ -6,14 +6,14 @@ import hashlib
 import json
 from typing import Any
 
-from hotswap.components.audit import audit_models
-from hotswap.components.cross_eval import compatibility_matrix_from_features
+from hotswap.components.compat.audit import audit_models
+from hotswap.components.compat.cross_eval import compatibility_matrix_from_features
+from hotswap.components.compat.report import CompatibilityReport, CompatThresholds, build_report
+from hotswap.components.compat.served import ServedQuality, served_evaluation
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map
-from hotswap.components.live import LiveComposition, TargetWeight
-from hotswap.components.report import CompatibilityReport, CompatThresholds, build_report
-from hotswap.components.served import ServedQuality, served_evaluation
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.training import extract_features
+from hotswap.components.lifecycle.live import LiveComposition, TargetWeight
+from hotswap.components.models.training import extract_features
 from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.links import links_markdown, prefect_run_tags
 from hotswap.tasks.quantization import load_codebooks
@@ -81,7 +81,7 @@ def validate_compatibility(
 
     With the live gallery's ``composition`` (what a refresh passes) the gate is as served: the
     challenger's and the champion's queries against the gate split composed like the live gallery
-    and encoded with the live codebooks (components/served.py); the pairwise matrix stays in the
+    and encoded with the live codebooks (components/compat/served.py); the pairwise matrix stays in the
     report for audit. Without it, the pairwise cross-test gates (the single-old-model rule).
     """
     reg = registry(settings)

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.sources import open_source
-from hotswap.components.registry import TAG_DATA_VERSION, ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import TAG_DATA_VERSION, ModelRegistry
 
 DATASET_KIND = "dataset"
 TAG_DATA_SOURCE = "data.source"

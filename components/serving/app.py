@@ -3,7 +3,7 @@
 Endpoints (JSON unless said otherwise):
 
 - ``POST /search/image?k=10``: the request body is the image file itself (PNG/JPEG bytes), decoded
-  and transformed by the live model's own preprocessing (components/query_image.py);
+  and transformed by the live model's own preprocessing (components/data/query_image.py);
 - ``POST /search/item``: ``{"item_id": "...", "k": 10}``, an item of the configured dataset;
 - ``POST /search/embedding``: ``{"model_version": "2", "embedding": [...], "k": 10}``; a version
   that is not live gets 409 (its features do not belong to the live gallery's space);
@@ -26,7 +26,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from hotswap.components.data.images import DataError
-from hotswap.components.query_image import query_pixels
+from hotswap.components.data.query_image import query_pixels
 from hotswap.components.serving.batching import Answer, QueueFullError
 from hotswap.components.serving.metrics import CONTENT_TYPE
 from hotswap.components.serving.service import (

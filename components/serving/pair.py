@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
-from hotswap.components.backbones import EmbeddingModel
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.gallery_search import GallerySearcher
-from hotswap.components.registry import ModelRegistry
+from hotswap.components.gallery.search import GallerySearcher
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.models.backbones import EmbeddingModel
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.serving.searcher import open_searcher
 
 
@@ -60,7 +60,7 @@ class LivePair:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Query features [n, d] float32 for images [n, C, H, W] already in the model's own
-        preprocessing (components/query_image.py), in one forward pass."""
+        preprocessing (components/data/query_image.py), in one forward pass."""
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"images of shape {tuple(images.shape)} do not fit model v{self.model_version}'s "

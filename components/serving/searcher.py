@@ -1,7 +1,7 @@
 """The gallery side of a live pair: a gallery version's faiss index and its item-id map.
 
 This module is the one place the service turns a gallery version into something it can search
-(:func:`open_searcher`), always as the searcher of components/gallery_search.py: a mixed version
+(:func:`open_searcher`), always as the searcher of components/gallery/search.py: a mixed version
 with one affine map per provenance model (DESIGN.md §11), a single-model version with the
 identity on its one index. Its interface: ``search(queries [nq, d] float32, k) -> (scores [nq, k],
 item_ids [nq, k] str)`` plus ``dim``, ``ntotal`` and ``item_ids`` (in their stored dtype).
@@ -14,12 +14,12 @@ broken version fails here, before it can go live.
 from __future__ import annotations
 
 import numpy as np
-from hotswap.components.calibration import ScoreCalibration
-from hotswap.components.gallery import GalleryError, GalleryStore, ManifestError
-from hotswap.components.gallery_records import npy_load, sha256_hex
-from hotswap.components.gallery_search import GallerySearcher
-from hotswap.components.index import index_from_bytes
-from hotswap.components.store import ObjectNotFoundError
+from hotswap.components.compat.calibration import ScoreCalibration
+from hotswap.components.gallery.records import npy_load, sha256_hex
+from hotswap.components.gallery.search import GallerySearcher
+from hotswap.components.gallery.store import ObjectNotFoundError
+from hotswap.components.gallery.versions import GalleryError, GalleryStore, ManifestError
+from hotswap.components.quant.index import index_from_bytes
 
 
 class GalleryLoadError(RuntimeError):
@@ -49,7 +49,7 @@ def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> 
 
 
 def _provenance_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
-    from hotswap.components.backfill import feature_models
+    from hotswap.components.gallery.backfill import feature_models
 
     return sorted(set(feature_models(galleries, gallery, version).tolist()))
 
@@ -60,7 +60,7 @@ def open_searcher(
     """Load a gallery version for serving; :class:`GalleryLoadError` (one line) when it cannot be.
 
     A mixed version (items of several models) is served by the calibrated searcher of
-    components/gallery_search.py for queries of ``query_model``: its stored calibration is
+    components/gallery/search.py for queries of ``query_model``: its stored calibration is
     required, so a mixed version without one cannot go live. A single-model version is read
     without its features (only the checked index and ids files) and searched with the identity.
     """

@@ -6,9 +6,9 @@ import threading
 import time
 
 import uvicorn
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.serving.app import create_app
 from hotswap.components.serving.service import LiveService
-from hotswap.components.settings import HotswapSettings
 
 
 def _config(service: LiveService, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:

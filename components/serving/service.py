@@ -17,18 +17,18 @@ from concurrent.futures import Future
 import faiss
 import numpy as np
 import torch
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.catalog import find_item, gallery_items
 from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.data.loading import model_inputs
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.live_state import LiveTarget, read_live_target
-from hotswap.components.registry import ModelRegistry
+from hotswap.components.gallery.live_state import LiveTarget, read_live_target
+from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.serving.batching import QueryBatcher
 from hotswap.components.serving.metrics import ServeMetrics
 from hotswap.components.serving.pair import LivePair, build_pair, health_check, probe_items
 from hotswap.components.serving.watcher import PairWatcher
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.store import open_store
 
 log = logging.getLogger("hotswap.serve")
 

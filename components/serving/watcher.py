@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from hotswap.components.live_state import LiveTarget
+from hotswap.components.gallery.live_state import LiveTarget
 from hotswap.components.serving.pair import LivePair
 
 log = logging.getLogger("hotswap.serve")

@@ -24,8 +24,8 @@ def cli_homes(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -
         assert result.exit_code == 0, result.output
     assert invoke(empty, config, ["status"]).exit_code == 0
     # `status` on a fresh home creates no MLflow database: initialise the empty registry explicitly
-    from hotswap.components.registry import ModelRegistry
-    from hotswap.components.settings import load_settings
+    from hotswap.components.core.settings import load_settings
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HOTSWAP_CONFIG", str(config))

@@ -37,7 +37,7 @@ def error_lines(output: str) -> list[str]:
 
 
 class PausedCommand:
-    """A real ``hotswap`` process that pauses at a named step (components/faults.py) until released.
+    """A real ``hotswap`` process that pauses at a named step (components/core/faults.py) until released.
 
     The test waits for the step, injects its fault (stops a server, fills a disk), then releases
     the process so that it runs into the fault exactly there.

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hotswap.components.errors import EXIT_CODES, HINTS
+from hotswap.components.core.errors import EXIT_CODES, HINTS
 
 from tests.e2e.bad_inputs import CASES
 from tests.e2e.test_crash_switch import SWITCH_STEPS
@@ -175,7 +175,7 @@ def render() -> str:
         "## SIGKILL inside the switch",
         "",
         "`tests/e2e/test_crash_switch.py` kills `hotswap promote --approve` with SIGKILL at each step"
-        " (test hook `HOTSWAP_TEST_KILL_AT=<step>`, components/faults.py). The switch writes an intent"
+        " (test hook `HOTSWAP_TEST_KILL_AT=<step>`, components/core/faults.py). The switch writes an intent"
         " record (`galleries/<g>/SWITCH-INTENT.json`) before its first step; the next command that reads"
         " live state (status, search, refresh, promote, backfill) repairs it and says so on stderr.",
         "",

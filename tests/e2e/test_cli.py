@@ -58,7 +58,7 @@ def test_search_before_bootstrap_is_one_clear_line_not_a_traceback(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 3  # the "state" class (components/errors.py)
+    assert result.returncode == 3  # the "state" class (components/core/errors.py)
     assert "error:" in result.stdout and "champion" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -111,6 +111,6 @@ def test_report_of_an_unknown_version_is_one_clear_line(tmp_path):
     result = subprocess.run(
         [str(HOTSWAP), "report", "7", "--home", str(tmp_path)], capture_output=True, text=True
     )
-    assert result.returncode == 3  # a state failure (components/errors.py): no such version
+    assert result.returncode == 3  # a state failure (components/core/errors.py): no such version
     assert "error:" in result.stdout and "'7'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr

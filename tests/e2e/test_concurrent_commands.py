@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hotswap.components.lease import GalleryLease, read_lease
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.store import LocalObjectStore
+from hotswap.components.gallery.lease import GalleryLease, read_lease
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 from tests.e2e.bad_inputs import copy_home
 from tests.e2e.homes import error_lines

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.store import LocalObjectStore
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.versions import GalleryStore
 
 from tests.e2e.bad_inputs import copy_home
 from tests.e2e.homes import invoke

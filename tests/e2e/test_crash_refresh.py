@@ -1,6 +1,6 @@
 """SIGKILL a refresh during training, after a stage and during its backfill: the rerun resumes.
 
-``hotswap refresh`` runs as a real process with ``HOTSWAP_TEST_KILL_AT`` (components/faults.py)
+``hotswap refresh`` runs as a real process with ``HOTSWAP_TEST_KILL_AT`` (components/core/faults.py)
 and kills itself with SIGKILL at that point, three times in a row on the same home; each rerun
 resumes what the previous one recorded (tasks/refresh_progress.py). A fourth, plain rerun must
 end exactly where one uninterrupted refresh of a copy of the same home ends: the same model
@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.store import LocalObjectStore
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 from tests.e2e.bad_inputs import copy_home
 from tests.e2e.homes import invoke

@@ -1,7 +1,7 @@
 """SIGKILL at every step boundary of the switch: after the next command the state is one whole pair.
 
 ``hotswap promote --approve`` runs as a real process with ``HOTSWAP_TEST_KILL_AT`` set
-(components/faults.py): it kills itself with SIGKILL at that step, so no rollback hook, finally
+(components/core/faults.py): it kills itself with SIGKILL at that step, so no rollback hook, finally
 block or atexit handler runs. The next command (``status``) must find the switch's intent and
 roll it back (not yet health-checked) or forward (checked), and say which; champion and CURRENT
 then agree, and a plain ``promote --approve`` rerun finishes the job.

@@ -1,7 +1,7 @@
 """A service stops in the middle of a command, then comes back: one clear line, then a clean rerun.
 
 Each command runs as a real ``hotswap`` process that pauses at a named step
-(``HOTSWAP_TEST_PAUSE_AT``, components/faults.py); the test stops a real server there and lets
+(``HOTSWAP_TEST_PAUSE_AT``, components/core/faults.py); the test stops a real server there and lets
 the command run into the outage. It must end with one ``error:`` line naming the service and
 leave state the next command can repair; after the restart a plain rerun converges.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hotswap.components.registry import ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 from tests.e2e.bad_inputs import BASE_TOML
 from tests.e2e.homes import PausedCommand, error_lines, invoke

@@ -4,7 +4,7 @@ The store lives on a real, small tmpfs mounted for the test (tests run as root h
 cannot make anything read-only, and a size-limited filesystem is the honest way to run out of
 space). Where mounting is not allowed, the tests skip and say why.
 
-- Disk full: the backfill pauses after shard 1 (components/faults.py), the test fills the disk,
+- Disk full: the backfill pauses after shard 1 (components/core/faults.py), the test fills the disk,
   the backfill runs into ENOSPC and ends with one exit-7 line; the live gallery still loads.
   After space is freed the same command resumes and holds every live item once.
 - Read-only: reading commands (``status``, ``search``) still work; a changing command ends with
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.store import LocalObjectStore
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.versions import GalleryStore
 
 from tests.e2e.bad_inputs import BASE_TOML
 from tests.e2e.homes import PausedCommand, error_lines, home_digest, invoke

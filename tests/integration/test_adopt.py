@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hotswap.components.backfill import feature_models
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import embed
 from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
-from hotswap.components.registry import TAG_KIND, ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.gallery.backfill import feature_models
+from hotswap.components.registry.mlflow_registry import TAG_KIND, ModelRegistry
 from hotswap.tasks.context import gallery_store
 from PIL import Image
 from safetensors.torch import save_file
@@ -160,8 +160,8 @@ def test_image_search_over_http_and_cli_read_the_models_own_preprocessing(
 ) -> None:
     """An RGB model with mean/std: HTTP, the CLI's search and the model's own transform agree."""
     import httpx
-    from hotswap.components.gallery_search import GallerySearcher
-    from hotswap.components.search import search_live
+    from hotswap.components.gallery.search import GallerySearcher
+    from hotswap.components.lifecycle.search import search_live
     from hotswap.components.serving.server import ServerThread
     from hotswap.components.serving.service import LiveService
 
@@ -295,8 +295,8 @@ def test_a_running_and_a_freshly_started_service_serve_the_synced_gallery(
     adopted: dict[str, Any], tmp_path: Path
 ) -> None:
     import httpx
-    from hotswap.components.gallery_search import GallerySearcher
-    from hotswap.components.live_state import read_live_target
+    from hotswap.components.gallery.live_state import read_live_target
+    from hotswap.components.gallery.search import GallerySearcher
     from hotswap.components.serving.server import ServerThread
     from hotswap.components.serving.service import LiveService
     from hotswap.flows.adopt import gallery_sync
@@ -387,7 +387,7 @@ def test_adopt_with_a_corrupt_training_object_stores_nothing(
 
 
 def test_search_and_audit_read_the_streamed_data(adopted: dict[str, Any]) -> None:
-    from hotswap.components.search import search_live
+    from hotswap.components.lifecycle.search import search_live
     from hotswap.flows.audit import audit
 
     settings = adopted["settings"]

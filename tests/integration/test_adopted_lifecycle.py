@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.compat_search import PARENT_RUN_TAG, TRIAL_TAG
 from mlflow.tracking import MlflowClient
 

@@ -12,8 +12,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.backfill import (
+from hotswap.components.data.bundled import make_synthetic
+from hotswap.components.data.images import ImageSet
+from hotswap.components.data.loading import SourceItemSource
+from hotswap.components.decision.ordering import uncertainty_scores
+from hotswap.components.gallery.backfill import (
     PROVENANCE_FILE,
     BackfillError,
     ShardResult,
@@ -21,14 +24,11 @@ from hotswap.components.backfill import (
     feature_models,
     run_backfill,
 )
-from hotswap.components.data.bundled import make_synthetic
-from hotswap.components.data.images import ImageSet
-from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.gallery import GalleryError, GalleryStore, ShardCorruptedError
-from hotswap.components.ordering import uncertainty_scores
-from hotswap.components.quantization import DPQCodebooks
-from hotswap.components.store import LocalObjectStore, ObjectStore
-from hotswap.components.training import extract_features
+from hotswap.components.gallery.store import LocalObjectStore, ObjectStore
+from hotswap.components.gallery.versions import GalleryError, GalleryStore, ShardCorruptedError
+from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.models.training import extract_features
+from hotswap.components.quant.dpq import DPQCodebooks
 
 from tests.fixtures import stores
 from tests.fixtures.stores import RecordingStore, sibling_store
@@ -296,9 +296,7 @@ def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageSet, t
     np.testing.assert_array_equal(a.codes, b.codes)
 
 
-def test_corrupted_source_shard_is_detected_by_its_checksum(
-    any_store: ObjectStore, data: ImageSet
-) -> None:
+def test_corrupted_source_shard_is_detected_by_its_checksum(any_store: ObjectStore, data: ImageSet) -> None:
     galleries = bootstrap(any_store, data)
     key = galleries.version_key(GALLERY, "v1", "shards/000003.features.npy")
     damaged = bytearray(any_store.get_bytes(key))

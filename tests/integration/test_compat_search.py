@@ -14,10 +14,10 @@ import json
 from typing import Any
 
 import pytest
-from hotswap.components.cross_eval import compatibility_matrix
+from hotswap.components.compat.cross_eval import compatibility_matrix
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.sources import open_source
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.compat_search import PARENT_RUN_TAG, TRIAL_TAG
 from mlflow import MlflowClient
 

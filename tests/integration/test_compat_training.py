@@ -9,10 +9,10 @@ gallery features, leave-one-out on the validation split.
 from __future__ import annotations
 
 import pytest
-from hotswap.components.backbones import BackboneSpec
-from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig, train_compatible
-from hotswap.components.cross_eval import compatibility_criterion, compatibility_matrix
-from hotswap.components.training import TrainConfig
+from hotswap.components.compat.cross_eval import compatibility_criterion, compatibility_matrix
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
+from hotswap.components.models.backbones import BackboneSpec
+from hotswap.components.models.training import TrainConfig
 
 PAIRS = ("old/old", "new/new", "new/old")
 CHANCE_MAP = 0.1  # ten balanced classes: a random ranking has AP ≈ the share of relevant items

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.compatibility import train_compatible
-from hotswap.components.cross_eval import compatibility_matrix
+from hotswap.components.compat.cross_eval import compatibility_matrix
+from hotswap.components.compat.dual_tuning import train_compatible
+from hotswap.components.compat.report import build_report
 from hotswap.components.data.images import ImageSet
-from hotswap.components.decision import CostModel, DecisionConfig, decide, decide_from_features
-from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from hotswap.components.report import build_report
-from hotswap.components.training import TrainConfig, extract_features, train_model
+from hotswap.components.decision.decide import CostModel, DecisionConfig, decide, decide_from_features
+from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.models.training import TrainConfig, extract_features, train_model
+from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.context import gallery_store
 from prefect import task
 
@@ -79,7 +79,7 @@ def test_a_failure_after_the_switch_rolls_back_aliases_and_gallery(lifecycle, mo
     assert galleries.read_current(settings.gallery_name) == live_before
     if target != live_before:  # the failed switch must not leave its target sealed as published
         assert not galleries.is_sealed(settings.gallery_name, target)
-    from hotswap.components.switch_intent import read_intent
+    from hotswap.components.gallery.switch_intent import read_intent
 
     assert read_intent(galleries, settings.gallery_name) is None
 
@@ -153,7 +153,7 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
     manifest = galleries.load_manifest(settings.gallery_name, live)
     assert manifest.model_version == "2" and manifest.metadata["backfill"]["mode"] == "full"
     # the live pair answers a query
-    from hotswap.components.search import search_live
+    from hotswap.components.lifecycle.search import search_live
 
     hits = search_live(settings, item_id=str(galleries.load_arrays(settings.gallery_name, live).ids[0]), k=3)
     assert hits.model_version == "2" and len(hits.results) == 3
@@ -191,7 +191,7 @@ def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
 
 def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, lifecycle_overrides):
     from distributed import LocalCluster
-    from hotswap.components.backfill import feature_models
+    from hotswap.components.gallery.backfill import feature_models
     from hotswap.flows.backfill import backfill_on_dask
 
     settings = lifecycle["settings"]
@@ -214,8 +214,8 @@ def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, 
 
 def test_a_mixed_gallery_goes_live_with_a_calibration_for_its_champion(lifecycle):
     """A partial version for v2 gets v2's calibration when staged; the switch checks it; search uses it."""
-    from hotswap.components.gallery_calibration import list_calibrations
-    from hotswap.components.search import search_live
+    from hotswap.components.gallery.calibration import list_calibrations
+    from hotswap.components.lifecycle.search import search_live
     from hotswap.flows.switch import switch_live
     from hotswap.tasks.gallery import _backfill, ensure_served_calibration
 

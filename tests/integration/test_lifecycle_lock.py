@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.tasks.lock import GalleryBusyError, lifecycle_lock
 from hotswap.tasks.training import DatasetChangedError, check_dataset_version
 from prefect import flow

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import ClassMapError, load_class_map
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.context import gallery_store
 
 from tests.fixtures.lifecycle import fast_overrides
@@ -150,7 +150,7 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     assert bad["decision"] == "reject" and bad["gallery_version"] is None and bad["promoted"] is False
     assert chain["galleries_after_bad"] == chain["galleries_before_bad"]
     assert registry.aliases()["champion"] == "2"
-    from hotswap.components.decision import load_decision
+    from hotswap.components.decision.decide import load_decision
 
     record = load_decision(registry, bad["challenger"])
     assert record.live_quality is not None and record.better_than_champion is False
@@ -164,8 +164,8 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
 def test_promote_refuses_a_candidate_worse_than_live_unless_forced(chain):
     """The reviewer's approval is not enough for a rejected candidate: one line says why and how
     to override; with ``force`` it goes live (and the version records that it was forced)."""
-    from hotswap.components.errors import classify
-    from hotswap.components.promotion_gate import WorseThanLiveError
+    from hotswap.components.core.errors import classify
+    from hotswap.components.decision.promotion_gate import WorseThanLiveError
     from hotswap.flows.promote import PromotionInput, promote
 
     settings, bad = chain["settings"], chain["bad"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.training import TrainConfig, extract_features, train_model
+from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.models.training import TrainConfig, extract_features, train_model
 
 OLD_CLASSES = range(5)
 

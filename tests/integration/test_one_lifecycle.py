@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.procedural import procedural_images
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.search import search_live
-from hotswap.components.settings import HotswapSettings
-from hotswap.components.store import open_store
+from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.lifecycle.search import search_live
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 from tests.fixtures.lifecycle import fast_overrides
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.sources import open_source
-from hotswap.components.registry import ModelRegistry
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 from tests.fixtures.prefect_server import PREFECT, PrefectServer, stop_process_group
 from tests.fixtures.s3 import S3_KEY, S3_REGION, create_bucket
@@ -306,8 +306,8 @@ def test_a_second_refresh_waits_for_the_gallery_and_never_interleaves(ops, prefe
     competed = (waiting and waiting[0].timestamp.timestamp() < end_first) or "waiting up to" in output
     assert competed, "the runs never competed for the gallery"
     # and neither left the gallery held
-    from hotswap.components.lease import live_holder
-    from hotswap.components.store import open_store
+    from hotswap.components.gallery.lease import live_holder
+    from hotswap.components.gallery.store import open_store
 
     store = open_store(ops.settings.resolved_store_uri, endpoint_url=ops.settings.s3_endpoint_url)
     assert live_holder(store, ops.settings.gallery_name) is None

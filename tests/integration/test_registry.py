@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hotswap.components.backbones import ModelFormatError
-from hotswap.components.registry import (
+from hotswap.components.compat.report import build_report
+from hotswap.components.models.backbones import ModelFormatError
+from hotswap.components.registry.mlflow_registry import (
     TAG_BLESSED,
     TAG_DATA_VERSION,
     TAG_OLD_VERSION,
@@ -26,7 +27,6 @@ from hotswap.components.registry import (
     VersionNotFoundError,
     mask_secret,
 )
-from hotswap.components.report import build_report
 
 from tests.fixtures.mlflow import tiny_model
 from tests.fixtures.s3 import s3_client
@@ -141,7 +141,7 @@ def test_model_logged_by_hotswap_loads_in_a_fresh_process_from_its_alias(
     script = (
         "import json, sys, torch\n"
         "torch.set_num_threads(1)\n"
-        "from hotswap.components.registry import ModelRegistry\n"
+        "from hotswap.components.registry.mlflow_registry import ModelRegistry\n"
         "uri, name = sys.argv[1], sys.argv[2]\n"
         "model = ModelRegistry(uri, name).load_model(f'models:/{name}@champion')\n"
         "probe = torch.linspace(0, 1, 2 * 16 * 16).reshape(2, 1, 16, 16)\n"

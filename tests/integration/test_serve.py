@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 import pytest
 from hotswap.components.data.objects import decode_uint8
-from hotswap.components.index import index_from_bytes, search
+from hotswap.components.models.training import extract_features
+from hotswap.components.quant.index import index_from_bytes, search
 from hotswap.components.serving.server import ServerThread
 from hotswap.components.serving.service import LiveService
-from hotswap.components.training import extract_features
 from PIL import Image
 
 from tests.fixtures.serving import ServeHome, add_version
@@ -257,7 +257,7 @@ def test_broken_index_keeps_the_old_pair_serving(
 
 def test_a_half_moved_switch_is_waited_for(serve_home: ServeHome, served) -> None:
     """Alias moved, CURRENT not yet: the service keeps its pair until the two agree."""
-    from hotswap.components.live_state import read_live_target
+    from hotswap.components.gallery.live_state import read_live_target
 
     service, server = served
     home = serve_home
@@ -277,9 +277,13 @@ def test_live_target_and_rollback_target_without_records(
     serve_home: ServeHome, sqlite_tracking_uri: str
 ) -> None:
     """No gallery tag: a champion pairs with a gallery it built itself; no previous: nothing to roll back."""
-    from hotswap.components.backbones import BackboneSpec, build_model
-    from hotswap.components.live_state import NothingToRollBackError, read_live_target, rollback_target
-    from hotswap.components.registry import ModelRegistry
+    from hotswap.components.gallery.live_state import (
+        NothingToRollBackError,
+        read_live_target,
+        rollback_target,
+    )
+    from hotswap.components.models.backbones import BackboneSpec, build_model
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
     registry = ModelRegistry(sqlite_tracking_uri, "servetest-untagged")
     galleries, name = serve_home.galleries, "untagged"

@@ -12,19 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hotswap.components.adopt import fit_cosine_head
-from hotswap.components.backfill import feature_models, run_backfill
-from hotswap.components.compatibility import CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import CompatConfig, train_compatible
 from hotswap.components.data.classes import to_head_labels
 from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import LoaderConfig, SourceItemSource, embed
 from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.gallery_import import sync_gallery, write_feature_version
-from hotswap.components.model_spec import ModelSpec, build_user_model, load_team_model
-from hotswap.components.quantization import DPQCodebooks
-from hotswap.components.store import LocalObjectStore
-from hotswap.components.training import TrainConfig
+from hotswap.components.gallery.backfill import feature_models, run_backfill
+from hotswap.components.gallery.imports import sync_gallery, write_feature_version
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.lifecycle.adopt import fit_cosine_head
+from hotswap.components.models.model_spec import ModelSpec, build_user_model, load_team_model
+from hotswap.components.models.training import TrainConfig
+from hotswap.components.quant.dpq import DPQCodebooks
 
 from tests.fixtures.images import S3ImageSet
 from tests.fixtures.s3 import create_bucket, s3_client

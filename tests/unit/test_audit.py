@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hotswap.components.audit import METRICS, AuditResult, audit_models
-from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.compat.audit import METRICS, AuditResult, audit_models
+from hotswap.components.models.backbones import BackboneSpec, build_model
 
 
 def _result(grid: list[list[float]]) -> AuditResult:

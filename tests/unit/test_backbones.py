@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from hotswap.components.backbones import (
+from hotswap.components.models.backbones import (
     BackboneSpec,
     ModelFormatError,
     build_model,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.calibration import (
+from hotswap.components.compat.calibration import (
     CALIBRATION_RULES,
     DEFAULT_RULE,
     AffineMap,
@@ -15,9 +15,9 @@ from hotswap.components.calibration import (
     fit_calibration,
     pair_scores,
 )
-from hotswap.components.decision import DecisionConfig, estimate_quality
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.ordering import (
+from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.decision.decide import DecisionConfig, estimate_quality
+from hotswap.components.decision.ordering import (
     backfill_curve,
     backfill_order,
     backfilled_count,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from hotswap.components.compat_search import (
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig
+from hotswap.components.compat.report import CompatThresholds
+from hotswap.components.compat.search import (
     CompatSearchConfig,
     TrialResult,
     candidate_configs,
@@ -14,9 +16,7 @@ from hotswap.components.compat_search import (
     select_trial,
     skipped_trial,
 )
-from hotswap.components.compatibility import DEFAULT_CONFIG, CompatConfig
-from hotswap.components.report import CompatThresholds
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.core.settings import HotswapSettings
 from pydantic import ValidationError
 
 SMALL = {
@@ -142,10 +142,10 @@ def test_the_step_floor_raises_epochs_only_for_short_epochs(items, epochs, floor
 
 
 def test_train_compatible_runs_the_raised_epochs():
-    from hotswap.components.backbones import BackboneSpec, build_model
-    from hotswap.components.compatibility import train_compatible
+    from hotswap.components.compat.dual_tuning import train_compatible
     from hotswap.components.data.bundled import make_synthetic
-    from hotswap.components.training import TrainConfig
+    from hotswap.components.models.backbones import BackboneSpec, build_model
+    from hotswap.components.models.training import TrainConfig
 
     data = make_synthetic(48, 3, image_size=8, seed=0)
     old = build_model(BackboneSpec(arch="small", embedding_dim=8, num_classes=2, image_size=8), seed=0)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.compatibility import (
+from hotswap.components.compat.dual_tuning import (
     DEFAULT_CONFIG,
     PAPER_PRESET,
     CompatConfig,
@@ -26,7 +25,8 @@ from hotswap.components.compatibility import (
     train_compatible,
 )
 from hotswap.components.data.bundled import make_synthetic
-from hotswap.components.training import TrainConfig
+from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.models.training import TrainConfig
 
 SIZE, DIM, OLD_K, NEW_K = 12, 8, 3, 5
 

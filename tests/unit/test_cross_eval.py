@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import hotswap.components.cross_eval as cross_eval
+import hotswap.components.compat.cross_eval as cross_eval
 import numpy as np
 import pytest
 import torch
-from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.cross_eval import (
+from hotswap.components.compat.cross_eval import (
     compatibility_criterion,
     compatibility_matrix,
     compatibility_matrix_from_features,
 )
+from hotswap.components.compat.metrics import RetrievalMetrics, retrieval_metrics
 from hotswap.components.data.bundled import make_synthetic
-from hotswap.components.metrics import RetrievalMetrics, retrieval_metrics
+from hotswap.components.models.backbones import BackboneSpec, build_model
 
 
 def _clustered(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.decision import (
+from hotswap.components.decision.decide import (
     CostModel,
     DecisionConfig,
     DecisionError,
@@ -13,7 +12,8 @@ from hotswap.components.decision import (
     decide_from_features,
     measure_costs,
 )
-from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
 from pydantic import ValidationError
 
 N_CLASSES, PER_CLASS, DIM = 8, 25, 16

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from hotswap.components.errors import EXIT_CODES, Services, classify
-from hotswap.components.metrics import clamp_score, retrieval_metrics
-from hotswap.components.report import ReportFormatError, normalise_matrix
-from hotswap.components.settings import SettingsFileError, load_settings
+from hotswap.components.compat.metrics import clamp_score, retrieval_metrics
+from hotswap.components.compat.report import ReportFormatError, normalise_matrix
+from hotswap.components.core.errors import EXIT_CODES, Services, classify
+from hotswap.components.core.settings import SettingsFileError, load_settings
 
 SERVICES = Services(
     tracking_uri="http://bob:hunter2@mlflow.invalid:5000",
@@ -58,7 +58,7 @@ def test_unknown_exceptions_are_bugs_and_known_ones_keep_their_message() -> None
 
 
 def test_messages_are_one_line_with_a_hint_unless_they_say_what_to_do() -> None:
-    from hotswap.components.errors import Failure
+    from hotswap.components.core.errors import Failure
 
     assert Failure("input", "bad value\nsecond line").line() == "bad value second line — fix it and rerun"
     assert Failure("state", "no champion: run `hotswap bootstrap` first").line().endswith("first")

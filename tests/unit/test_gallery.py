@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from hotswap.components.gallery import (
+from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.versions import (
     GalleryArrays,
     GalleryError,
     GalleryStore,
@@ -18,7 +19,6 @@ from hotswap.components.gallery import (
     VersionIncompleteError,
     new_version_id,
 )
-from hotswap.components.store import ObjectStore
 
 from tests.fixtures.stores import CrashError, RecordingStore, sibling_store
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hotswap.components.adopt import fit_cosine_head, read_gallery_features
 from hotswap.components.data.images import DataError
+from hotswap.components.lifecycle.adopt import fit_cosine_head, read_gallery_features
 
 
 def _features(n: int = 30, d: int = 8, seed: int = 0) -> np.ndarray:

@@ -12,14 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.backfill import build_gallery_version, feature_models, run_backfill
-from hotswap.components.calibration import AffineMap, ScoreCalibration
+from hotswap.components.compat.calibration import AffineMap, ScoreCalibration
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.gallery import GalleryStore, ShardCorruptedError, VersionImmutableError
-from hotswap.components.gallery_calibration import (
+from hotswap.components.gallery.backfill import build_gallery_version, feature_models, run_backfill
+from hotswap.components.gallery.calibration import (
     CalibrationMissingError,
     calibration_file,
     calibration_for,
@@ -29,11 +27,13 @@ from hotswap.components.gallery_calibration import (
     load_calibration,
     write_calibration,
 )
-from hotswap.components.gallery_search import GallerySearcher
-from hotswap.components.index import build_flat_index, index_to_bytes
-from hotswap.components.quantization import DPQCodebooks, DPQConfig, train_dpq
-from hotswap.components.store import ObjectStore
-from hotswap.components.training import extract_features
+from hotswap.components.gallery.search import GallerySearcher
+from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.versions import GalleryStore, ShardCorruptedError, VersionImmutableError
+from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.models.training import extract_features
+from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.index import build_flat_index, index_to_bytes
 
 GALLERY = "shop"
 DIM = 16
@@ -101,7 +101,7 @@ def brute_force(
 
 
 def test_sub_index_merge_equals_exact_calibrated_brute_force(world: World, tmp_path) -> None:
-    from hotswap.components.store import LocalObjectStore
+    from hotswap.components.gallery.store import LocalObjectStore
 
     cal = fitted(world)
     assert not cal.is_identity
@@ -186,7 +186,7 @@ def test_skip_onto_a_mixed_gallery_adds_the_new_query_models_calibration(
 
 
 def test_stored_calibration_is_checked(world: World, tmp_path) -> None:
-    from hotswap.components.store import LocalObjectStore
+    from hotswap.components.gallery.store import LocalObjectStore
 
     galleries = mixed_version(world, LocalObjectStore(tmp_path / "s", fsync=False), fitted(world))
     key = galleries.version_key(GALLERY, "v2-partial", calibration_file("2"))

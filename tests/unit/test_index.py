@@ -5,7 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
-from hotswap.components.index import (
+from hotswap.components.quant.index import (
     build_flat_index,
     build_ivf_index,
     bytes_per_item,

@@ -10,8 +10,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hotswap.components.lease import GalleryLease, LeaseHeldError, lease_key, live_holder, read_lease
-from hotswap.components.store import ObjectStore
+from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, lease_key, live_holder, read_lease
+from hotswap.components.gallery.store import ObjectStore
 
 
 def _dead_pid() -> int:

@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hotswap.components.backbones import BackboneSpec, build_model
+from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.compat.served import assign_gallery_models, served_evaluation, served_metrics
+from hotswap.components.core.fingerprint import noop_reason, settings_hash
+from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.classes import ClassMapError, check_classes, cross_map, to_head_labels
-from hotswap.components.fingerprint import noop_reason, settings_hash
-from hotswap.components.live import LiveComposition, compatibility_targets
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.registry import ModelVersionInfo
-from hotswap.components.served import assign_gallery_models, served_evaluation, served_metrics
-from hotswap.components.settings import HotswapSettings
+from hotswap.components.lifecycle.live import LiveComposition, compatibility_targets
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.registry.mlflow_registry import ModelVersionInfo
 
 # --------------------------------------------------------------------------- targets
 
@@ -107,7 +107,7 @@ def test_served_evaluation_composes_the_gallery_like_the_live_one():
     )
     assert set(mixed.composed_counts) == {"1", "2"} and mixed.live != mixed.champion_only
     assert mixed.champion_only == alone.champion_only and mixed.live_shares == {"1": 0.5, "2": 0.5}
-    from hotswap.components.training import extract_features
+    from hotswap.components.models.training import extract_features
 
     given = {"2": extract_features(champion, data), "3": extract_features(candidate, data)}
     reused = served_evaluation(

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hotswap.components.metrics import retrieval_metrics, update_gain
+from hotswap.components.compat.metrics import retrieval_metrics, update_gain
 
 
 def _one_query(scores: list[float], relevant: list[bool], topk=(1, 5)):

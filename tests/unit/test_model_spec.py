@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hotswap.components.backbones import ModelFormatError, model_from_bytes, model_to_bytes
 from hotswap.components.data.preprocess import Preprocessing
-from hotswap.components.model_spec import (
+from hotswap.components.models.backbones import ModelFormatError, model_from_bytes, model_to_bytes
+from hotswap.components.models.model_spec import (
     ModelSpec,
     build_user_model,
     load_export_program,
@@ -63,7 +63,7 @@ def test_spec_rebuilds_the_model_exactly_in_a_fresh_process(tmp_path: Path) -> N
     np.save(tmp_path / "x.npy", x.numpy())
     script = (
         "import sys, numpy as np, torch; from pathlib import Path; "
-        "from hotswap.components.model_spec import model_from_files; d = Path(sys.argv[1]); "
+        "from hotswap.components.models.model_spec import model_from_files; d = Path(sys.argv[1]); "
         "m = model_from_files({n: (d / n).read_bytes() for n in ('spec.json', 'weights.safetensors')}); "
         "np.save(d / 'y.npy', m.embed(torch.from_numpy(np.load(d / 'x.npy'))).detach().numpy())"
     )

@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hotswap.components.backbones import BackboneSpec, EmbeddingModel, build_model
-from hotswap.components.compatibility import (
+from hotswap.components.compat.dual_tuning import (
     DEFAULT_CONFIG,
     CompatibilityError,
     CompatTarget,
@@ -20,7 +19,8 @@ from hotswap.components.compatibility import (
     train_compatible,
 )
 from hotswap.components.data.bundled import make_synthetic
-from hotswap.components.training import TrainConfig
+from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
+from hotswap.components.models.training import TrainConfig
 
 SIZE, DIM = 12, 8
 
@@ -51,7 +51,7 @@ def _formula(old, new, protos, lookup, images, labels, config=DEFAULT_CONFIG) ->
 
 
 def _objective(targets, new_classes: int):
-    from hotswap.components.compatibility import CompatObjective, _TargetState
+    from hotswap.components.compat.dual_tuning import CompatObjective, _TargetState
 
     states = [
         _TargetState(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.ordering import (
+from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.decision.ordering import (
     backfill_curve,
     backfill_fractions,
     backfill_order,

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hotswap.components.index import build_flat_index, search
-from hotswap.components.metrics import retrieval_metrics
-from hotswap.components.quantization import (
+from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.quant.dpq import (
     CODEBOOKS_FILE,
     SPEC_FILE,
     DPQCodebooks,
@@ -18,6 +17,7 @@ from hotswap.components.quantization import (
     prefix_retrieval,
     train_dpq,
 )
+from hotswap.components.quant.index import build_flat_index, search
 
 faiss.omp_set_num_threads(1)
 

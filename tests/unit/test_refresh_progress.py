@@ -1,12 +1,13 @@
-"""Which interrupted refresh the next one resumes, and which it abandons (components/refresh_progress.py)."""
+"""Which interrupted refresh the next one resumes, and which it abandons
+(components/lifecycle/refresh_progress.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import pytest
-from hotswap.components.fingerprint import noop_reason
-from hotswap.components.refresh_progress import (
+from hotswap.components.core.fingerprint import noop_reason
+from hotswap.components.lifecycle.refresh_progress import (
     STAGES,
     plan_resume,
     reached,

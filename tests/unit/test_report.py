@@ -7,9 +7,14 @@ import math
 
 import numpy as np
 import pytest
-from hotswap.components.metrics import RetrievalMetrics
-from hotswap.components.report import CompatibilityReport, CompatThresholds, ReportFormatError, build_report
-from hotswap.components.settings import ThresholdSettings
+from hotswap.components.compat.metrics import RetrievalMetrics
+from hotswap.components.compat.report import (
+    CompatibilityReport,
+    CompatThresholds,
+    ReportFormatError,
+    build_report,
+)
+from hotswap.components.core.settings import ThresholdSettings
 from PIL import Image
 
 

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from hotswap.components.decision import decision_plot_png
-from hotswap.components.report import CompatThresholds, build_report
-from hotswap.components.review import review_summary
+from hotswap.components.compat.report import CompatThresholds, build_report
+from hotswap.components.decision.decide import decision_plot_png
+from hotswap.components.decision.review import review_summary
 
 from tests.unit.test_decision import features, run  # noqa: F401  (module fixture reused)
 

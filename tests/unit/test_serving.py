@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.backbones import BackboneSpec, build_model
-from hotswap.components.calibration import ScoreCalibration
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.gallery_search import GallerySearcher
-from hotswap.components.index import build_flat_index, index_to_bytes
+from hotswap.components.compat.calibration import ScoreCalibration
+from hotswap.components.gallery.search import GallerySearcher
+from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.models.backbones import BackboneSpec, build_model
+from hotswap.components.quant.index import build_flat_index, index_to_bytes
 from hotswap.components.serving.batching import QueryBatcher
 from hotswap.components.serving.pair import LivePair, PairUnhealthyError, health_check
 from hotswap.components.serving.searcher import GalleryLoadError, open_searcher
-from hotswap.components.store import open_store
 
 D, N, M, K_WORDS = 16, 64, 2, 16
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hotswap.components.settings import HotswapSettings, mask_uri_credentials
+from hotswap.components.core.settings import HotswapSettings, mask_uri_credentials
 from pydantic import ValidationError
 
 

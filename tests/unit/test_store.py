@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from hotswap.components.store import (
+from hotswap.components.gallery.store import (
     InvalidKeyError,
     LocalObjectStore,
     ObjectNotFoundError,
@@ -210,9 +210,11 @@ def test_open_store_rejects_bad_uris(uri: str, message: str) -> None:
         open_store(uri)
 
 
-def test_endpoint_url_only_for_s3(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="is a local directory"):
-        open_store(str(tmp_path), endpoint_url="http://127.0.0.1:9")
+def test_a_local_store_opens_beside_an_s3_endpoint_for_the_images(tmp_path: Path) -> None:
+    # the endpoint may serve the manifests' s3:// images while the galleries stay on local disk
+    store = open_store(str(tmp_path), endpoint_url="http://127.0.0.1:9")
+    store.put_bytes("a/b", b"x")
+    assert (tmp_path / "a" / "b").read_bytes() == b"x"
 
 
 def test_s3_store_pickles_for_worker_processes(s3_endpoint, s3_bucket):

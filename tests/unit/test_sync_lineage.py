@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from hotswap.components.gallery import GalleryStore
-from hotswap.components.store import LocalObjectStore
-from hotswap.components.sync_lineage import belongs_to, newest_synced, sync_record, synced_from
+from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.sync_lineage import belongs_to, newest_synced, sync_record, synced_from
+from hotswap.components.gallery.versions import GalleryStore
 
 GALLERY = "shop"
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
