@@ -20,34 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
-import torch
-from hotswap.components.data.objects import decode_uint8
-from hotswap.components.data.preprocess import Preprocessing
-from safetensors.torch import save_file
 
 from tests.fixtures.images import S3ImageSet
 from tests.fixtures.s3 import create_bucket
-from tests.fixtures.user_models import resnet
+from tests.fixtures.team import write_team_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 ROOT = Path(__file__).resolve().parents[2]
 HOTSWAP = str(Path(sys.executable).with_name("hotswap"))
-D = 24
 FIRST_GALLERY = 150
-TEAM_SPEC = {
-    "arch": "tests.fixtures.user_models:resnet",
-    "kwargs": {"widths": [8, 16], "out_dim": D},
-    "projection": False,
-    "embedding_dim": D,
-    "image_size": 24,
-    "channels": "RGB",
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.25, 0.25, 0.25],
-}
 CONFIG = """\
 model_name = "teamcli"
 s3_endpoint_url = "{endpoint}"
@@ -130,41 +114,10 @@ def write_config(root: Path, s3: S3ImageSet, bucket: str, lr: float) -> Path:
 def team(s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The team's model (safetensors), its gallery features, its manifests, a home."""
     root = tmp_path_factory.mktemp("team-cli")
-    p = Preprocessing(image_size=24, channels="RGB", mean=(0.5,) * 3, std=(0.25,) * 3)
-    model = _trained_team_model(s3_images, p)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "team.safetensors")
-    (root / "spec.json").write_text(json.dumps(TEAM_SPEC))
-    s3_images.training().to_parquet(root / "train.parquet")
     gallery = s3_images.gallery(FIRST_GALLERY + 40)
-    gallery.head(FIRST_GALLERY).to_parquet(root / "gallery.parquet")
-    first = gallery.head(FIRST_GALLERY)
-    with torch.no_grad():
-        x = torch.from_numpy(np.stack([p(decode_uint8(s3_images.data[i])) for i in first["item_id"]]))
-        feats = torch.nn.functional.normalize(model(x), dim=1).numpy()
-    pd.DataFrame({"item_id": first["item_id"], "feature": list(feats)}).to_parquet(root / "features.parquet")
+    write_team_files(root, s3_images, gallery.head(FIRST_GALLERY))
     bucket = create_bucket(s3_images.endpoint, "teamcli")
     return {"root": root, "home": root / "home", "gallery": gallery, "bucket": bucket, "s3": s3_images}
-
-
-def _trained_team_model(s3: S3ImageSet, p: Preprocessing) -> torch.nn.Module:
-    """The team's model as trained outside hotswap: a small ResNet, a few steps of CE on the
-    training rows (its classifier stays with the team; hotswap fits its own)."""
-    torch.manual_seed(5)
-    model = resnet(widths=[8, 16], out_dim=D)
-    rows = s3.training()
-    rows = rows[rows["split"] == "train"]
-    x = torch.from_numpy(np.stack([p(decode_uint8(s3.data[i])) for i in rows["item_id"]]))
-    classes = sorted(rows["label"].unique())
-    y = torch.tensor([classes.index(label) for label in rows["label"]])
-    head = torch.nn.Linear(D, len(classes))
-    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-2)
-    for step in range(60):
-        batch = torch.randint(0, len(y), (50,), generator=torch.Generator().manual_seed(step))
-        loss = torch.nn.functional.cross_entropy(head(model(x[batch])), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
 
 
 def test_a_team_runs_the_whole_lifecycle_from_the_command_line(team: dict[str, Any]) -> None:
