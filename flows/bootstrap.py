@@ -23,8 +23,12 @@ class AlreadyBootstrappedError(RuntimeError):
 
 
 @flow(name="bootstrap", log_prints=True, flow_run_name=bootstrap_run_name)
-def bootstrap(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train v1 on the bootstrap classes, bless it, build DPQ codebooks and the first live gallery."""
+def bootstrap(overrides: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Train v1 on the bootstrap classes, bless it, build DPQ codebooks and the first live gallery.
+
+    A first model whose self-test does not clearly beat chance is refused (nothing goes live);
+    ``force`` blesses it anyway.
+    """
     settings = settings_from(overrides)
     with lifecycle_lock(settings, "bootstrap"):
         champion = resolve_alias(settings, CHAMPION)
@@ -34,7 +38,7 @@ def bootstrap(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             )
         check_bootstrap_inputs(settings)
         version = train_first_model(settings)
-        report = rubber_stamp(settings, version)
+        report = rubber_stamp(settings, version, force=force)
         train_codebooks(settings, version)
         gallery_version = build_first_gallery(settings, version)
         live = switch_live(settings, version, gallery_version)

@@ -12,6 +12,7 @@ from hotswap.components.compat.report import CompatibilityReport, CompatThreshol
 from hotswap.components.compat.served import ServedQuality, served_evaluation
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map
+from hotswap.components.lifecycle.first_model import FirstModelError, check_first_model
 from hotswap.components.lifecycle.live import LiveComposition, TargetWeight
 from hotswap.components.models.training import extract_features
 from hotswap.tasks.context import dataset, loader_config, registry
@@ -120,12 +121,17 @@ def validate_compatibility(
     return report.model_dump(mode="json")
 
 
+TAG_FIRST_MODEL = "hotswap.first_model"
+
+
 @task(name="rubber-stamp", task_run_name="rubber-stamp v{version}", cache_policy=NONE)
-def rubber_stamp(settings: HotswapSettings, version: str) -> dict[str, Any]:
+def rubber_stamp(settings: HotswapSettings, version: str, force: bool = False) -> dict[str, Any]:
     """The first model has nothing to be compatible with: record its self-test and bless it.
 
     The self-test is the model's own retrieval on the validation split of the classes it knows
-    (its recorded class map), whether hotswap trained it or a team brought it (adopt).
+    (its recorded class map), whether hotswap trained it or a team brought it (adopt). A self-test
+    that does not clearly beat chance is refused (components/lifecycle/first_model.py): the
+    version is tagged ``hotswap.first_model=refused`` and never goes live, unless ``force``.
     """
     reg = registry(settings)
     data = dataset(settings)
@@ -134,6 +140,14 @@ def rubber_stamp(settings: HotswapSettings, version: str) -> dict[str, Any]:
     held_out = data.split(settings.data.validation_split).with_class_names(classes)
     feats = extract_features(model, held_out, device=settings.torch_device, loader=loader_config(settings))
     matrix = compatibility_matrix_from_features({"new": feats}, held_out.labels, pairs=("new/new",))
+    try:
+        check_first_model(matrix["new/new"].top1, held_out.labels, version, settings.data.validation_split)
+    except FirstModelError:
+        if not force:
+            reg.set_tags(version, {TAG_FIRST_MODEL: "refused"})
+            raise
+        reg.set_tags(version, {TAG_FIRST_MODEL: "forced"})
+        get_run_logger().warning("v%s does not clearly beat chance; blessed anyway (--force)", version)
     report = _record_report(settings, matrix, None, version, data.version, rubber_stamp=True)
     return report.model_dump(mode="json")
 

@@ -244,14 +244,6 @@ CASES: list[Case] = [
         env={"HOTSWAP_STORE_URI": "ftp://example.invalid/galleries"},
     ),
     Case(
-        "local-store-s3-endpoint",
-        "a local store given an S3 endpoint",
-        [S],
-        2,
-        "is a local directory",
-        env={"HOTSWAP_S3_ENDPOINT_URL": "http://127.0.0.1:9"},
-    ),
-    Case(
         "s3-no-bucket",
         "store_uri = s3:// without a bucket",
         [S],

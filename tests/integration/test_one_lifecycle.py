@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from hotswap.components.core.settings import HotswapSettings
@@ -121,3 +122,32 @@ def test_a_second_refresh_on_unchanged_inputs_trains_nothing(rgb_home: dict[str,
     # then nothing is trained or synced
     assert summary["noop"] is True and summary["gallery_sync"] is None
     assert summary["reason"]
+
+
+def test_a_first_model_that_learned_nothing_is_not_blessed(rgb_home: dict[str, Any], tmp_path: Path) -> None:
+    from hotswap.components.lifecycle.first_model import FirstModelError
+    from hotswap.flows.bootstrap import bootstrap
+
+    # given labels that do not match the images (shuffled): nothing can be learned from them
+    frame = rgb_home["frame"].copy()
+    frame["uri"] = [str(rgb_home["root"] / u) for u in frame["uri"]]
+    frame["label"] = np.random.default_rng(0).permutation(frame["label"].to_numpy())
+    data, gallery = _write_manifests(tmp_path, frame, CLASSES)
+    overrides = {
+        **rgb_home["overrides"],
+        "home": str(tmp_path / "home"),
+        "store_uri": str(tmp_path / "store"),
+        "model_name": "rgbchance",
+        "data": {**rgb_home["overrides"]["data"], "source": data},
+        "gallery": {"manifest": gallery},
+    }
+    # when it is bootstrapped, then it is refused in one line and nothing goes live
+    with pytest.raises(FirstModelError, match=r"learned too little.*chance is"):
+        bootstrap(overrides=overrides)
+    registry = ModelRegistry.from_settings(HotswapSettings(**overrides))
+    assert registry.aliases().get("champion") is None
+    assert registry.get_tags("1")["hotswap.first_model"] == "refused"
+    # and with force it is blessed anyway, and says so
+    forced = bootstrap(overrides=overrides, force=True)
+    assert forced["blessed"] and registry.aliases()["champion"] == forced["version"]
+    assert registry.get_tags(forced["version"])["hotswap.first_model"] == "forced"

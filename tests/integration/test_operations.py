@@ -319,7 +319,11 @@ def test_the_promote_deployment_pauses_takes_the_typed_form_and_switches_live(op
     registry = ModelRegistry.from_settings(ops.settings)
     challenger = registry.aliases()["challenger"]
     promote = ops.deployments["manual-promote"]
-    run = prefect_client.create_flow_run_from_deployment(promote.id, parameters={"poll_interval_seconds": 1})
+    # the worker reads the data registered above, whose test split the live gallery was synced to
+    data = {"data": {"source": str(ops.data_dir / "second.csv")}}
+    run = prefect_client.create_flow_run_from_deployment(
+        promote.id, parameters={"poll_interval_seconds": 1, "overrides": data}
+    )
 
     def paused():
         current = prefect_client.read_flow_run(run.id)
