@@ -39,7 +39,7 @@ import torch
 from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.decision.decide import measure_costs
+from hotswap.components.decision.costs import measure_costs
 from hotswap.components.decision.ordering import (
     UNCERTAINTY_SCORES,
     backfill_curve,

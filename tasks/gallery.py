@@ -12,17 +12,14 @@ import threading
 from typing import Any
 
 import numpy as np
+from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.loading import SourceItemSource, model_inputs
-from hotswap.components.decision.decide import (
-    DECISION_PNG,
-    DecisionConfig,
-    DecisionRecord,
-    decide,
-    decision_plot_png,
-    save_decision,
-)
-from hotswap.components.decision.decide import load_decision as read_decision
+from hotswap.components.decision.decide import decide
+from hotswap.components.decision.record import DecisionRecord
+from hotswap.components.decision.report import decision_plot_png
+from hotswap.components.decision.storage import DECISION_PNG, save_decision
+from hotswap.components.decision.storage import load_decision as read_decision
 from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
 from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
