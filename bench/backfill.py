@@ -47,7 +47,8 @@ from hotswap.components.decision.ordering import (
     order_by_scores,
     random_order,
 )
-from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
+from hotswap.components.gallery.shard_jobs import ShardResult
 from hotswap.components.gallery.store import LocalObjectStore, ObjectStore, open_store
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model

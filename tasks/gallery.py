@@ -20,10 +20,11 @@ from hotswap.components.decision.record import DecisionRecord
 from hotswap.components.decision.report import decision_plot_png
 from hotswap.components.decision.storage import DECISION_PNG, save_decision
 from hotswap.components.decision.storage import load_decision as read_decision
-from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
 from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
 from hotswap.components.gallery.search import GallerySearcher
+from hotswap.components.gallery.shard_jobs import ShardResult
 from hotswap.components.lifecycle.live import LiveComposition, read_composition
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks

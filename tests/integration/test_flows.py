@@ -191,7 +191,7 @@ def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
 
 def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, lifecycle_overrides):
     from distributed import LocalCluster
-    from hotswap.components.gallery.backfill import feature_models
+    from hotswap.components.gallery.provenance import feature_models
     from hotswap.flows.backfill import backfill_on_dask
 
     settings = lifecycle["settings"]
