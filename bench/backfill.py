@@ -39,7 +39,7 @@ import torch
 from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.decision.decide import measure_costs
+from hotswap.components.decision.costs import measure_costs
 from hotswap.components.decision.ordering import (
     UNCERTAINTY_SCORES,
     backfill_curve,
@@ -47,7 +47,8 @@ from hotswap.components.decision.ordering import (
     order_by_scores,
     random_order,
 )
-from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
+from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
+from hotswap.components.gallery.shard_jobs import ShardResult
 from hotswap.components.gallery.store import LocalObjectStore, ObjectStore, open_store
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model

@@ -164,8 +164,8 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     """
     from hotswap.components.compat.metrics import retrieval_metrics
     from hotswap.components.data.catalog import gallery_items
-    from hotswap.components.gallery.backfill import feature_models
     from hotswap.components.gallery.calibration import calibration_for
+    from hotswap.components.gallery.provenance import feature_models
     from hotswap.components.models.training import extract_features
     from hotswap.components.registry.mlflow_registry import CHAMPION
     from hotswap.tasks.context import gallery_store, registry, settings_from
@@ -215,7 +215,7 @@ def extracted_items(overrides: dict[str, Any], gallery_version: str | None, mode
     """Items a step's backfill embedded with its new model (work done, promoted or not)."""
     if gallery_version is None or model_version is None:
         return 0
-    from hotswap.components.gallery.backfill import feature_models
+    from hotswap.components.gallery.provenance import feature_models
     from hotswap.tasks.context import gallery_store, settings_from
 
     settings = settings_from(overrides)

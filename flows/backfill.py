@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from hotswap.components.registry.mlflow_registry import CHAMPION
 from hotswap.tasks.context import settings_from
-from hotswap.tasks.gallery import backfill_gallery, publish_gallery
+from hotswap.tasks.gallery_build import backfill_gallery
+from hotswap.tasks.gallery_publish import publish_gallery
 from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.naming import backfill_run_name
 from hotswap.tasks.registry import resolve_alias

@@ -7,7 +7,7 @@ from typing import Any
 from hotswap.components.registry.mlflow_registry import CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.context import settings_from
-from hotswap.tasks.gallery import build_first_gallery
+from hotswap.tasks.gallery_build import build_first_gallery
 from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.naming import bootstrap_run_name
 from hotswap.tasks.preflight import check_bootstrap_inputs

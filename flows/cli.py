@@ -102,7 +102,7 @@ def _print_report(payload: dict[str, Any]) -> None:
 
 def _print_decision(settings: Any, version: str) -> None:
     """The decision's verdict, reasons and a compact view of its options table."""
-    from hotswap.components.decision.decide import load_decision
+    from hotswap.components.decision.storage import load_decision
     from hotswap.components.registry.mlflow_registry import ModelRegistry
 
     record = load_decision(ModelRegistry.from_settings(settings), version)

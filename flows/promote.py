@@ -9,14 +9,14 @@ from hotswap.components.decision.promotion_gate import refusal, refuse
 from hotswap.components.decision.review import review_summary
 from hotswap.components.registry.mlflow_registry import CHALLENGER, CHAMPION
 from hotswap.flows.switch import switch_live
-from hotswap.tasks.context import settings_from
-from hotswap.tasks.gallery import (
+from hotswap.tasks.backfill_decision import (
     check_decision_is_current,
     decision_markdown_with_plot,
     execute_decision,
     load_decision,
     override_decision,
 )
+from hotswap.tasks.context import settings_from
 from hotswap.tasks.links import (
     TAG_FLOW_RUN_ID,
     TAG_FLOW_RUN_URL,

@@ -8,9 +8,9 @@ from hotswap.components.lifecycle.refresh_progress import reached
 from hotswap.components.registry.mlflow_registry import CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.adopt import live_gallery_difference, sync_gallery_items
+from hotswap.tasks.backfill_decision import decide_backfill, execute_decision, load_decision
 from hotswap.tasks.compat_search import search_compatible
 from hotswap.tasks.context import settings_from
-from hotswap.tasks.gallery import decide_backfill, execute_decision, load_decision
 from hotswap.tasks.links import rename_flow_run
 from hotswap.tasks.live import check_noop, live_composition, plan_targets, record_noop
 from hotswap.tasks.lock import lifecycle_lock

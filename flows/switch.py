@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from hotswap.components.core.faults import fault_point
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.tasks.gallery import check_live_gallery, publish_gallery
+from hotswap.tasks.gallery_publish import check_live_gallery, publish_gallery
 from hotswap.tasks.registry import promote_model
 from hotswap.tasks.switch import complete_switch, confirm_switch, record_switch_intent, undo_switch
 from prefect import flow

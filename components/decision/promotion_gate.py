@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from hotswap.components.compat.report import CompatibilityReport
 from hotswap.components.core.errors import StateError
-from hotswap.components.decision.decide import BackfillOption, DecisionRecord
+from hotswap.components.decision.record import BackfillOption, DecisionRecord
 
 _FRACTION = {"skip": 0.0, "requantize": 0.0, "full": 1.0}
 

@@ -9,7 +9,7 @@ request artifact and MLflow for everything else.
 from __future__ import annotations
 
 from hotswap.components.compat.report import PAIRS, CompatibilityReport
-from hotswap.components.decision.decide import DecisionRecord
+from hotswap.components.decision.record import DecisionRecord
 
 KEY_PARTIAL_POINTS = (0.1, 0.25, 0.5, 0.75)
 

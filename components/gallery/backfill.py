@@ -9,13 +9,6 @@ Modes (DESIGN.md §7, cheapest first):
   every item is re-encoded with the new codebooks. The gallery is then mixed.
 - ``full``: every item is re-extracted and re-encoded.
 
-Each version records, per item, which model produced its features (the *provenance*): a uint16
-array aligned with the version's rows, stored as ``backfill/feature_models.npy`` under the version
-folder, with the model-version names and the array's sha256 in the manifest metadata (the gallery
-format stores only ids/features/codes per shard, so provenance travels beside it, checksummed by
-the manifest). A later partial backfill for the same model skips items that already carry its
-features, and an auditor can tell a mixed gallery from a clean one.
-
 Safety comes from components/gallery/versions.py: shards are written to a staged version that nothing
 reads; a shard counts as done only when its record and checksums verify, so a rerun with the same
 version id re-does exactly the unfinished shards (and no forward pass is spent on a finished one);
@@ -23,478 +16,40 @@ publishing (a separate, optional step, so a promotion transaction can own it) wr
 The plan (which rows are re-extracted) is a pure function of the stored gallery and the arguments,
 and its checksum is part of the staged metadata, so a resumed run cannot silently mix two plans.
 
-Parallelism: shards are independent jobs. By default they run on a thread pool (torch and numpy
-release the GIL, and I/O overlaps compute); any executor with ``submit`` whose futures have
-``result()`` works, and a ``dask.distributed.Client`` is detected (it has ``scatter``), receives the
-shared context once per worker and is driven with ``distributed.as_completed``.
+The parts: components/gallery/backfill_plan.py (which rows, which shards), components/gallery/shard_jobs.py
+(one shard built and written), components/gallery/shard_runner.py (jobs on threads or Dask) and
+components/gallery/provenance.py (which model produced each row).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextlib
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from hotswap.components.compat.calibration import ScoreCalibration
-from hotswap.components.core.faults import fault_point
-from hotswap.components.decision.ordering import (
-    DEFAULT_SCORE,
-    Ordering,
-    UncertaintyScore,
-    backfill_order,
-    backfilled_count,
-)
+from hotswap.components.decision.ordering import DEFAULT_SCORE, Ordering, UncertaintyScore
+from hotswap.components.gallery.backfill_plan import MODES, Mode, check_fraction, plan_backfill
 from hotswap.components.gallery.calibration import write_calibration
-from hotswap.components.gallery.records import npy_bytes, npy_load, sha256_hex
-from hotswap.components.gallery.store import ObjectNotFoundError, ObjectStore
+from hotswap.components.gallery.provenance import PROVENANCE_FILE, write_provenance
+from hotswap.components.gallery.records import npy_bytes, sha256_hex
+from hotswap.components.gallery.shard_jobs import BackfillContext, BackfillError, ItemSource, ShardJob
+from hotswap.components.gallery.shard_runner import ShardCallback, run_shard_jobs
+from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.versions import (
     GalleryError,
     GalleryManifest,
     GalleryStore,
-    ShardCorruptedError,
     VersionWriter,
     new_version_id,
 )
 from hotswap.components.models.backbones import EmbeddingModel
-from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks
 from pydantic import JsonValue
 
-Mode = Literal["skip", "requantize", "partial", "full"]
-MODES: tuple[str, ...] = ("skip", "requantize", "partial", "full")
-PROVENANCE_FILE = "backfill/feature_models.npy"
 DEFAULT_SHARD_SIZE = 1024
 IndexBuilder = Callable[[np.ndarray, np.ndarray], bytes]
-
-
-class BackfillError(ValueError):
-    """A backfill was asked for something it cannot do; the message names the argument."""
-
-
-# --------------------------------------------------------------------------- item sources
-
-
-@runtime_checkable
-class ItemSource(Protocol):
-    """Gives gallery items by id, in the order asked, as one model reads them (float32 [N, C, H, W]).
-
-    components/data/loading.py ``SourceItemSource`` reads them through the data source."""
-
-    def images(self, item_ids: np.ndarray) -> np.ndarray: ...
-
-
-# --------------------------------------------------------------------------- jobs and results
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One target shard: its source rows (slices of source shards) or, for a bootstrap, its ids,
-    and which of its rows get new-model features."""
-
-    shard: int
-    extract: np.ndarray  # bool [count]
-    source_slices: tuple[tuple[int, int, int], ...] = ()  # (source shard, start, stop)
-    ids: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    """What a shard job did; ``skipped`` means the shard was already written and verified."""
-
-    shard: int
-    items: int
-    extracted: int
-    skipped: bool
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-class BackfillContext:
-    """Everything a shard job needs besides the job; shipped once per worker process.
-
-    The version writer is opened lazily (``open_version``) in each process that runs jobs.
-    ``compute_slots`` caps how many jobs of one process embed and encode at the same time (None:
-    no cap). With more workers than slots, one shard's reads and writes overlap another shard's
-    forward pass while the model still runs on a fixed number of cores: I/O hides behind compute.
-    """
-
-    def __init__(
-        self,
-        galleries: GalleryStore,
-        gallery: str,
-        version: str,
-        source_version: str | None,
-        source_manifest: GalleryManifest | None,
-        model: EmbeddingModel | None,
-        codebooks: DPQCodebooks | None,
-        item_source: ItemSource | None,
-        batch_size: int,
-        device: str,
-        writer: VersionWriter | None = None,
-        compute_slots: int | None = None,
-    ) -> None:
-        self.galleries = galleries
-        self.gallery = gallery
-        self.version = version
-        self.source_version = source_version
-        self.source_manifest = source_manifest
-        self.model = model
-        self.codebooks = codebooks
-        self.item_source = item_source
-        self.batch_size = batch_size
-        self.device = device
-        self._writer = writer
-        if compute_slots is not None and compute_slots < 1:
-            raise BackfillError(f"compute_slots must be at least 1 (or None), got {compute_slots}")
-        self.compute_slots = compute_slots
-        self._init_locks()
-
-    def _init_locks(self) -> None:
-        self._lock = threading.Lock()
-        slots = self.compute_slots
-        self._compute = threading.BoundedSemaphore(slots) if slots is not None else contextlib.nullcontext()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_writer"] = None
-        del state["_lock"], state["_compute"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_locks()
-
-    @contextlib.contextmanager
-    def compute(self, timer: _Timer) -> Iterator[None]:
-        """Hold one compute slot (time spent waiting for it is recorded as 'wait')."""
-        with timer("wait"):
-            self._compute.__enter__()
-        try:
-            yield
-        finally:
-            self._compute.__exit__(None, None, None)
-
-    def writer(self) -> VersionWriter:
-        with self._lock:
-            if self._writer is None:
-                self._writer = self.galleries.open_version(self.gallery, self.version)
-            return self._writer
-
-
-def process_shard(ctx: BackfillContext, job: ShardJob) -> ShardResult:
-    """Build and write one shard unless it is already done (then no image is read or embedded)."""
-    timer = _Timer()
-    writer = ctx.writer()
-    if writer.shard_done(job.shard):
-        return ShardResult(job.shard, len(job.extract), 0, True, timer.seconds)
-    ids, features = _source_rows(ctx, job, timer)
-    count = len(ids)
-    if features is None:
-        dim = ctx.model.embedding_dim if ctx.model is not None else 0
-        features = np.zeros((count, dim), dtype=np.float32)
-    extract = np.asarray(job.extract, dtype=bool)
-    images = None
-    if extract.any():
-        with timer("fetch"):
-            images = ctx.item_source.images(ids[extract])
-    codes = None
-    with ctx.compute(timer):
-        if images is not None:
-            with timer("extract"):
-                features[extract] = extract_features(
-                    ctx.model, images, batch_size=ctx.batch_size, device=ctx.device
-                )
-        if ctx.codebooks is not None:
-            with timer("encode"):
-                codes = ctx.codebooks.encode(features)
-    with timer("write"):
-        writer.write_shard(job.shard, ids, features, codes)
-    fault_point(f"backfill:shard-{job.shard}-written")
-    return ShardResult(job.shard, count, int(extract.sum()), False, timer.seconds)
-
-
-def _source_rows(ctx: BackfillContext, job: ShardJob, timer: _Timer) -> tuple[np.ndarray, np.ndarray | None]:
-    if job.ids is not None:
-        return np.asarray(job.ids), None
-    ids, feats = [], []
-    with timer("read"):
-        for source_shard, start, stop in job.source_slices:
-            arrays = ctx.galleries.load_shard(
-                ctx.gallery, ctx.source_version, source_shard, manifest=ctx.source_manifest
-            )
-            ids.append(arrays.ids[start:stop])
-            if arrays.features is not None:
-                feats.append(arrays.features[start:stop])
-    features = np.concatenate(feats).astype(np.float32, copy=True) if feats else None
-    return np.concatenate(ids), features
-
-
-class _Timer:
-    """Accumulates wall seconds per phase; the bench reads them to split orchestration overhead."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, phase: str) -> _Phase:
-        return _Phase(self, phase)
-
-
-class _Phase:
-    def __init__(self, timer: _Timer, phase: str) -> None:
-        self.timer, self.phase = timer, phase
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        spent = time.perf_counter() - self.start
-        self.timer.seconds[self.phase] = self.timer.seconds.get(self.phase, 0.0) + spent
-
-
-# --------------------------------------------------------------------------- running jobs
-
-
-ShardCallback = Callable[[ShardResult], None]
-
-
-def run_shard_jobs(
-    ctx: BackfillContext,
-    jobs: Sequence[ShardJob],
-    executor: Any | None = None,
-    workers: int = 2,
-    on_shard: ShardCallback | None = None,
-) -> list[ShardResult]:
-    """Run every job; ``on_shard`` sees each result as it completes (in the calling thread).
-
-    If ``on_shard`` (or a job) raises, the jobs not yet started are cancelled and the error is
-    re-raised: shards already written stay written, which is what makes the rerun cheap.
-    ``executor=None`` uses a private thread pool of ``workers`` threads (1 runs inline).
-    """
-    if workers < 1:
-        raise BackfillError(f"workers must be at least 1, got {workers}")
-    if executor is None and workers == 1:
-        results = []
-        for job in jobs:
-            result = process_shard(ctx, job)
-            results.append(result)
-            if on_shard is not None:
-                on_shard(result)
-        return results
-    if executor is None:
-        with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool:
-            return _drive(pool, ctx, jobs, on_shard)
-    return _drive(executor, ctx, jobs, on_shard)
-
-
-def _is_dask_client(executor: Any) -> bool:
-    return hasattr(executor, "scatter") and hasattr(executor, "gather") and hasattr(executor, "submit")
-
-
-def _drive(
-    executor: Any, ctx: BackfillContext, jobs: Sequence[ShardJob], on_shard: ShardCallback | None
-) -> list[ShardResult]:
-    if _is_dask_client(executor):
-        from distributed import as_completed as dask_as_completed
-
-        shared = executor.scatter(ctx, broadcast=True, hash=False)
-        futures = [executor.submit(process_shard, shared, job, pure=False) for job in jobs]
-        completed: Iterable[Any] = dask_as_completed(futures)
-
-        def cancel() -> None:
-            executor.cancel(futures)
-    else:
-        futures = [executor.submit(process_shard, ctx, job) for job in jobs]
-        completed = cf.as_completed(futures)
-
-        def cancel() -> None:
-            for future in futures:
-                future.cancel()
-
-    results: list[ShardResult] = []
-    try:
-        for future in completed:
-            result = future.result()
-            results.append(result)
-            if on_shard is not None:
-                on_shard(result)
-    except BaseException:
-        cancel()
-        raise
-    return sorted(results, key=lambda r: r.shard)
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def _provenance_key(galleries: GalleryStore, gallery: str, version: str) -> str:
-    return galleries.version_key(gallery, version, PROVENANCE_FILE)
-
-
-def feature_models(galleries: GalleryStore, gallery: str, version: str) -> np.ndarray:
-    """Per row of a finished version, the model version that produced its features (str [N]).
-
-    Versions written without provenance (by other tools) count as wholly the manifest's model.
-    The stored array is checked against the sha256 the manifest metadata records.
-    """
-    manifest = galleries.load_manifest(gallery, version)
-    models, codes = _read_provenance(galleries, manifest)
-    return np.asarray(models, dtype=str)[codes]
-
-
-def _read_provenance(galleries: GalleryStore, manifest: GalleryManifest) -> tuple[list[str], np.ndarray]:
-    meta = manifest.metadata.get("provenance")
-    models = manifest.metadata.get("feature_models")
-    if not isinstance(meta, dict) or not isinstance(models, list):
-        return [manifest.model_version], np.zeros(manifest.num_items, dtype=np.uint16)
-    where = f"gallery {manifest.gallery!r} version {manifest.version!r}"
-    key = _provenance_key(galleries, manifest.gallery, manifest.version)
-    try:
-        data = galleries.store.get_bytes(key)
-    except ObjectNotFoundError:
-        raise ShardCorruptedError(f"{where}: provenance file {PROVENANCE_FILE} is missing") from None
-    if sha256_hex(data) != meta.get("sha256"):
-        raise ShardCorruptedError(f"{where}: provenance file {PROVENANCE_FILE} fails its checksum")
-    codes = npy_load(data)
-    if codes.shape != (manifest.num_items,) or (len(codes) and int(codes.max()) >= len(models)):
-        raise ShardCorruptedError(f"{where}: provenance file {PROVENANCE_FILE} does not match the manifest")
-    return [str(m) for m in models], codes
-
-
-def _write_provenance(writer: VersionWriter, data: bytes) -> None:
-    store: ObjectStore = writer.galleries.store
-    key = _provenance_key(writer.galleries, writer.gallery, writer.version)
-    try:
-        if store.get_bytes(key) == data:
-            return
-    except ObjectNotFoundError:
-        pass
-    store.put_bytes(key, data)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class BackfillPlan:
-    """Which rows of the source get new features, how they are cut into shards, and provenance."""
-
-    jobs: tuple[ShardJob, ...]
-    models: tuple[str, ...]
-    provenance: np.ndarray  # uint16 [N] index into models
-    extracted: int
-    already_new: int
-
-    @property
-    def provenance_bytes(self) -> bytes:
-        return npy_bytes(self.provenance.astype(np.uint16))
-
-
-def _check_fraction(mode: str, fraction: float | None) -> float:
-    if mode == "full":
-        return 1.0
-    if mode == "requantize":
-        return 0.0
-    if fraction is None:
-        raise BackfillError("mode 'partial' needs a fraction in [0, 1]")
-    fraction = float(fraction)
-    if not 0.0 <= fraction <= 1.0:
-        raise BackfillError(f"fraction must lie in [0, 1], got {fraction}")
-    return fraction
-
-
-def _source_bounds(manifest: GalleryManifest) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum([s.count for s in manifest.shards])]).astype(np.int64)
-
-
-def _slices(bounds: np.ndarray, start: int, stop: int) -> tuple[tuple[int, int, int], ...]:
-    """The (source shard, start, stop) pieces that make up global rows [start, stop)."""
-    out = []
-    first = int(np.searchsorted(bounds, start, side="right") - 1)
-    for shard in range(first, len(bounds) - 1):
-        lo, hi = int(bounds[shard]), int(bounds[shard + 1])
-        if lo >= stop:
-            break
-        a, b = max(start, lo), min(stop, hi)
-        if a < b:
-            out.append((shard, a - lo, b - lo))
-    return tuple(out)
-
-
-def plan_backfill(
-    galleries: GalleryStore,
-    gallery: str,
-    source: GalleryManifest,
-    mode: Mode,
-    target_model_version: str,
-    *,
-    fraction: float | None = None,
-    ordering: Ordering = "uncertainty",
-    prototypes: np.ndarray | None = None,
-    score: UncertaintyScore = DEFAULT_SCORE,
-    scale: float = 16.0,
-    seed: int = 0,
-    shard_size: int | None = None,
-) -> BackfillPlan:
-    """Decide, from stored data only, which rows are re-extracted and how shards are cut.
-
-    ``partial``: the first ⌊fraction·n⌋ rows of the ordering (over the whole gallery) are chosen;
-    rows whose features already come from ``target_model_version`` are not re-extracted again.
-    ``shard_size=None`` keeps the source's shard layout.
-    """
-    fraction = _check_fraction(mode, fraction)
-    if mode == "partial" and ordering == "uncertainty" and prototypes is None:
-        raise BackfillError(
-            "ordering 'uncertainty' needs the old model's class prototypes (prototypes=old_model.head.weight)"
-        )
-    n = source.num_items
-    models, codes = _read_provenance(galleries, source)
-    if target_model_version not in models:
-        models = [*models, target_model_version]
-    target = models.index(target_model_version)
-    already_new = codes == target
-    chosen = np.zeros(n, dtype=bool)
-    if mode == "full":
-        chosen[:] = True
-    elif mode == "partial" and fraction > 0:
-        count = backfilled_count(n, fraction)
-        if ordering == "uncertainty":
-            features = galleries.load_arrays(gallery, source.version).features
-            if features is None:
-                raise BackfillError(
-                    f"gallery {gallery!r} version {source.version!r} stores no features; "
-                    "the 'uncertainty' ordering needs them (use 'random')"
-                )
-            order = backfill_order(
-                "uncertainty", features, prototypes=prototypes, score=score, scale=scale, seed=seed
-            )
-        else:
-            order = backfill_order(ordering, np.empty((n, 1), dtype=np.float32), seed=seed)
-        chosen[order[:count]] = True
-    extract = chosen & ~already_new if mode != "full" else chosen
-    provenance = codes.astype(np.uint16).copy()
-    provenance[extract] = target
-    bounds = _source_bounds(source)
-    if shard_size is None:
-        cuts = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]
-    else:
-        if shard_size < 1:
-            raise BackfillError(f"shard_size must be at least 1, got {shard_size}")
-        cuts = [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)] or [(0, 0)]
-    jobs = tuple(
-        ShardJob(shard=i, extract=extract[a:b].copy(), source_slices=_slices(bounds, a, b))
-        for i, (a, b) in enumerate(cuts)
-    )
-    return BackfillPlan(
-        jobs, tuple(models), provenance, int(extract.sum()), int((chosen & already_new).sum())
-    )
-
-
-# --------------------------------------------------------------------------- public entry points
 
 
 def _as_galleries(store: ObjectStore | GalleryStore) -> GalleryStore:
@@ -630,7 +185,7 @@ def run_backfill(
     metadata: dict[str, JsonValue] = {
         "backfill": {
             "mode": mode,
-            "fraction": _check_fraction(mode, fraction),
+            "fraction": check_fraction(mode, fraction),
             "ordering": ordering if mode == "partial" else None,
             "score": score if mode == "partial" and ordering == "uncertainty" else None,
             "seed": seed if mode == "partial" and ordering == "random" else None,
@@ -659,7 +214,7 @@ def run_backfill(
         metadata=metadata,
         created_at=created_at,
     )
-    _write_provenance(writer, provenance)
+    write_provenance(writer, provenance)
     if new_model is not None:
         new_model.eval()
     ctx = BackfillContext(
@@ -739,7 +294,7 @@ def build_gallery_version(
         metadata=metadata,
         created_at=created_at,
     )
-    _write_provenance(writer, provenance)
+    write_provenance(writer, provenance)
     model.eval()
     ctx = BackfillContext(
         galleries, gallery, version, None, None, model, codebooks, item_source, batch_size, device, writer,

@@ -73,7 +73,7 @@ def _key(galleries: GalleryStore, gallery: str, version: str, query_model: str) 
 
 def version_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
     """The model versions whose features a version actually holds (sorted, each at least one row)."""
-    from hotswap.components.gallery.backfill import (
+    from hotswap.components.gallery.provenance import (
         feature_models,  # backfill writes calibrations: import lazily
     )
 

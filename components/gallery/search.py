@@ -108,7 +108,7 @@ class GallerySearcher:
         model version); a mixed version without one raises ``CalibrationMissingError`` unless
         ``require_calibration=False`` (then scores are served raw, as before calibrations).
         """
-        from hotswap.components.gallery.backfill import feature_models
+        from hotswap.components.gallery.provenance import feature_models
 
         index_bytes = galleries.load_index(gallery, version)
         if index_bytes is None:

@@ -1,7 +1,7 @@
 """The live gallery as it is: which model versions embedded its items, and who to stay compatible with.
 
 After a skip or a partial backfill the live gallery holds features of several model versions (the
-per-item provenance written by components/gallery/backfill.py). A refresh reads that composition (share
+per-item provenance written by components/gallery/provenance.py). A refresh reads that composition (share
 π_v of items per model version v, and the gallery's codebook version) and derives:
 
 - the compatibility *targets* T = {champion} ∪ {v : π_v ≥ min_share}, with weights w_v ∝ π_v
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
-from hotswap.components.gallery.backfill import feature_models
+from hotswap.components.gallery.provenance import feature_models
 from hotswap.components.gallery.versions import GalleryStore
 from pydantic import BaseModel, ConfigDict, Field
 

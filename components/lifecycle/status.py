@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from hotswap.components.core.fingerprint import TAG_STAGE
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.decision.decide import load_decision
-from hotswap.components.gallery.backfill import feature_models
+from hotswap.components.decision.storage import load_decision
+from hotswap.components.gallery.provenance import feature_models
 from hotswap.components.gallery.store import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import (

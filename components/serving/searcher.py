@@ -49,7 +49,7 @@ def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> 
 
 
 def _provenance_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
-    from hotswap.components.gallery.backfill import feature_models
+    from hotswap.components.gallery.provenance import feature_models
 
     return sorted(set(feature_models(galleries, gallery, version).tolist()))
 

@@ -16,14 +16,9 @@ from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.decision.ordering import uncertainty_scores
-from hotswap.components.gallery.backfill import (
-    PROVENANCE_FILE,
-    BackfillError,
-    ShardResult,
-    build_gallery_version,
-    feature_models,
-    run_backfill,
-)
+from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
+from hotswap.components.gallery.provenance import PROVENANCE_FILE, feature_models
+from hotswap.components.gallery.shard_jobs import BackfillError, ShardResult
 from hotswap.components.gallery.store import LocalObjectStore, ObjectStore
 from hotswap.components.gallery.versions import GalleryError, GalleryStore, ShardCorruptedError
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model

@@ -162,7 +162,7 @@ def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycl
 
 def test_a_decision_made_against_a_gallery_that_is_no_longer_live_is_refused(lifecycle, lifecycle_overrides):
     from hotswap.flows.promote import PromotionInput, promote
-    from hotswap.tasks.gallery import StaleDecisionError
+    from hotswap.tasks.backfill_decision import StaleDecisionError
 
     settings = lifecycle["settings"]
     registry, galleries = _registry(settings), gallery_store(settings)
@@ -191,7 +191,7 @@ def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
 
 def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, lifecycle_overrides):
     from distributed import LocalCluster
-    from hotswap.components.gallery.backfill import feature_models
+    from hotswap.components.gallery.provenance import feature_models
     from hotswap.flows.backfill import backfill_on_dask
 
     settings = lifecycle["settings"]
@@ -217,7 +217,7 @@ def test_a_mixed_gallery_goes_live_with_a_calibration_for_its_champion(lifecycle
     from hotswap.components.gallery.calibration import list_calibrations
     from hotswap.components.lifecycle.search import search_live
     from hotswap.flows.switch import switch_live
-    from hotswap.tasks.gallery import _backfill, ensure_served_calibration
+    from hotswap.tasks.gallery_build import _backfill, ensure_served_calibration
 
     settings = lifecycle["settings"]
     galleries = gallery_store(settings)

@@ -150,7 +150,7 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     assert bad["decision"] == "reject" and bad["gallery_version"] is None and bad["promoted"] is False
     assert chain["galleries_after_bad"] == chain["galleries_before_bad"]
     assert registry.aliases()["champion"] == "2"
-    from hotswap.components.decision.decide import load_decision
+    from hotswap.components.decision.storage import load_decision
 
     record = load_decision(registry, bad["challenger"])
     assert record.live_quality is not None and record.better_than_champion is False

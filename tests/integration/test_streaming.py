@@ -17,8 +17,9 @@ from hotswap.components.data.classes import to_head_labels
 from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import LoaderConfig, SourceItemSource, embed
 from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
-from hotswap.components.gallery.backfill import feature_models, run_backfill
+from hotswap.components.gallery.backfill import run_backfill
 from hotswap.components.gallery.imports import sync_gallery, write_feature_version
+from hotswap.components.gallery.provenance import feature_models
 from hotswap.components.gallery.store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.lifecycle.adopt import fit_cosine_head

@@ -16,7 +16,7 @@ from hotswap.components.compat.calibration import (
     pair_scores,
 )
 from hotswap.components.compat.metrics import retrieval_metrics
-from hotswap.components.decision.decide import DecisionConfig, estimate_quality
+from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.decision.ordering import (
     backfill_curve,
     backfill_order,
@@ -24,6 +24,7 @@ from hotswap.components.decision.ordering import (
     mixed_gallery,
     random_order,
 )
+from hotswap.components.decision.quality import estimate_quality
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

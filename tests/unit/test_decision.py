@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.decision.decide import (
-    CostModel,
-    DecisionConfig,
-    DecisionError,
-    DecisionRecord,
-    decide_from_features,
-    measure_costs,
-)
+from hotswap.components.core.configs import DecisionConfig
+from hotswap.components.decision.costs import measure_costs
+from hotswap.components.decision.decide import decide_from_features
+from hotswap.components.decision.record import CostModel, DecisionError, DecisionRecord
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
 from pydantic import ValidationError

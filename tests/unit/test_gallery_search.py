@@ -16,7 +16,7 @@ from hotswap.components.compat.calibration import AffineMap, ScoreCalibration
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.gallery.backfill import build_gallery_version, feature_models, run_backfill
+from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
 from hotswap.components.gallery.calibration import (
     CalibrationMissingError,
     calibration_file,
@@ -27,6 +27,7 @@ from hotswap.components.gallery.calibration import (
     load_calibration,
     write_calibration,
 )
+from hotswap.components.gallery.provenance import feature_models
 from hotswap.components.gallery.search import GallerySearcher
 from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.versions import GalleryStore, ShardCorruptedError, VersionImmutableError

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from hotswap.components.compat.report import CompatibilityReport, build_report
 from hotswap.components.compat.served import ServedQuality
-from hotswap.components.decision.decide import CostModel, DecisionConfig, DecisionRecord, decide_from_features
+from hotswap.components.core.configs import DecisionConfig
+from hotswap.components.decision.decide import decide_from_features
+from hotswap.components.decision.record import CostModel, DecisionRecord
 
 N_CLASSES, PER_CLASS, DIM = 8, 25, 16
 COST = CostModel(extract_seconds_per_item=2e-3, encode_seconds_per_item=1e-5)

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 from hotswap.components.compat.report import CompatThresholds, build_report
-from hotswap.components.decision.decide import decision_plot_png
+from hotswap.components.decision.report import decision_plot_png
 from hotswap.components.decision.review import review_summary
 
 from tests.unit.test_decision import features, run  # noqa: F401  (module fixture reused)

@@ -1,0 +1,142 @@
+"""The backfill plan: which rows are re-extracted and how the new version is cut into shard jobs.
+
+Planning reads stored data only (the source manifest, its provenance and, for the 'uncertainty'
+ordering, its stored features), so choosing rows costs no forward pass, and the plan is a pure
+function of the stored gallery and the arguments: a resumed run recomputes the same plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from hotswap.components.decision.ordering import (
+    DEFAULT_SCORE,
+    Ordering,
+    UncertaintyScore,
+    backfill_order,
+    backfilled_count,
+)
+from hotswap.components.gallery.provenance import read_provenance
+from hotswap.components.gallery.records import npy_bytes
+from hotswap.components.gallery.shard_jobs import BackfillError, ShardJob
+from hotswap.components.gallery.versions import GalleryManifest, GalleryStore
+
+Mode = Literal["skip", "requantize", "partial", "full"]
+MODES: tuple[str, ...] = ("skip", "requantize", "partial", "full")
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """Which rows of the source get new features, how they are cut into shards, and provenance."""
+
+    jobs: tuple[ShardJob, ...]
+    models: tuple[str, ...]
+    provenance: np.ndarray  # uint16 [N] index into models
+    extracted: int
+    already_new: int
+
+    @property
+    def provenance_bytes(self) -> bytes:
+        return npy_bytes(self.provenance.astype(np.uint16))
+
+
+def check_fraction(mode: str, fraction: float | None) -> float:
+    if mode == "full":
+        return 1.0
+    if mode == "requantize":
+        return 0.0
+    if fraction is None:
+        raise BackfillError("mode 'partial' needs a fraction in [0, 1]")
+    fraction = float(fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise BackfillError(f"fraction must lie in [0, 1], got {fraction}")
+    return fraction
+
+
+def _source_bounds(manifest: GalleryManifest) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([s.count for s in manifest.shards])]).astype(np.int64)
+
+
+def _slices(bounds: np.ndarray, start: int, stop: int) -> tuple[tuple[int, int, int], ...]:
+    """The (source shard, start, stop) pieces that make up global rows [start, stop)."""
+    out = []
+    first = int(np.searchsorted(bounds, start, side="right") - 1)
+    for shard in range(first, len(bounds) - 1):
+        lo, hi = int(bounds[shard]), int(bounds[shard + 1])
+        if lo >= stop:
+            break
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            out.append((shard, a - lo, b - lo))
+    return tuple(out)
+
+
+def plan_backfill(
+    galleries: GalleryStore,
+    gallery: str,
+    source: GalleryManifest,
+    mode: Mode,
+    target_model_version: str,
+    *,
+    fraction: float | None = None,
+    ordering: Ordering = "uncertainty",
+    prototypes: np.ndarray | None = None,
+    score: UncertaintyScore = DEFAULT_SCORE,
+    scale: float = 16.0,
+    seed: int = 0,
+    shard_size: int | None = None,
+) -> BackfillPlan:
+    """Decide, from stored data only, which rows are re-extracted and how shards are cut.
+
+    ``partial``: the first ⌊fraction·n⌋ rows of the ordering (over the whole gallery) are chosen;
+    rows whose features already come from ``target_model_version`` are not re-extracted again.
+    ``shard_size=None`` keeps the source's shard layout.
+    """
+    fraction = check_fraction(mode, fraction)
+    if mode == "partial" and ordering == "uncertainty" and prototypes is None:
+        raise BackfillError(
+            "ordering 'uncertainty' needs the old model's class prototypes (prototypes=old_model.head.weight)"
+        )
+    n = source.num_items
+    models, codes = read_provenance(galleries, source)
+    if target_model_version not in models:
+        models = [*models, target_model_version]
+    target = models.index(target_model_version)
+    already_new = codes == target
+    chosen = np.zeros(n, dtype=bool)
+    if mode == "full":
+        chosen[:] = True
+    elif mode == "partial" and fraction > 0:
+        count = backfilled_count(n, fraction)
+        if ordering == "uncertainty":
+            features = galleries.load_arrays(gallery, source.version).features
+            if features is None:
+                raise BackfillError(
+                    f"gallery {gallery!r} version {source.version!r} stores no features; "
+                    "the 'uncertainty' ordering needs them (use 'random')"
+                )
+            order = backfill_order(
+                "uncertainty", features, prototypes=prototypes, score=score, scale=scale, seed=seed
+            )
+        else:
+            order = backfill_order(ordering, np.empty((n, 1), dtype=np.float32), seed=seed)
+        chosen[order[:count]] = True
+    extract = chosen & ~already_new if mode != "full" else chosen
+    provenance = codes.astype(np.uint16).copy()
+    provenance[extract] = target
+    bounds = _source_bounds(source)
+    if shard_size is None:
+        cuts = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]
+    else:
+        if shard_size < 1:
+            raise BackfillError(f"shard_size must be at least 1, got {shard_size}")
+        cuts = [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)] or [(0, 0)]
+    jobs = tuple(
+        ShardJob(shard=i, extract=extract[a:b].copy(), source_slices=_slices(bounds, a, b))
+        for i, (a, b) in enumerate(cuts)
+    )
+    return BackfillPlan(
+        jobs, tuple(models), provenance, int(extract.sum()), int((chosen & already_new).sum())
+    )
