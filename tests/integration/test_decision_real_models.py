@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hotswap.components.compat.cross_eval import compatibility_matrix
 from hotswap.components.compat.dual_tuning import train_compatible
-from hotswap.components.compat.report import build_report
+from hotswap.components.compat.gate import build_report
 from hotswap.components.data.images import ImageSet
 from hotswap.components.decision.decide import CostModel, DecisionConfig, decide, decide_from_features
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hotswap.components.compat.report import build_report
+from hotswap.components.compat.gate import build_report
 from hotswap.components.models.backbones import ModelFormatError
 from hotswap.components.registry.mlflow_registry import (
     TAG_BLESSED,
