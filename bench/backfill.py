@@ -48,7 +48,9 @@ from hotswap.components.decision.ordering import (
     random_order,
 )
 from hotswap.components.gallery.backfill import ShardResult, build_gallery_version, run_backfill
-from hotswap.components.gallery.store import LocalObjectStore, ObjectStore, open_store
+from hotswap.components.gallery.local_store import LocalObjectStore
+from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
 from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq

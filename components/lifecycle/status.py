@@ -10,7 +10,7 @@ from hotswap.components.core.fingerprint import TAG_STAGE
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.decision.decide import load_decision
 from hotswap.components.gallery.backfill import feature_models
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import (
     CHALLENGER,

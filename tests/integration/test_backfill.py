@@ -24,7 +24,8 @@ from hotswap.components.gallery.backfill import (
     feature_models,
     run_backfill,
 )
-from hotswap.components.gallery.store import LocalObjectStore, ObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
+from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.versions import GalleryError, GalleryStore, ShardCorruptedError
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features

@@ -19,7 +19,7 @@ from hotswap.components.data.loading import LoaderConfig, SourceItemSource, embe
 from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
 from hotswap.components.gallery.backfill import feature_models, run_backfill
 from hotswap.components.gallery.imports import sync_gallery, write_feature_version
-from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.lifecycle.adopt import fit_cosine_head
 from hotswap.components.models.model_spec import ModelSpec, build_user_model, load_team_model

@@ -101,7 +101,7 @@ def brute_force(
 
 
 def test_sub_index_merge_equals_exact_calibrated_brute_force(world: World, tmp_path) -> None:
-    from hotswap.components.gallery.store import LocalObjectStore
+    from hotswap.components.gallery.local_store import LocalObjectStore
 
     cal = fitted(world)
     assert not cal.is_identity
@@ -186,7 +186,7 @@ def test_skip_onto_a_mixed_gallery_adds_the_new_query_models_calibration(
 
 
 def test_stored_calibration_is_checked(world: World, tmp_path) -> None:
-    from hotswap.components.gallery.store import LocalObjectStore
+    from hotswap.components.gallery.local_store import LocalObjectStore
 
     galleries = mixed_version(world, LocalObjectStore(tmp_path / "s", fsync=False), fitted(world))
     key = galleries.version_key(GALLERY, "v2-partial", calibration_file("2"))
