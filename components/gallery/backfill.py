@@ -51,16 +51,18 @@ from hotswap.components.decision.ordering import (
     backfilled_count,
 )
 from hotswap.components.gallery.calibration import write_calibration
-from hotswap.components.gallery.records import npy_bytes, npy_load, sha256_hex
-from hotswap.components.gallery.store import ObjectNotFoundError, ObjectStore
-from hotswap.components.gallery.versions import (
+from hotswap.components.gallery.records import (
     GalleryError,
     GalleryManifest,
-    GalleryStore,
     ShardCorruptedError,
-    VersionWriter,
     new_version_id,
+    npy_bytes,
+    npy_load,
+    sha256_hex,
 )
+from hotswap.components.gallery.store import ObjectNotFoundError, ObjectStore
+from hotswap.components.gallery.version_writer import VersionWriter
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import EmbeddingModel
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks

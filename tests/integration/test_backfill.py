@@ -25,8 +25,9 @@ from hotswap.components.gallery.backfill import (
     run_backfill,
 )
 from hotswap.components.gallery.local_store import LocalObjectStore
+from hotswap.components.gallery.records import GalleryError, ShardCorruptedError
 from hotswap.components.gallery.store import ObjectStore
-from hotswap.components.gallery.versions import GalleryError, GalleryStore, ShardCorruptedError
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks

@@ -27,9 +27,10 @@ from hotswap.components.gallery.calibration import (
     load_calibration,
     write_calibration,
 )
+from hotswap.components.gallery.records import ShardCorruptedError, VersionImmutableError
 from hotswap.components.gallery.search import GallerySearcher
 from hotswap.components.gallery.store import ObjectStore
-from hotswap.components.gallery.versions import GalleryStore, ShardCorruptedError, VersionImmutableError
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
