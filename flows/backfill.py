@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from hotswap.components.registry.mlflow_registry import CHAMPION
+from hotswap.components.registry.records import CHAMPION
 from hotswap.tasks.context import settings_from
 from hotswap.tasks.gallery import backfill_gallery, publish_gallery
 from hotswap.tasks.lock import lifecycle_lock

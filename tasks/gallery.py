@@ -31,7 +31,7 @@ from hotswap.components.lifecycle.live import LiveComposition, read_composition
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks
 from hotswap.components.quant.index import build_flat_index, index_from_bytes, index_to_bytes
-from hotswap.components.registry.mlflow_registry import TAG_BACKFILL
+from hotswap.components.registry.records import TAG_BACKFILL
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks

@@ -24,7 +24,7 @@ from hotswap.components.lifecycle.refresh_progress import (
     plan_resume,
     staged_gallery_versions,
 )
-from hotswap.components.registry.mlflow_registry import CHALLENGER
+from hotswap.components.registry.records import CHALLENGER
 from hotswap.tasks.context import dataset_version, gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE

@@ -28,7 +28,7 @@ from hotswap.components.lifecycle.live import TargetWeight
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.model_spec import ModelSpec, build_user_model
 from hotswap.components.models.training import TrainConfig, train_model
-from hotswap.components.registry.mlflow_registry import CHALLENGER
+from hotswap.components.registry.records import CHALLENGER
 from hotswap.tasks.context import dataset, dataset_version, loader_config, registry
 from hotswap.tasks.links import prefect_run_tags, publish_version_links
 from prefect import get_run_logger, task

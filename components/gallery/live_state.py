@@ -21,12 +21,8 @@ from dataclasses import dataclass
 from hotswap.components.gallery.records import ManifestError
 from hotswap.components.gallery.sync_lineage import belongs_to, newest_synced
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import (
-    CHAMPION,
-    PREVIOUS,
-    ModelRegistry,
-    VersionNotFoundError,
-)
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHAMPION, PREVIOUS, VersionNotFoundError
 
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 

@@ -26,7 +26,8 @@ from hotswap.components.data.query_image import query_pixels
 from hotswap.components.gallery.search import GallerySearcher
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import CHAMPION, ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHAMPION
 
 
 class NoLiveGalleryError(RuntimeError):

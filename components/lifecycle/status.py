@@ -12,13 +12,8 @@ from hotswap.components.decision.decide import load_decision
 from hotswap.components.gallery.backfill import feature_models
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS,
-    ModelRegistry,
-    RegistryError,
-)
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHALLENGER, CHAMPION, PREVIOUS, RegistryError
 
 
 def system_status(settings: HotswapSettings) -> dict[str, Any]:
