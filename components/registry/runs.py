@@ -90,7 +90,6 @@ class RegistryRuns:
         self._experiment_id: str | None = None
         self._model_exists = False
 
-    @classmethod
     # ------------------------------------------------------------------ experiment and runs
 
     @property
