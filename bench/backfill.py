@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
+from hotswap.components.core.configs import CompatConfig, DPQConfig
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.decision.costs import measure_costs
@@ -48,11 +49,13 @@ from hotswap.components.decision.ordering import (
     random_order,
 )
 from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.shard_jobs import ShardResult
-from hotswap.components.gallery.store import LocalObjectStore, ObjectStore, open_store
+from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
 
 RESULTS = Path(__file__).parent / "results"
 OLD_CLASSES = (0, 1, 2, 3, 4)

@@ -167,7 +167,7 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     from hotswap.components.gallery.calibration import calibration_for
     from hotswap.components.gallery.provenance import feature_models
     from hotswap.components.models.training import extract_features
-    from hotswap.components.registry.mlflow_registry import CHAMPION
+    from hotswap.components.registry.records import CHAMPION
     from hotswap.tasks.context import gallery_store, registry, settings_from
     from hotswap.tasks.quantization import load_codebooks
 

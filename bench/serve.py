@@ -37,7 +37,7 @@ import numpy as np
 import psutil
 from hotswap.components.data.sources import open_source
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.quant.index import build_flat_index, build_ivf_index, index_to_bytes

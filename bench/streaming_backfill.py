@@ -15,7 +15,7 @@ from hotswap.components.data.loading import LoaderConfig, SourceItemSource
 from hotswap.components.data.objects import ObjectReader, manifest_from_frame
 from hotswap.components.gallery.backfill import run_backfill
 from hotswap.components.gallery.imports import write_feature_version
-from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.model_spec import ModelSpec, build_user_model
 from hotswap.components.quant.dpq import DPQCodebooks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.registry.mlflow_registry import CHAMPION
+from hotswap.components.registry.records import CHAMPION
 from hotswap.flows.bootstrap import AlreadyBootstrappedError
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.adopt import (

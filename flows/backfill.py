@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from hotswap.components.registry.mlflow_registry import CHAMPION
+from hotswap.components.registry.records import CHAMPION
 from hotswap.tasks.context import settings_from
 from hotswap.tasks.gallery_build import backfill_gallery
 from hotswap.tasks.gallery_publish import publish_gallery

@@ -161,7 +161,7 @@ def guard_gallery(settings: Any) -> None:
     from hotswap.components.core.errors import Services
     from hotswap.components.core.service_timeouts import apply_service_timeouts
     from hotswap.components.gallery.lease import GalleryLease
-    from hotswap.components.gallery.store import open_store
+    from hotswap.components.gallery.store_factory import open_store
 
     cli_state.services = Services(
         tracking_uri=settings.resolved_tracking_uri,

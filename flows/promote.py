@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from hotswap.components.decision.promotion_gate import refusal, refuse
 from hotswap.components.decision.review import review_summary
-from hotswap.components.registry.mlflow_registry import CHALLENGER, CHAMPION
+from hotswap.components.registry.records import CHALLENGER, CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.backfill_decision import (
     check_decision_is_current,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hotswap.components.lifecycle.refresh_progress import reached
-from hotswap.components.registry.mlflow_registry import CHAMPION
+from hotswap.components.registry.records import CHAMPION
 from hotswap.flows.switch import switch_live
 from hotswap.tasks.adopt import live_gallery_difference, sync_gallery_items
 from hotswap.tasks.backfill_decision import decide_backfill, execute_decision, load_decision

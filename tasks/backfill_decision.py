@@ -18,7 +18,7 @@ from hotswap.components.decision.storage import DECISION_PNG, save_decision
 from hotswap.components.decision.storage import load_decision as read_decision
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
 from hotswap.components.lifecycle.live import LiveComposition, read_composition
-from hotswap.components.registry.mlflow_registry import TAG_BACKFILL
+from hotswap.components.registry.records import TAG_BACKFILL
 from hotswap.tasks.context import dataset, gallery_store, registry
 from hotswap.tasks.gallery_build import _backfill, ensure_served_calibration
 from hotswap.tasks.links import artifact_link, links_markdown

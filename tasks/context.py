@@ -17,7 +17,7 @@ from hotswap.components.core.service_timeouts import apply_service_timeouts
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.catalog import current_data, gallery_items, loader_config
 from hotswap.components.data.images import ImageSet
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 

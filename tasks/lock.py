@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, held_in_this_process
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from prefect import get_run_logger
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.registry.mlflow_registry import CHAMPION
+from hotswap.components.registry.records import CHAMPION
 from hotswap.tasks.context import dataset_version, registry
 from prefect.runtime import flow_run
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from hotswap.components.core.errors import StateError
 from hotswap.components.core.faults import fault_point
-from hotswap.components.core.fingerprint import settings_hash
+from hotswap.components.core.fingerprint import TAG_STAGE, settings_hash
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.lifecycle.refresh_progress import (
     ABANDONED,
@@ -20,11 +20,10 @@ from hotswap.components.lifecycle.refresh_progress import (
     TAG_ABANDONED_WHY,
     TAG_LIVE_GALLERY,
     TAG_SEARCHED_FROM,
-    TAG_STAGE,
     plan_resume,
     staged_gallery_versions,
 )
-from hotswap.components.registry.mlflow_registry import CHALLENGER
+from hotswap.components.registry.records import CHALLENGER
 from hotswap.tasks.context import dataset_version, gallery_store, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.registry.mlflow_registry import CHAMPION, VersionNotFoundError
+from hotswap.components.registry.records import CHAMPION, VersionNotFoundError
 from hotswap.tasks.context import registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE

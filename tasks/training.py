@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.compat.dual_tuning import CompatConfig, CompatTarget, train_compatible
+from hotswap.components.compat.dual_tuning import CompatTarget, train_compatible
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.core.fingerprint import (
     JOB_BOOTSTRAP,
     JOB_REFRESH,
@@ -28,7 +29,7 @@ from hotswap.components.lifecycle.live import TargetWeight
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.model_spec import ModelSpec, build_user_model
 from hotswap.components.models.training import TrainConfig, train_model
-from hotswap.components.registry.mlflow_registry import CHALLENGER
+from hotswap.components.registry.records import CHALLENGER
 from hotswap.tasks.context import dataset, dataset_version, loader_config, registry
 from hotswap.tasks.links import prefect_run_tags, publish_version_links
 from prefect import get_run_logger, task

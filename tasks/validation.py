@@ -8,7 +8,8 @@ from typing import Any
 
 from hotswap.components.compat.audit import audit_models
 from hotswap.components.compat.cross_eval import compatibility_matrix_from_features
-from hotswap.components.compat.report import CompatibilityReport, CompatThresholds, build_report
+from hotswap.components.compat.gate import build_report
+from hotswap.components.compat.report import CompatibilityReport, CompatThresholds
 from hotswap.components.compat.served import ServedQuality, served_evaluation
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 TAG_SETTINGS_HASH = "hotswap.settings_hash"
-TAG_DATA_VERSION = "data.version"  # as components/registry/mlflow_registry.py tags every version
+TAG_DATA_VERSION = "data.version"  # as components/registry/records.py names the tag every version carries
 TAG_JOB = "hotswap.job"
 TAG_TRAINED_AGAINST = "hotswap.old_version"
 TAG_DECISION = "backfill.decision"

@@ -45,7 +45,7 @@ class TrainingSettings(BaseModel):
 
 
 class ThresholdSettings(BaseModel):
-    """The compatibility gate (see components/compat/report.py for how each check uses them)."""
+    """The compatibility gate (see components/compat/gate.py for how each check uses them)."""
 
     metrics: list[Literal["map", "top1", "top5"]] = Field(default_factory=lambda: ["map", "top1"])
     new_new_tolerance: float = Field(0.01, ge=0, description="new/new may sit at most this far below old/old")

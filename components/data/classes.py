@@ -134,7 +134,7 @@ def save_class_map(registry: Any, run_id: str, class_map: Sequence[str]) -> None
 
 def load_class_map(registry: Any, version: str, num_classes: int, names: Sequence[str] = ()) -> list[str]:
     """The recorded map of ``version``; without one, its spec's class names or "0".."K−1"."""
-    from hotswap.components.registry.mlflow_registry import RegistryError
+    from hotswap.components.registry.records import RegistryError
 
     try:
         data = registry.load_artifact_bytes(version, CLASS_MAP_ARTIFACT)

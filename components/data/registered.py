@@ -13,7 +13,8 @@ from pathlib import Path
 
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.sources import open_source
-from hotswap.components.registry.mlflow_registry import TAG_DATA_VERSION, ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import TAG_DATA_VERSION
 
 DATASET_KIND = "dataset"
 TAG_DATA_SOURCE = "data.source"

@@ -29,21 +29,22 @@ from typing import Any
 
 import numpy as np
 from hotswap.components.compat.calibration import ScoreCalibration
-from hotswap.components.decision.ordering import DEFAULT_SCORE, Ordering, UncertaintyScore
+from hotswap.components.core.configs import DEFAULT_SCORE, Ordering, UncertaintyScore
 from hotswap.components.gallery.backfill_plan import MODES, Mode, check_fraction, plan_backfill
 from hotswap.components.gallery.calibration import write_calibration
 from hotswap.components.gallery.provenance import PROVENANCE_FILE, write_provenance
-from hotswap.components.gallery.records import npy_bytes, sha256_hex
+from hotswap.components.gallery.records import (
+    GalleryError,
+    GalleryManifest,
+    new_version_id,
+    npy_bytes,
+    sha256_hex,
+)
 from hotswap.components.gallery.shard_jobs import BackfillContext, BackfillError, ItemSource, ShardJob
 from hotswap.components.gallery.shard_runner import ShardCallback, run_shard_jobs
 from hotswap.components.gallery.store import ObjectStore
-from hotswap.components.gallery.versions import (
-    GalleryError,
-    GalleryManifest,
-    GalleryStore,
-    VersionWriter,
-    new_version_id,
-)
+from hotswap.components.gallery.version_writer import VersionWriter
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import EmbeddingModel
 from hotswap.components.quant.dpq import DPQCodebooks
 from pydantic import JsonValue

@@ -11,17 +11,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from hotswap.components.decision.ordering import (
-    DEFAULT_SCORE,
-    Ordering,
-    UncertaintyScore,
-    backfill_order,
-    backfilled_count,
-)
+from hotswap.components.core.configs import DEFAULT_SCORE, Ordering, UncertaintyScore
+from hotswap.components.decision.ordering import backfill_order, backfilled_count
 from hotswap.components.gallery.provenance import read_provenance
-from hotswap.components.gallery.records import npy_bytes
+from hotswap.components.gallery.records import GalleryManifest, npy_bytes
 from hotswap.components.gallery.shard_jobs import BackfillError, ShardJob
-from hotswap.components.gallery.versions import GalleryManifest, GalleryStore
+from hotswap.components.gallery.versions import GalleryStore
 
 Mode = Literal["skip", "requantize", "partial", "full"]
 MODES: tuple[str, ...] = ("skip", "requantize", "partial", "full")

@@ -27,16 +27,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 
-from hotswap.components.compat.calibration import CalibrationConfig, ScoreCalibration, fit_calibration
+from hotswap.components.compat.calibration import ScoreCalibration, fit_calibration
+from hotswap.components.core.configs import CalibrationConfig
 from hotswap.components.data.images import ImageSet
-from hotswap.components.gallery.records import first_error, sha256_hex, to_json, validate_name
-from hotswap.components.gallery.store import ObjectNotFoundError
-from hotswap.components.gallery.versions import (
+from hotswap.components.gallery.records import (
     GalleryError,
-    GalleryStore,
     ShardCorruptedError,
     VersionImmutableError,
+    first_error,
+    sha256_hex,
+    to_json,
+    validate_name,
 )
+from hotswap.components.gallery.store import ObjectNotFoundError
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import EmbeddingModel
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks

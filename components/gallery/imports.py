@@ -22,10 +22,10 @@ import numpy as np
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import DEFAULT_LOADER, LoaderConfig, embed
 from hotswap.components.gallery.provenance import PROVENANCE_FILE, feature_models
-from hotswap.components.gallery.records import npy_bytes, sha256_hex
+from hotswap.components.gallery.records import GalleryManifest, new_version_id, npy_bytes, sha256_hex
 from hotswap.components.gallery.shard_jobs import BackfillError
 from hotswap.components.gallery.sync_lineage import sync_record
-from hotswap.components.gallery.versions import GalleryManifest, GalleryStore, new_version_id
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.quant.dpq import DPQCodebooks
 from pydantic import JsonValue
 

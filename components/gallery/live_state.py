@@ -18,14 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hotswap.components.gallery.records import ManifestError
 from hotswap.components.gallery.sync_lineage import belongs_to, newest_synced
-from hotswap.components.gallery.versions import GalleryStore, ManifestError
-from hotswap.components.registry.mlflow_registry import (
-    CHAMPION,
-    PREVIOUS,
-    ModelRegistry,
-    VersionNotFoundError,
-)
+from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHAMPION, PREVIOUS, VersionNotFoundError
 
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 

@@ -11,14 +11,10 @@ features, and an auditor can tell a mixed gallery from a clean one.
 from __future__ import annotations
 
 import numpy as np
-from hotswap.components.gallery.records import npy_load, sha256_hex
+from hotswap.components.gallery.records import GalleryManifest, ShardCorruptedError, npy_load, sha256_hex
 from hotswap.components.gallery.store import ObjectNotFoundError, ObjectStore
-from hotswap.components.gallery.versions import (
-    GalleryManifest,
-    GalleryStore,
-    ShardCorruptedError,
-    VersionWriter,
-)
+from hotswap.components.gallery.version_writer import VersionWriter
+from hotswap.components.gallery.versions import GalleryStore
 
 PROVENANCE_FILE = "backfill/feature_models.npy"
 

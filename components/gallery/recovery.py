@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, live_holder
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.switch_intent import read_intent, recover_switch
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry

@@ -22,7 +22,8 @@ import faiss
 import numpy as np
 from hotswap.components.compat.calibration import ScoreCalibration
 from hotswap.components.gallery.calibration import calibration_for
-from hotswap.components.gallery.versions import GalleryError, GalleryStore
+from hotswap.components.gallery.records import GalleryError
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.quant.index import index_from_bytes, search
 
 

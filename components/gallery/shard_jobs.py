@@ -16,7 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from hotswap.components.core.faults import fault_point
-from hotswap.components.gallery.versions import GalleryManifest, GalleryStore, VersionWriter
+from hotswap.components.gallery.records import GalleryManifest
+from hotswap.components.gallery.version_writer import VersionWriter
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import EmbeddingModel
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks

@@ -1,6 +1,6 @@
 """Which store a URI names, checked without opening it (no boto3, no directory created).
 
-Why apart from components/gallery/store.py: every command checks its settings before it starts
+Why apart from components/gallery/store_factory.py: every command checks its settings before it starts
 anything, and a bad ``store_uri`` must be reported as fast as ``--help``; opening a store
 imports boto3 and may create directories. ``open_store`` uses the same parse.
 """

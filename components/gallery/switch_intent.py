@@ -29,7 +29,8 @@ from typing import Literal
 
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import CHAMPION, MANAGED_ALIASES, ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHAMPION, MANAGED_ALIASES
 from pydantic import BaseModel, ValidationError
 
 INTENT_FILE = "SWITCH-INTENT.json"

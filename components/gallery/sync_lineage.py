@@ -23,8 +23,8 @@ is a sync made by ``model`` whose ``synced_from`` holds ``bound``. Reading it co
 
 from __future__ import annotations
 
-from hotswap.components.gallery.records import GalleryManifest
-from hotswap.components.gallery.versions import GalleryStore, ManifestError
+from hotswap.components.gallery.records import GalleryManifest, ManifestError
+from hotswap.components.gallery.versions import GalleryStore
 from pydantic import JsonValue
 
 SYNC_MODE = "sync"

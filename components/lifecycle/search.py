@@ -24,9 +24,10 @@ from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import model_inputs
 from hotswap.components.data.query_image import query_pixels
 from hotswap.components.gallery.search import GallerySearcher
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import CHAMPION, ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHAMPION
 
 
 class NoLiveGalleryError(RuntimeError):

@@ -10,15 +10,10 @@ from hotswap.components.core.fingerprint import TAG_STAGE
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.decision.storage import load_decision
 from hotswap.components.gallery.provenance import feature_models
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS,
-    ModelRegistry,
-    RegistryError,
-)
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import CHALLENGER, CHAMPION, PREVIOUS, RegistryError
 
 
 def system_status(settings: HotswapSettings) -> dict[str, Any]:

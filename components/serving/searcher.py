@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 from hotswap.components.compat.calibration import ScoreCalibration
-from hotswap.components.gallery.records import npy_load, sha256_hex
+from hotswap.components.gallery.records import GalleryError, ManifestError, npy_load, sha256_hex
 from hotswap.components.gallery.search import GallerySearcher
 from hotswap.components.gallery.store import ObjectNotFoundError
-from hotswap.components.gallery.versions import GalleryError, GalleryStore, ManifestError
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.quant.index import index_from_bytes
 
 

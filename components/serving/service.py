@@ -22,7 +22,7 @@ from hotswap.components.data.catalog import find_item, gallery_items
 from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.data.loading import model_inputs
 from hotswap.components.gallery.live_state import LiveTarget, read_live_target
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.serving.batching import QueryBatcher

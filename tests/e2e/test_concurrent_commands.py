@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from hotswap.components.gallery.lease import GalleryLease, read_lease
-from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 from tests.e2e.bad_inputs import copy_home

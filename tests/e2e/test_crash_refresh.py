@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from hotswap.components.core.settings import load_settings
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.recovery import recover_live_state
-from hotswap.components.gallery.store import LocalObjectStore
 from hotswap.components.gallery.switch_intent import begin_switch, read_intent, roll_back
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import TAG_HOST, TAG_PID, ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import TAG_HOST, TAG_PID
 
 from tests.e2e.bad_inputs import copy_home
 

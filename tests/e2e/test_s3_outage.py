@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 
 from tests.e2e.bad_inputs import BASE_TOML

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 
 from tests.e2e.bad_inputs import BASE_TOML

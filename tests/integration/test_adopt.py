@@ -18,7 +18,8 @@ from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import embed
 from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
 from hotswap.components.gallery.provenance import feature_models
-from hotswap.components.registry.mlflow_registry import TAG_KIND, ModelRegistry
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import TAG_KIND
 from hotswap.tasks.context import gallery_store
 from PIL import Image
 from safetensors.torch import save_file

@@ -17,10 +17,12 @@ from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.decision.ordering import uncertainty_scores
 from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.provenance import PROVENANCE_FILE, feature_models
+from hotswap.components.gallery.records import GalleryError, ShardCorruptedError
 from hotswap.components.gallery.shard_jobs import BackfillError, ShardResult
-from hotswap.components.gallery.store import LocalObjectStore, ObjectStore
-from hotswap.components.gallery.versions import GalleryError, GalleryStore, ShardCorruptedError
+from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from hotswap.components.compat.cross_eval import compatibility_matrix
 from hotswap.components.compat.dual_tuning import train_compatible
-from hotswap.components.compat.report import build_report
-from hotswap.components.core.configs import DecisionConfig
+from hotswap.components.compat.gate import build_report
+from hotswap.components.core.configs import DecisionConfig, DPQConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.decision.decide import decide, decide_from_features
 from hotswap.components.decision.record import CostModel
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.procedural import procedural_images
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.lifecycle.search import search_live
 from hotswap.components.registry.mlflow_registry import ModelRegistry

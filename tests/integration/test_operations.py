@@ -307,7 +307,7 @@ def test_a_second_refresh_waits_for_the_gallery_and_never_interleaves(ops, prefe
     assert competed, "the runs never competed for the gallery"
     # and neither left the gallery held
     from hotswap.components.gallery.lease import live_holder
-    from hotswap.components.gallery.store import open_store
+    from hotswap.components.gallery.store_factory import open_store
 
     store = open_store(ops.settings.resolved_store_uri, endpoint_url=ops.settings.s3_endpoint_url)
     assert live_holder(store, ops.settings.gallery_name) is None

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hotswap.components.compat.report import build_report
+from hotswap.components.compat.gate import build_report
 from hotswap.components.models.backbones import ModelFormatError
-from hotswap.components.registry.mlflow_registry import (
+from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.records import (
     TAG_BLESSED,
     TAG_DATA_VERSION,
     TAG_OLD_VERSION,
     TAG_REPORT_URI,
-    ModelRegistry,
     RegistryError,
     VersionNotFoundError,
     mask_secret,

@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hotswap.components.compat.dual_tuning import CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import train_compatible
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.data.classes import to_head_labels
 from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import LoaderConfig, SourceItemSource, embed
 from hotswap.components.data.objects import ObjectReader, decode_uint8, manifest_from_frame
 from hotswap.components.gallery.backfill import run_backfill
 from hotswap.components.gallery.imports import sync_gallery, write_feature_version
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.provenance import feature_models
-from hotswap.components.gallery.store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.lifecycle.adopt import fit_cosine_head
 from hotswap.components.models.model_spec import ModelSpec, build_user_model, load_team_model

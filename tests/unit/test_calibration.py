@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from hotswap.components.compat.calibration import (
     CALIBRATION_RULES,
-    DEFAULT_RULE,
     AffineMap,
-    CalibrationConfig,
     CalibrationError,
     ScoreCalibration,
     fit_backfill_calibration,
@@ -16,7 +14,7 @@ from hotswap.components.compat.calibration import (
     pair_scores,
 )
 from hotswap.components.compat.metrics import retrieval_metrics
-from hotswap.components.core.configs import DecisionConfig
+from hotswap.components.core.configs import DEFAULT_RULE, CalibrationConfig, DecisionConfig
 from hotswap.components.decision.ordering import (
     backfill_curve,
     backfill_order,

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from hotswap.components.compat.dual_tuning import (
     DEFAULT_CONFIG,
     PAPER_PRESET,
-    CompatConfig,
     CompatibilityError,
     CompatObjective,
     class_map_lookup,
@@ -24,6 +23,7 @@ from hotswap.components.compat.dual_tuning import (
     synthesised_classifier,
     train_compatible,
 )
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from botocore.exceptions import EndpointConnectionError
+from hotswap.components.compat.gate import normalise_matrix
 from hotswap.components.compat.metrics import clamp_score, retrieval_metrics
-from hotswap.components.compat.report import ReportFormatError, normalise_matrix
+from hotswap.components.compat.report import ReportFormatError
 from hotswap.components.core.errors import EXIT_CODES, Services, classify
 from hotswap.components.core.settings import SettingsFileError, load_settings
 

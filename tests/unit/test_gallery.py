@@ -8,17 +8,17 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from hotswap.components.gallery.store import ObjectStore
-from hotswap.components.gallery.versions import (
+from hotswap.components.gallery.records import (
     GalleryArrays,
     GalleryError,
-    GalleryStore,
     ManifestError,
     ShardCorruptedError,
     VersionImmutableError,
     VersionIncompleteError,
     new_version_id,
 )
+from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.versions import GalleryStore
 
 from tests.fixtures.stores import CrashError, RecordingStore, sibling_store
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from hotswap.components.compat.calibration import AffineMap, ScoreCalibration
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
@@ -28,12 +29,13 @@ from hotswap.components.gallery.calibration import (
     write_calibration,
 )
 from hotswap.components.gallery.provenance import feature_models
+from hotswap.components.gallery.records import ShardCorruptedError, VersionImmutableError
 from hotswap.components.gallery.search import GallerySearcher
 from hotswap.components.gallery.store import ObjectStore
-from hotswap.components.gallery.versions import GalleryStore, ShardCorruptedError, VersionImmutableError
+from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
 from hotswap.components.quant.index import build_flat_index, index_to_bytes
 
 GALLERY = "shop"
@@ -102,7 +104,7 @@ def brute_force(
 
 
 def test_sub_index_merge_equals_exact_calibrated_brute_force(world: World, tmp_path) -> None:
-    from hotswap.components.gallery.store import LocalObjectStore
+    from hotswap.components.gallery.local_store import LocalObjectStore
 
     cal = fitted(world)
     assert not cal.is_identity
@@ -187,7 +189,7 @@ def test_skip_onto_a_mixed_gallery_adds_the_new_query_models_calibration(
 
 
 def test_stored_calibration_is_checked(world: World, tmp_path) -> None:
-    from hotswap.components.gallery.store import LocalObjectStore
+    from hotswap.components.gallery.local_store import LocalObjectStore
 
     galleries = mixed_version(world, LocalObjectStore(tmp_path / "s", fsync=False), fitted(world))
     key = galleries.version_key(GALLERY, "v2-partial", calibration_file("2"))

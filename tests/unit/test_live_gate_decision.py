@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.compat.report import CompatibilityReport, build_report
+from hotswap.components.compat.gate import build_report
+from hotswap.components.compat.report import CompatibilityReport
 from hotswap.components.compat.served import ServedQuality
 from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.decision.decide import decide_from_features

@@ -14,7 +14,7 @@ from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.classes import ClassMapError, check_classes, cross_map, to_head_labels
 from hotswap.components.lifecycle.live import LiveComposition, compatibility_targets
 from hotswap.components.models.backbones import BackboneSpec, build_model
-from hotswap.components.registry.mlflow_registry import ModelVersionInfo
+from hotswap.components.registry.records import ModelVersionInfo
 
 # --------------------------------------------------------------------------- targets
 

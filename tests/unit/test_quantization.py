@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.quant.dpq import (
     CODEBOOKS_FILE,
     SPEC_FILE,
     DPQCodebooks,
-    DPQConfig,
     class_mean_classifier,
     prefix_retrieval,
     train_dpq,

@@ -7,13 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from hotswap.components.compat.gate import build_report
 from hotswap.components.compat.metrics import RetrievalMetrics
-from hotswap.components.compat.report import (
-    CompatibilityReport,
-    CompatThresholds,
-    ReportFormatError,
-    build_report,
-)
+from hotswap.components.compat.report import CompatibilityReport, CompatThresholds, ReportFormatError
 from hotswap.components.core.settings import ThresholdSettings
 from PIL import Image
 

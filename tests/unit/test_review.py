@@ -6,7 +6,8 @@ import io
 
 import numpy as np
 import pytest
-from hotswap.components.compat.report import CompatThresholds, build_report
+from hotswap.components.compat.gate import build_report
+from hotswap.components.compat.report import CompatThresholds
 from hotswap.components.decision.report import decision_plot_png
 from hotswap.components.decision.review import review_summary
 

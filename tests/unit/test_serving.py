@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hotswap.components.compat.calibration import ScoreCalibration
 from hotswap.components.gallery.search import GallerySearcher
-from hotswap.components.gallery.store import open_store
+from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.quant.index import build_flat_index, index_to_bytes

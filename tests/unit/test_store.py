@@ -7,15 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from hotswap.components.gallery.store import (
-    InvalidKeyError,
-    LocalObjectStore,
-    ObjectNotFoundError,
-    ObjectStore,
-    S3ObjectStore,
-    open_store,
-    validate_key,
-)
+from hotswap.components.gallery.local_store import LocalObjectStore
+from hotswap.components.gallery.s3_store import S3ObjectStore
+from hotswap.components.gallery.store import InvalidKeyError, ObjectNotFoundError, ObjectStore, validate_key
+from hotswap.components.gallery.store_factory import open_store
 
 BAD_KEYS = [
     "",

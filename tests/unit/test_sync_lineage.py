@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from hotswap.components.gallery.store import LocalObjectStore
+from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.sync_lineage import belongs_to, newest_synced, sync_record, synced_from
 from hotswap.components.gallery.versions import GalleryStore
 
