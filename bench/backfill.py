@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.decision.decide import measure_costs
@@ -51,7 +52,8 @@ from hotswap.components.gallery.backfill import ShardResult, build_gallery_versi
 from hotswap.components.gallery.store import LocalObjectStore, ObjectStore, open_store
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 
 RESULTS = Path(__file__).parent / "results"
 OLD_CLASSES = (0, 1, 2, 3, 4)

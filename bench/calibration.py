@@ -44,12 +44,13 @@ from hotswap.components.compat.calibration import (
     fit_calibration,
 )
 from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import in_memory_set
 from hotswap.components.data.images import ImageSet, stratified_splits
 from hotswap.components.decision.ordering import backfill_curve, backfill_order, random_order
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQConfig, train_dpq
+from hotswap.components.quant.dpq_training import train_dpq
 
 from bench.backfill import EMBEDDING_DIM, LESS_CALIBRATED, OLD_CLASSES, train_mnist_models
 

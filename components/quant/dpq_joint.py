@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.models.backbones import EmbeddingModel
 from hotswap.components.models.training import (
@@ -29,7 +30,8 @@ from hotswap.components.models.training import (
     resolve_device,
     train_model,
 )
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, dpq_loss_terms
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import dpq_loss_terms
 
 
 def finetune_with_dpq(

@@ -14,11 +14,13 @@ import pytest
 from hotswap.components.compat.cross_eval import compatibility_matrix
 from hotswap.components.compat.dual_tuning import train_compatible
 from hotswap.components.compat.report import build_report
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.decision.decide import CostModel, DecisionConfig, decide, decide_from_features
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.decision.decide import (
     CostModel,
     DecisionConfig,
@@ -13,7 +14,8 @@ from hotswap.components.decision.decide import (
     measure_costs,
 )
 from hotswap.components.models.backbones import BackboneSpec, build_model
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 from pydantic import ValidationError
 
 N_CLASSES, PER_CLASS, DIM = 8, 25, 16

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from hotswap.components.compat.calibration import AffineMap, ScoreCalibration
+from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
@@ -32,7 +33,8 @@ from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.versions import GalleryStore, ShardCorruptedError, VersionImmutableError
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import DPQCodebooks, DPQConfig, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.components.quant.index import build_flat_index, index_to_bytes
 
 GALLERY = "shop"
