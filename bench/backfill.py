@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
-from hotswap.components.core.configs import DPQConfig
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
+from hotswap.components.core.configs import CompatConfig, DPQConfig
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.decision.decide import measure_costs

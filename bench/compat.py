@@ -48,10 +48,10 @@ from hotswap.components.compat.dual_tuning import (
     DEFAULT_CONFIG,
     PAPER_PRESET,
     SOFTMAX_PRESET,
-    CompatConfig,
     train_compatible,
 )
 from hotswap.components.compat.metrics import RetrievalMetrics
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.objects import read_image_folder

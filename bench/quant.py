@@ -35,15 +35,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from hotswap.components.compat.dual_tuning import (
-    DEFAULT_CONFIG,
-    CompatObjective,
-    class_map_lookup,
-    identity_class_map,
-    old_prototypes,
-    train_compatible,
-)
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
 from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.compat.objective import CompatObjective
+from hotswap.components.compat.target_constants import class_map_lookup, identity_class_map, old_prototypes
 from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import ImageSet

@@ -13,7 +13,6 @@ import json
 import time
 from typing import Any
 
-from hotswap.components.compat.dual_tuning import CompatConfig
 from hotswap.components.compat.report import CompatThresholds
 from hotswap.components.compat.search import (
     INIT_LOCK,
@@ -26,6 +25,7 @@ from hotswap.components.compat.search import (
     skipped_trial,
     train_trial,
 )
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.core.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import TAG_CLASSES, save_class_map, to_head_labels

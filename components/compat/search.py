@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotswap.components.compat.cross_eval import compatibility_matrix
-from hotswap.components.compat.dual_tuning import CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import train_compatible
 from hotswap.components.compat.report import CompatThresholds, build_report
-from hotswap.components.core.configs import SEARCHED_KNOBS, CompatSearchConfig
+from hotswap.components.core.configs import SEARCHED_KNOBS, CompatConfig, CompatSearchConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig, TrainHistory

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 from hotswap.components.compat.cross_eval import compatibility_criterion, compatibility_matrix
-from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.models.backbones import BackboneSpec
 from hotswap.components.models.training import TrainConfig
 

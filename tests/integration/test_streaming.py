@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hotswap.components.compat.dual_tuning import CompatConfig, train_compatible
+from hotswap.components.compat.dual_tuning import train_compatible
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.data.classes import to_head_labels
 from hotswap.components.data.images import DataError
 from hotswap.components.data.loading import LoaderConfig, SourceItemSource, embed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, CompatConfig
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG
 from hotswap.components.compat.report import CompatThresholds
 from hotswap.components.compat.search import (
     CompatSearchConfig,
@@ -16,6 +16,7 @@ from hotswap.components.compat.search import (
     select_trial,
     skipped_trial,
 )
+from hotswap.components.core.configs import CompatConfig
 from hotswap.components.core.settings import HotswapSettings
 from pydantic import ValidationError
 
