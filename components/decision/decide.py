@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
-from hotswap.components.compat.calibration import fit_backfill_calibration
+from hotswap.components.compat.calibration_fitting import fit_backfill_calibration
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.compat.served import assign_gallery_models, compose_gallery, served_metrics
 from hotswap.components.core.configs import DecisionConfig

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.compat.calibration import (
+from hotswap.components.compat.calibration import AffineMap, CalibrationError, ScoreCalibration
+from hotswap.components.compat.calibration_fitting import (
     CALIBRATION_RULES,
-    DEFAULT_RULE,
-    AffineMap,
-    CalibrationConfig,
-    CalibrationError,
-    ScoreCalibration,
     fit_backfill_calibration,
     fit_calibration,
     pair_scores,
 )
 from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.core.configs import DEFAULT_RULE, CalibrationConfig
 from hotswap.components.decision.decide import DecisionConfig, estimate_quality
 from hotswap.components.decision.ordering import (
     backfill_curve,
