@@ -23,7 +23,8 @@ from hotswap.components.gallery.imports import sync_gallery, write_feature_versi
 from hotswap.components.gallery.store import LocalObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.lifecycle.adopt import fit_cosine_head
-from hotswap.components.models.model_spec import ModelSpec, build_user_model, load_team_model
+from hotswap.components.models.model_loading import load_team_model
+from hotswap.components.models.model_spec import ModelSpec, build_user_model
 from hotswap.components.models.training import TrainConfig
 from hotswap.components.quant.dpq import DPQCodebooks
 
