@@ -55,7 +55,8 @@ from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 
 RESULTS = Path(__file__).parent / "results"
 OLD_CLASSES = (0, 1, 2, 3, 4)

@@ -14,8 +14,8 @@ default Dual-Tuning new on all ten, seeded 60/20/20 split per class).
 For each, new-model queries, leave-one-out, 22-point backfill curve (uncertainty ordering, the
 default, and one random ordering), float features and as served (both segments through the new
 DPQ codebooks, as a partial backfill stores them). Every calibration rule of
-components/compat/calibration.py is fitted on the *val* split (as the pipeline does) and the curves are
-reported on val (where the default rule is chosen) and on test (never used for fitting or choosing).
+components/compat/calibration_fitting.py is fitted on the *val* split (as the pipeline does) and the curves
+are reported on val (where the default rule is chosen) and on test (never used for fitting or choosing).
 Per curve: skip (f = 0), the value at f = 1/21 (4.8 %), the minimum, the minimum minus skip (below
 zero = the curve dips under skip), and the AUC (mean of the 22 points).
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotswap.components.compat.calibration import CALIBRATION_RULES, fit_calibration
+from hotswap.components.compat.calibration_fitting import CALIBRATION_RULES, fit_calibration
 from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
 from hotswap.components.core.configs import DEFAULT_RULE, CalibrationConfig, DPQConfig
 from hotswap.components.data.bundled import in_memory_set
@@ -45,7 +45,7 @@ from hotswap.components.data.images import ImageSet, stratified_splits
 from hotswap.components.decision.ordering import backfill_curve, backfill_order, random_order
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import train_dpq
+from hotswap.components.quant.dpq_training import train_dpq
 
 from bench.backfill import EMBEDDING_DIM, LESS_CALIBRATED, OLD_CLASSES, train_mnist_models
 

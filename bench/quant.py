@@ -35,22 +35,18 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from hotswap.components.compat.dual_tuning import (
-    DEFAULT_CONFIG,
-    CompatObjective,
-    class_map_lookup,
-    identity_class_map,
-    old_prototypes,
-    train_compatible,
-)
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
 from hotswap.components.compat.metrics import retrieval_metrics
+from hotswap.components.compat.objective import CompatObjective
+from hotswap.components.compat.target_constants import class_map_lookup, identity_class_map, old_prototypes
 from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import ImageSet
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
 from hotswap.components.quant.dpq_joint import finetune_with_dpq
+from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.components.quant.index import build_flat_index, build_ivf_index, bytes_per_item, search
 
 RESULTS = Path(__file__).resolve().parent / "results"

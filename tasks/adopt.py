@@ -26,9 +26,10 @@ from hotswap.components.lifecycle.adopt import (
     fit_cosine_head,
     read_gallery_features,
 )
-from hotswap.components.models.model_spec import ModelSpec, load_team_model
+from hotswap.components.models.model_loading import load_team_model
+from hotswap.components.models.model_spec import ModelSpec
 from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import train_dpq
+from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.gallery_build import _index_builder, ensure_served_calibration
 from hotswap.tasks.quantization import load_codebooks, log_codebooks

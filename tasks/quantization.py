@@ -9,7 +9,9 @@ from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map, to_head_labels
 from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import DPQCodebooks, prefix_retrieval, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_prefix_retrieval import prefix_retrieval
+from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.reporting import publish_table
 from prefect import get_run_logger, task

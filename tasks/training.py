@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotswap.components.compat.dual_tuning import CompatTarget, train_compatible
+from hotswap.components.compat.dual_tuning import train_compatible
+from hotswap.components.compat.objective import CompatTarget
 from hotswap.components.core.configs import CompatConfig
 from hotswap.components.core.fingerprint import (
     JOB_BOOTSTRAP,

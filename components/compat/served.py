@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
-from hotswap.components.compat.calibration import fit_calibration
+from hotswap.components.compat.calibration_fitting import fit_calibration
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.core.configs import CalibrationConfig
 from hotswap.components.data.images import ImageSet

@@ -4,7 +4,7 @@ The command line must never answer a known failure with a traceback. This module
 any exception, which class of failure it is (bad input, wrong state, busy gallery, unreachable
 service, damaged data, storage, or a bug), the exit code of that class, and the one line the
 user reads: what is wrong, naming the input or the service, and what to do. The traceback is
-for the log file (see flows/cli.py), not for the terminal.
+for the log file (see flows/cli_errors.py), not for the terminal.
 
 Exit codes (docs/reliability.md repeats this table):
 

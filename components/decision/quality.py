@@ -13,7 +13,7 @@ target and is the fallback. A partial option's mixed gallery is ranked by calibr
 from __future__ import annotations
 
 import numpy as np
-from hotswap.components.compat.calibration import fit_backfill_calibration
+from hotswap.components.compat.calibration_fitting import fit_backfill_calibration
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.compat.served import served_metrics
 from hotswap.components.core.configs import DecisionConfig

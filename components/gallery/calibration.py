@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 
-from hotswap.components.compat.calibration import ScoreCalibration, fit_calibration
+from hotswap.components.compat.calibration import ScoreCalibration
+from hotswap.components.compat.calibration_fitting import fit_calibration
 from hotswap.components.core.configs import CalibrationConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.gallery.records import (

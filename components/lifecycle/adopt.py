@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from hotswap.components.compat.dual_tuning import CompatibilityError
+from hotswap.components.compat.target_constants import CompatibilityError
 from hotswap.components.data.images import DataError
 from pydantic import BaseModel, Field
 

@@ -152,7 +152,8 @@ def model_to_bytes(model: EmbeddingModel) -> dict[str, bytes]:
 
 def model_from_bytes(files: dict[str, bytes], source: str = "model") -> EmbeddingModel:
     """Rebuild a model from its spec and weights without unpickling anything."""
-    from hotswap.components.models.model_spec import is_user_spec, model_from_files
+    from hotswap.components.models.model_loading import model_from_files
+    from hotswap.components.models.model_spec import is_user_spec
 
     if SPEC_FILE in files and is_user_spec(files[SPEC_FILE]):
         return model_from_files(files, source)

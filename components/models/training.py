@@ -2,7 +2,7 @@
 
 The trainer knows nothing about compatibility: what it minimises is an *objective*, a callable
 that returns named loss terms for one batch. Plain training uses :func:`cross_entropy_objective`;
-compatible training (components/compat/dual_tuning.py) passes its own. Every term is logged per
+compatible training (components/compat/objective.py) passes its own. Every term is logged per
 epoch, so a run's history shows which term pulled how hard.
 """
 

@@ -30,7 +30,8 @@ from hotswap.components.models.training import (
     resolve_device,
     train_model,
 )
-from hotswap.components.quant.dpq import DPQCodebooks, dpq_loss_terms
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import dpq_loss_terms
 
 
 def finetune_with_dpq(

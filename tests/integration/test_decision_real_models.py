@@ -20,7 +20,8 @@ from hotswap.components.decision.decide import decide, decide_from_features
 from hotswap.components.decision.record import CostModel
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
-from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,8 @@ from hotswap.components.gallery.local_store import LocalObjectStore
 from hotswap.components.gallery.provenance import feature_models
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.lifecycle.adopt import fit_cosine_head
-from hotswap.components.models.model_spec import ModelSpec, build_user_model, load_team_model
+from hotswap.components.models.model_loading import load_team_model
+from hotswap.components.models.model_spec import ModelSpec, build_user_model
 from hotswap.components.models.training import TrainConfig
 from hotswap.components.quant.dpq import DPQCodebooks
 

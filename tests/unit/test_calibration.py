@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hotswap.components.compat.calibration import (
+from hotswap.components.compat.calibration import AffineMap, CalibrationError, ScoreCalibration
+from hotswap.components.compat.calibration_fitting import (
     CALIBRATION_RULES,
-    AffineMap,
-    CalibrationError,
-    ScoreCalibration,
     fit_backfill_calibration,
     fit_calibration,
     pair_scores,

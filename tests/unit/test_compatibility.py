@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hotswap.components.compat.dual_tuning import (
-    DEFAULT_CONFIG,
-    PAPER_PRESET,
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, PAPER_PRESET, train_compatible
+from hotswap.components.compat.loss_terms import n2o_loss, prototype_softmax_loss, prototype_triplet_loss
+from hotswap.components.compat.objective import CompatObjective
+from hotswap.components.compat.target_constants import (
     CompatibilityError,
-    CompatObjective,
     class_map_lookup,
     identity_class_map,
-    n2o_loss,
     old_prototypes,
-    prototype_softmax_loss,
-    prototype_triplet_loss,
     synthesised_classifier,
-    train_compatible,
 )
 from hotswap.components.core.configs import CompatConfig
 from hotswap.components.data.bundled import make_synthetic

@@ -9,7 +9,8 @@ from hotswap.components.decision.costs import measure_costs
 from hotswap.components.decision.decide import decide_from_features
 from hotswap.components.decision.record import CostModel, DecisionError, DecisionRecord
 from hotswap.components.models.backbones import BackboneSpec, build_model
-from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 from pydantic import ValidationError
 
 N_CLASSES, PER_CLASS, DIM = 8, 25, 16

@@ -11,8 +11,8 @@ from hotswap.components.core.configs import DPQConfig
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.training import TrainConfig, extract_features
-from hotswap.components.quant.dpq import train_dpq
 from hotswap.components.quant.dpq_joint import finetune_with_dpq
+from hotswap.components.quant.dpq_training import train_dpq
 
 
 def distortion(features: np.ndarray, codebooks) -> float:

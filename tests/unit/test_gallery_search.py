@@ -35,7 +35,8 @@ from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import DPQCodebooks, train_dpq
+from hotswap.components.quant.dpq import DPQCodebooks
+from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.components.quant.index import build_flat_index, index_to_bytes
 
 GALLERY = "shop"

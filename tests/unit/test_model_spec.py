@@ -15,13 +15,8 @@ import pytest
 import torch
 from hotswap.components.data.preprocess import Preprocessing
 from hotswap.components.models.backbones import ModelFormatError, model_from_bytes, model_to_bytes
-from hotswap.components.models.model_spec import (
-    ModelSpec,
-    build_user_model,
-    load_export_program,
-    load_team_model,
-    model_from_files,
-)
+from hotswap.components.models.model_loading import load_export_program, load_team_model, model_from_files
+from hotswap.components.models.model_spec import ModelSpec, build_user_model
 from safetensors.torch import save_file
 
 from tests.fixtures.user_models import resnet
@@ -63,7 +58,7 @@ def test_spec_rebuilds_the_model_exactly_in_a_fresh_process(tmp_path: Path) -> N
     np.save(tmp_path / "x.npy", x.numpy())
     script = (
         "import sys, numpy as np, torch; from pathlib import Path; "
-        "from hotswap.components.models.model_spec import model_from_files; d = Path(sys.argv[1]); "
+        "from hotswap.components.models.model_loading import model_from_files; d = Path(sys.argv[1]); "
         "m = model_from_files({n: (d / n).read_bytes() for n in ('spec.json', 'weights.safetensors')}); "
         "np.save(d / 'y.npy', m.embed(torch.from_numpy(np.load(d / 'x.npy'))).detach().numpy())"
     )

@@ -8,16 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hotswap.components.compat.dual_tuning import (
-    DEFAULT_CONFIG,
-    CompatibilityError,
-    CompatTarget,
-    class_map_lookup,
-    n2o_loss,
-    o2n_loss,
-    prototype_triplet_loss,
-    train_compatible,
-)
+from hotswap.components.compat.dual_tuning import DEFAULT_CONFIG, train_compatible
+from hotswap.components.compat.loss_terms import n2o_loss, o2n_loss, prototype_triplet_loss
+from hotswap.components.compat.objective import CompatTarget
+from hotswap.components.compat.target_constants import CompatibilityError, class_map_lookup
 from hotswap.components.data.bundled import make_synthetic
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig
@@ -51,7 +45,7 @@ def _formula(old, new, protos, lookup, images, labels, config=DEFAULT_CONFIG) ->
 
 
 def _objective(targets, new_classes: int):
-    from hotswap.components.compat.dual_tuning import CompatObjective, _TargetState
+    from hotswap.components.compat.objective import CompatObjective, _TargetState
 
     states = [
         _TargetState(

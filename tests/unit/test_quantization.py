@@ -9,14 +9,9 @@ import torch
 import torch.nn.functional as F
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.core.configs import DPQConfig
-from hotswap.components.quant.dpq import (
-    CODEBOOKS_FILE,
-    SPEC_FILE,
-    DPQCodebooks,
-    class_mean_classifier,
-    prefix_retrieval,
-    train_dpq,
-)
+from hotswap.components.quant.dpq import CODEBOOKS_FILE, SPEC_FILE, DPQCodebooks
+from hotswap.components.quant.dpq_prefix_retrieval import prefix_retrieval
+from hotswap.components.quant.dpq_training import class_mean_classifier, train_dpq
 from hotswap.components.quant.index import build_flat_index, search
 
 faiss.omp_set_num_threads(1)
