@@ -2,9 +2,10 @@
 gallery-sync → search (CLI and HTTP), on an RGB manifest on S3 and a model named by import path.
 
 Each step is the real ``hotswap`` executable against the session's Prefect API, moto's S3 server
-and a SQLite MLflow. Regressions covered: a challenger worse than live is rejected on this path
-and ``promote`` refuses it; HTTP image search equals CLI search equals the model's own
-preprocessing; after a sync, a running and a freshly started service serve the synced gallery.
+and a SQLite MLflow. Regressions covered: HTTP image search equals CLI search (the model's own
+preprocessing); after a sync, a freshly started service serves the synced gallery, never a
+removed item. (A worse challenger rejected on this path and refused by promote:
+tests/integration/test_adopted_lifecycle.py.)
 """
 
 from __future__ import annotations
@@ -140,23 +141,9 @@ def test_a_team_runs_the_whole_lifecycle_from_the_command_line(team: dict[str, A
     )
     assert adopted["version"] == "1" and adopted["gallery_version"] == "v1-adopted"
 
-    # when a challenger that learned nothing is refreshed (a learning rate of 1e-9)
-    worse = write_config(root, s3, team["bucket"], lr=1e-9)
-    rejected = last_json(hotswap(home, worse, "refresh").stdout)
-    # then the unified pipeline judges it as served and rejects it: no gallery is built
-    assert rejected["decision"] == "reject" and rejected["gallery_version"] is None
-    assert rejected["promoted"] is False
-    # and promote refuses it in one line, naming the decision
-    refused = hotswap(home, worse, "promote", "--approve", "--reason", "looks fine", check=False)
-    assert refused.returncode != 0
-    assert [line for line in refused.stdout.splitlines() if line.startswith("error:")] == [
-        refused.stdout.strip()
-    ]
-    assert "reject" in refused.stdout
-
     # when a real challenger is trained against the adopted model and promoted
     refreshed = last_json(hotswap(home, config, "refresh").stdout)
-    assert refreshed["noop"] is False and refreshed["challenger"] == "3"
+    assert refreshed["noop"] is False and refreshed["challenger"] == "2"
     assert set(refreshed["targets"][0]) >= {"version", "weight"}  # trained against the live targets
     if refreshed["decision"] != "reject":
         hotswap(home, config, "promote", "--approve", "--reason", "report reviewed")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.decision.promotion_gate import WorseThanLiveError
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.compat_search import PARENT_RUN_TAG, TRIAL_TAG
 from mlflow.tracking import MlflowClient
@@ -84,20 +85,27 @@ def team_home(s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory) -
     return {"root": root, "overrides": overrides, "bucket": bucket, "s3": s3_images}
 
 
-def test_the_challenger_trains_against_every_live_target_and_is_gated_as_served(
-    team_home: dict[str, Any],
-) -> None:
-    from hotswap.flows.refresh import refresh
-
-    # given champion v2 serving a gallery embedded by v1 (share 100 %)
-    # when a refresh runs with a gate no challenger can pass, and a one-trial compatibility search
-    overrides = _overrides(
+def _unpassable(team_home: dict[str, Any]) -> dict[str, Any]:
+    """Settings under which no challenger passes: the gate and every option need +1.0 mAP over live."""
+    return _overrides(
         team_home["root"],
         team_home["s3"],
         team_home["bucket"],
         thresholds={"served_margin": 1.0},
+        decision={"min_gain_over_live": 1.0},
         compat_search={"enabled": True, "max_trials": 1},
     )
+
+
+def test_the_challenger_trains_against_every_live_target_and_is_gated_as_served(
+    team_home: dict[str, Any],
+) -> None:
+    from hotswap.flows.promote import PromotionInput, promote
+    from hotswap.flows.refresh import refresh
+
+    # given champion v2 serving a gallery embedded by v1 (share 100 %)
+    # when a refresh runs with a gate and a decision no challenger can pass, and a one-trial search
+    overrides = _unpassable(team_home)
     summary = refresh(overrides=overrides, return_state=True).result()
     # then its targets are the champion and the model whose features the gallery holds
     assert {t["version"] for t in summary["targets"]} == {"1", "2"}
@@ -113,20 +121,21 @@ def test_the_challenger_trains_against_every_live_target_and_is_gated_as_served(
         [registry.experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{configured}'"
     )
     assert len(trials) == 1 and trials[0].data.tags[TRIAL_TAG] == "0"
-    # and nothing that is not better than live is promoted
-    assert summary["promoted"] is False
+    # and nothing that is not better than live is promoted: not by the refresh, not by a reviewer
+    assert summary["promoted"] is False and summary["decision"] == "reject"
+    with pytest.raises(WorseThanLiveError, match="rerun with --force"):  # one line, how to override
+        promote(
+            overrides=overrides,
+            version=summary["challenger"],
+            answer=PromotionInput(approve=True, reason="looks fine"),
+        )
+    assert registry.aliases()["champion"] == "2"
 
 
 def test_an_unchanged_refresh_is_a_noop(team_home: dict[str, Any]) -> None:
     from hotswap.flows.refresh import refresh
 
-    overrides = _overrides(
-        team_home["root"],
-        team_home["s3"],
-        team_home["bucket"],
-        thresholds={"served_margin": 1.0},
-        compat_search={"enabled": True, "max_trials": 1},
-    )
+    overrides = _unpassable(team_home)
     # given the refresh above, when it runs again on the same data, settings and champion
     summary = refresh(overrides=overrides, return_state=True).result()
     # then nothing is trained, and it says why
