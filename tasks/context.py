@@ -17,6 +17,7 @@ from hotswap.components.core.service_timeouts import apply_service_timeouts
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.catalog import current_data, gallery_items, loader_config
 from hotswap.components.data.images import ImageSet
+from hotswap.components.data.sources import forget_decoded_images
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry
@@ -29,6 +30,7 @@ def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     settings = HotswapSettings(**(overrides or {}))
+    forget_decoded_images()  # a flow run reads its images afresh, then as often as it likes
     apply_service_timeouts(settings)
     torch.set_num_threads(settings.torch_threads)
     return settings

@@ -173,6 +173,12 @@ class StreamSettings(BaseModel):
     workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = read in the calling process)")
     batch_size: int = Field(64, ge=1, description="images per streamed batch (extraction, decision)")
     prefetch_factor: int = Field(4, ge=1, description="batches each worker reads ahead")
+    cache_mb: int = Field(
+        256,
+        ge=0,
+        description="decoded images a manifest or folder source keeps in the process for the repeated "
+        "passes of one flow run (training epochs, validation, the gate, the decision); 0 = none",
+    )
 
 
 class GallerySettings(BaseModel):

@@ -16,17 +16,28 @@ import numpy as np
 from hotswap.components.data.classes import check_classes
 from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.data.loading import LoaderConfig
+from hotswap.components.data.objects import ObjectSource
 from hotswap.components.data.sources import open_manifest, open_source
+
+
+def _keep_decoded(settings: object, items: ImageSet) -> ImageSet:
+    """Object sources keep up to ``stream.cache_mb`` of decoded images for repeated passes."""
+    if isinstance(items.source, ObjectSource):
+        items.source.keep_decoded(settings.stream.cache_mb << 20)  # type: ignore[attr-defined]
+    return items
 
 
 def labelled_data(settings: object) -> ImageSet:
     """Every row of ``data.source``."""
     data = settings.data  # type: ignore[attr-defined]
-    return open_source(
-        data.source,
-        seed=data.split_seed,
-        endpoint_url=settings.s3_endpoint_url,  # type: ignore[attr-defined]
-        synthetic_size=data.image_size or 28,
+    return _keep_decoded(
+        settings,
+        open_source(
+            data.source,
+            seed=data.split_seed,
+            endpoint_url=settings.s3_endpoint_url,  # type: ignore[attr-defined]
+            synthetic_size=data.image_size or 28,
+        ),
     )
 
 
@@ -41,7 +52,7 @@ def gallery_items(settings: object) -> ImageSet:
     """The gallery's own manifest, or the gallery split of the whole data source."""
     manifest = settings.gallery.manifest  # type: ignore[attr-defined]
     if manifest:
-        return open_manifest(manifest, settings.s3_endpoint_url)  # type: ignore[attr-defined]
+        return _keep_decoded(settings, open_manifest(manifest, settings.s3_endpoint_url))  # type: ignore[attr-defined]
     whole = labelled_data(settings)
     return whole.split(settings.data.gallery_split)  # type: ignore[attr-defined]
 

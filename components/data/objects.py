@@ -247,6 +247,30 @@ class ObjectSource(ImageSource):
         self.base_dir = base_dir
         self.reader = reader or ObjectReader()
         self._uris = self.frame["uri"].tolist()
+        self.cache_bytes = 0  # decoded images kept for repeated passes in this process (0 = none)
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
+
+    def keep_decoded(self, max_bytes: int) -> ObjectSource:
+        """Keep up to ``max_bytes`` of decoded images in this process, for repeated passes.
+
+        One refresh reads the same rows many times (prototypes, every epoch, validation, the
+        served gate, calibration, DPQ, the decision); a set that fits is read from the store once.
+        The cache stays in this process: a DataLoader worker receives the source without it, and
+        :func:`forget_decoded` empties it (each flow run starts with none, so an object replaced
+        under the same key is read again).
+        """
+        self.cache_bytes = max(0, int(max_bytes))
+        return self
+
+    def forget_decoded(self) -> None:
+        self._cache.clear()
+        self._cached_bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"], state["_cached_bytes"] = {}, 0
+        return state
 
     def with_reader(self, reader: ObjectReader) -> ObjectSource:
         """The same rows read through ``reader`` (another endpoint or retry policy)."""
@@ -256,6 +280,16 @@ class ObjectSource(ImageSource):
         return clone
 
     def image(self, position: int) -> np.ndarray:
+        cached = self._cache.get(position)
+        if cached is not None:
+            return cached
+        image = self._read(position)
+        if self._cached_bytes + image.nbytes <= self.cache_bytes:
+            self._cache[position] = image
+            self._cached_bytes += image.nbytes
+        return image
+
+    def _read(self, position: int) -> np.ndarray:
         where = self.describe(position)
         try:
             data = self.reader.read(self._uris[position], self.base_dir)

@@ -9,17 +9,20 @@
 - an image folder with one sub-folder per class (splits stratified with ``split_seed``).
 
 Sources are cached per process, keyed also on the file's (or folder's) sizes and times, so a
-long-lived worker sees the latest version of a growing manifest.
+long-lived worker sees the latest version of a growing manifest. An object source may also keep
+its decoded images for the repeated passes of one flow run (``stream.cache_mb``; emptied by
+:func:`forget_decoded_images` when the next flow run starts).
 """
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import DataError, ImageSet
-from hotswap.components.data.objects import ObjectReader, read_image_folder, read_image_manifest
+from hotswap.components.data.objects import ObjectReader, ObjectSource, read_image_folder, read_image_manifest
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 
@@ -48,6 +51,13 @@ def check_source_name(source: str) -> None:
         )
 
 
+def forget_decoded_images() -> None:
+    """Empty the decoded-image caches of every object source this process opened (a flow run
+    starts with none, so an object replaced under the same key is read again)."""
+    for source in list(_OBJECT_SOURCES):
+        source.forget_decoded()
+
+
 def open_source(
     source: str, seed: int = 0, endpoint_url: str | None = None, synthetic_size: int = 28
 ) -> ImageSet:
@@ -62,7 +72,16 @@ def open_manifest(path: str, endpoint_url: str | None = None, labelled: bool = F
 
 @lru_cache(maxsize=8)
 def _open_manifest(path: str, endpoint_url: str | None, labelled: bool, stamp: tuple) -> ImageSet:
-    return read_image_manifest(path, labelled, labelled, reader=ObjectReader(endpoint_url))
+    return _tracked(read_image_manifest(path, labelled, labelled, reader=ObjectReader(endpoint_url)))
+
+
+_OBJECT_SOURCES: weakref.WeakSet[ObjectSource] = weakref.WeakSet()
+
+
+def _tracked(items: ImageSet) -> ImageSet:
+    if isinstance(items.source, ObjectSource):
+        _OBJECT_SOURCES.add(items.source)
+    return items
 
 
 @lru_cache(maxsize=4)
@@ -84,5 +103,5 @@ def _open(source: str, seed: int, endpoint_url: str | None, synthetic_size: int,
     check_source_name(source)
     path = Path(source)
     if path.suffix in MANIFEST_SUFFIXES:
-        return read_image_manifest(path, reader=ObjectReader(endpoint_url))
-    return read_image_folder(path, seed=seed, reader=ObjectReader(endpoint_url))
+        return _tracked(read_image_manifest(path, reader=ObjectReader(endpoint_url)))
+    return _tracked(read_image_folder(path, seed=seed, reader=ObjectReader(endpoint_url)))

@@ -221,3 +221,48 @@ def test_damaged_manifest_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"PAR1 garbage")
     with pytest.raises(DataError, match=r"m\.parquet: cannot be parsed"):
         read_image_manifest(path)
+
+
+def test_an_object_source_keeps_decoded_images_for_repeated_passes_of_one_run(tmp_path):
+    """A refresh reads its rows many times; with a cache a small set is read from the store once,
+    forgotten when the next flow run starts, and never shipped to DataLoader workers."""
+
+    from hotswap.components.data.loading import LoaderConfig, model_inputs
+    from hotswap.components.data.objects import ObjectReader, read_image_folder
+    from hotswap.components.data.preprocess import Preprocessing
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(5):
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(
+                tmp_path / label / f"{i}.png"
+            )
+
+    class CountingReader(ObjectReader):
+        reads = 0
+
+        def read(self, uri, base_dir="."):
+            CountingReader.reads += 1
+            return super().read(uri, base_dir)
+
+    items = read_image_folder(tmp_path, reader=CountingReader())
+    pp, config = Preprocessing(image_size=8, channels="RGB"), LoaderConfig(batch_size=4, workers=0)
+    first = model_inputs(items, pp, config)
+    assert CountingReader.reads == 10  # no cache: every pass reads
+    model_inputs(items, pp, config)
+    assert CountingReader.reads == 20
+    items.source.keep_decoded(1 << 20)
+    model_inputs(items, pp, config)
+    again = model_inputs(items, pp, config)
+    assert CountingReader.reads == 30 and np.array_equal(first, again)  # read once, then kept
+    assert items.source.__getstate__()["_cache"] == {}  # what a worker receives holds no copy
+    items.source.forget_decoded()
+    model_inputs(items, pp, config)
+    assert CountingReader.reads == 40
+    items.source.keep_decoded(3 * 8 * 8 * 3)  # a budget of three images keeps three
+    items.source.forget_decoded()
+    model_inputs(items, pp, config)
+    model_inputs(items, pp, config)
+    assert CountingReader.reads == 40 + 10 + 7
