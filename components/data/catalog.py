@@ -13,7 +13,7 @@ Every lifecycle step reads images through these sets, whatever the source (compo
 from __future__ import annotations
 
 import numpy as np
-from hotswap.components.data.classes import check_classes
+from hotswap.components.data.classes import check_classes, is_integer_label
 from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.data.loading import LoaderConfig
 from hotswap.components.data.objects import ObjectSource
@@ -99,13 +99,6 @@ def bootstrap_classes(settings: object, data: ImageSet) -> list[str] | None:
     section = settings.data  # type: ignore[attr-defined]
     wanted = section.bootstrap_classes
     explicit = "bootstrap_classes" in section.model_fields_set
-    if wanted is not None and not explicit and not all(_integer_name(c) for c in data.class_names):
+    if wanted is not None and not explicit and not all(is_integer_label(c) for c in data.class_names):
         return None
     return check_classes("data.bootstrap_classes", wanted, data.class_names)
-
-
-def _integer_name(name: str) -> bool:
-    try:
-        return str(int(name)) == name
-    except ValueError:
-        return False

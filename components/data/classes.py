@@ -41,7 +41,7 @@ def check_classes(
     if classes is None:
         return None
     names = list(class_names)
-    numeric = all(_is_int(n) for n in names)
+    numeric = all(is_integer_label(n) for n in names)
     wanted: list[str] = []
     for c in classes:
         if isinstance(c, bool) or not isinstance(c, (int, str)):
@@ -68,7 +68,8 @@ def check_classes(
     return [n for n in names if n in set(wanted)]
 
 
-def _is_int(name: str) -> bool:
+def is_integer_label(name: str) -> bool:
+    """Whether a label name is an integer written plainly ("3", not "03" or "c3")."""
     try:
         return str(int(name)) == name
     except ValueError:

@@ -272,13 +272,6 @@ class ObjectSource(ImageSource):
         state["_cache"], state["_cached_bytes"] = {}, 0
         return state
 
-    def with_reader(self, reader: ObjectReader) -> ObjectSource:
-        """The same rows read through ``reader`` (another endpoint or retry policy)."""
-        clone = object.__new__(ObjectSource)
-        clone.__dict__.update(self.__dict__)
-        clone.reader = reader
-        return clone
-
     def image(self, position: int) -> np.ndarray:
         cached = self._cache.get(position)
         if cached is not None:

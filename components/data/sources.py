@@ -36,21 +36,6 @@ def _stamp(source: str) -> tuple:
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
 
 
-def check_source_name(source: str) -> None:
-    """One line when ``data.source`` cannot name a source (nothing is read)."""
-    if source == "mnist5k" or source.startswith("synthetic:"):
-        return
-    path = Path(source)
-    if path.suffix in MANIFEST_SUFFIXES:
-        if not path.is_file():
-            raise DataError(f"data source {source!r}: manifest file does not exist")
-        return
-    if not path.is_dir():
-        raise DataError(
-            f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder"
-        )
-
-
 def forget_decoded_images() -> None:
     """Empty the decoded-image caches of every object source this process opened (a flow run
     starts with none, so an object replaced under the same key is read again)."""
@@ -100,8 +85,11 @@ def _open(source: str, seed: int, endpoint_url: str | None, synthetic_size: int,
             raise DataError(
                 f"data source {source!r}: expected 'synthetic:<items>:<classes>[:<size>]' ({exc})"
             ) from exc
-    check_source_name(source)
     path = Path(source)
-    if path.suffix in MANIFEST_SUFFIXES:
+    if path.suffix in MANIFEST_SUFFIXES:  # a missing file is named by the reader
         return _tracked(read_image_manifest(path, reader=ObjectReader(endpoint_url)))
-    return _tracked(read_image_folder(path, seed=seed, reader=ObjectReader(endpoint_url)))
+    if path.is_dir():
+        return _tracked(read_image_folder(path, seed=seed, reader=ObjectReader(endpoint_url)))
+    raise DataError(
+        f"data source {source!r}: not 'mnist5k', 'synthetic:…', a manifest file or an image folder"
+    )
