@@ -90,15 +90,23 @@ def gallery_sync(
 
 def refresh(
     home: Path | None = HomeOption,
-    auto_promote: bool = typer.Option(None, "--auto-promote/--no-auto-promote", help="default: settings"),
+    auto_promote: bool = typer.Option(
+        None, "--auto-promote/--no-auto-promote", help="promote a promotable challenger; default: settings"
+    ),
+    prebuild: bool = typer.Option(
+        None,
+        "--prebuild/--no-prebuild",
+        help="build the gallery now even when the decision waits for review (default: settings "
+        "prebuild_on_review; off: planned, built on approval)",
+    ),
 ) -> None:
-    """Run the lifecycle: compatible training, validation, DPQ, decision, staged backfill."""
+    """Run the lifecycle: compatible training, validation, DPQ, decision, staged upgrade."""
     from hotswap.flows.cli_checks import check_data
 
     overrides = prepare(home, check_data, prefect=True)
     from hotswap.flows.refresh import refresh as refresh_flow
 
-    result = refresh_flow(overrides=overrides, auto_promote=auto_promote)
+    result = refresh_flow(overrides=overrides, auto_promote=auto_promote, prebuild_on_review=prebuild)
     for line in result.get("recovery") or []:  # what it resumed or cleaned up, also in the JSON
         note(line)
     print_json(result)

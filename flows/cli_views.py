@@ -80,6 +80,12 @@ def print_status(console: Console, state: dict[str, Any]) -> None:
             f"[bold]last decision[/bold] v{decision['version']}: {decision['mode']} — "
             + "; ".join(decision["reasons"])
         )
+        if "promotable" in decision:
+            verdict = (
+                "[green]promotable[/green]" if decision["promotable"] else "[yellow]not promotable[/yellow]"
+            )
+            console.print(f"              {verdict}: {decision['promotable_reason']}")
+            console.print(f"              gallery: {decision['gallery']}")
     tags = state.get("latest_version_tags") or {}
     if "promotion.status" in tags:
         reason = tags.get("promotion.reason")

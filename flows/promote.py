@@ -43,7 +43,9 @@ class PromotionInput(RunInput):
     """The form shown to the reviewer of a paused promote run."""
 
     approve: bool = Field(
-        False, description="Tick to make this version the champion and switch the live gallery to it."
+        False,
+        description="Tick to make this version the champion and switch the live gallery to it (a "
+        "gallery planned by the refresh is built first; a build that was interrupted resumes).",
     )
     reason: str = Field(
         "", description="Why you decided so; recorded on the model version (promotion.reason) in MLflow."
@@ -60,8 +62,9 @@ class PromotionInput(RunInput):
     )
     force: bool = Field(
         False,
-        description="Tick to promote even a version that does not beat the live system (a 'reject' "
-        "decision, new/new below the champion's, or an option that does not beat live as served).",
+        description="Tick to promote even a version that is not promotable (a 'reject' decision, "
+        "new/new below the champion's, an option that does not beat live as served, or an option "
+        "keeping old features of a model that is not blessed).",
     )
 
     @model_validator(mode="after")
@@ -102,12 +105,15 @@ def promote(
     timeout_seconds: int = 24 * 3600,
     poll_interval_seconds: int = 10,
 ) -> State:
-    """Publish the report, pause for a human decision (unless ``answer`` is given), then switch.
+    """Publish the report, pause for a human decision (unless ``answer`` is given), then build and switch.
 
-    An approval of a version worse than the live system is refused unless ``answer.force``
-    (components/decision/promotion_gate.py). The switch moves the aliases and the gallery pointer in one
-    transaction (see switch_live), holding the gallery's lifecycle slot; the wait for the
-    reviewer holds nothing.
+    An approval of an option that is not promotable (worse than the live system as served, or an
+    option keeping old features of an unblessed model) is refused unless ``answer.force``
+    (components/decision/promotion_gate.py). On approval the decided gallery version is built
+    if the refresh only planned it (or the reviewer chose another backfill mode); the build
+    resumes where a killed one stopped. The switch moves the aliases and the gallery pointer in
+    one transaction (see switch_live). Build and switch hold the gallery's lifecycle slot; the
+    wait for the reviewer holds nothing.
     """
     settings = settings_from(overrides)
     resolved = version if version.isdigit() else resolve_alias(settings, version)
@@ -149,9 +155,10 @@ def promote(
 
     with lifecycle_lock(settings, f"promotion of v{resolved}"):
         check_decision_is_current(settings, resolved, decision)
-        gallery_version = decision.gallery_version
         if answer.backfill_mode != "as-decided" and answer.backfill_mode != decision.mode:
             decision = override_decision(settings, resolved, decision, answer.backfill_mode, answer.fraction)
+        gallery_version = decision.gallery_version
+        if gallery_version is None and decision.mode != "reject":  # planned: built on approval (resumable)
             gallery_version = execute_decision(settings, resolved, decision.model_dump(mode="json"))
         if gallery_version is None:
             raise NothingToPromoteError(

@@ -1,9 +1,11 @@
-"""refresh: the whole model-update lifecycle, from the live champion to a decided, staged upgrade."""
+"""refresh: the whole model-update lifecycle, from the live champion to a decided, staged upgrade
+(promoted at once when auto-promotion is on and the decision made it promotable)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from hotswap.components.lifecycle.gallery_plan import builds_now, gallery_state, goes_live_now
 from hotswap.components.lifecycle.refresh_progress import reached
 from hotswap.components.registry.records import CHAMPION
 from hotswap.flows.switch import switch_live
@@ -42,18 +44,23 @@ def refresh(
     auto_promote: bool | None = None,
     data_source: str | None = None,
     dataset_version: str | None = None,
+    prebuild_on_review: bool | None = None,
 ) -> State:
-    """Train a compatible challenger, validate it, retrain codebooks, decide and stage the backfill.
+    """Train a compatible challenger, validate it, retrain codebooks, decide, and stage the upgrade.
 
     Nothing is trained when the data, the settings and the champion are unchanged since the
     champion (or another challenger against it) was trained: the run returns ``noop`` and why,
     and records it in MLflow. Otherwise the live gallery's composition chooses the compatibility
     targets and the as-served validation gallery.
 
-    With ``auto_promote`` (default: the ``auto_promote`` setting) a blessed challenger goes live
-    at once; otherwise it waits for the ``promote`` flow. ``data_source`` / ``dataset_version``
-    come from a ``hotswap.dataset.registered`` event: the run trains on that data and refuses to
-    start when the source no longer holds that version. One lifecycle run per gallery at a time.
+    With ``auto_promote`` (default: the ``auto_promote`` setting) a challenger whose decision is
+    promotable (DESIGN.md §16: a full backfill that beats live, or a blessed option that beats
+    live) gets its gallery built and goes live at once. Otherwise it waits for the ``promote``
+    flow, and its gallery is planned, built on approval, unless ``prebuild_on_review`` (default:
+    the setting) builds it now (components/lifecycle/gallery_plan.py). ``data_source`` /
+    ``dataset_version`` come from a ``hotswap.dataset.registered`` event: the run trains on that
+    data and refuses to start when the source no longer holds that version. One lifecycle run per
+    gallery at a time.
 
     Each stage is recorded on the challenger (tasks/refresh_progress.py). A refresh that was
     interrupted (killed, or stopped by an outage) is resumed after its last recorded stage when
@@ -61,6 +68,7 @@ def refresh(
     """
     settings = settings_from(_data_overrides(overrides, data_source))
     auto_promote = settings.auto_promote if auto_promote is None else auto_promote
+    prebuild = settings.prebuild_on_review if prebuild_on_review is None else prebuild_on_review
     with lifecycle_lock(settings, "refresh"):
         champion = resolve_alias(settings, CHAMPION)
         if champion is None:
@@ -83,7 +91,10 @@ def refresh(
 
         resume = resume_or_clean_up(settings, champion)
         challenger, report, decision, targets = _upgrade(settings, champion, resume, data_version)
-        gallery_version = execute_decision(settings, challenger, decision)
+        mode, promotable = decision["mode"], decision["promotable"]
+        gallery_version = None
+        if builds_now(mode, promotable, auto_promote, prebuild):
+            gallery_version = execute_decision(settings, challenger, decision)
         record_stage(settings, challenger, "staged")
 
         summary: dict[str, Any] = {
@@ -92,26 +103,41 @@ def refresh(
             "challenger": challenger,
             "targets": targets,
             "blessed": report["blessed"],
-            "decision": decision["mode"],
+            "decision": mode,
+            "promotable": promotable,
+            "promotable_reason": decision["promotable_reason"],
+            "gallery": gallery_state(mode, gallery_version),
             "gallery_version": gallery_version,
             "promoted": False,
             "dataset_version": data_version,
             "recovery": resume["actions"],
             "gallery_sync": synced,
         }
-        if auto_promote and report["blessed"] and gallery_version is not None:
+        if goes_live_now(mode, promotable, auto_promote) and gallery_version is not None:
             switch_live(settings, challenger, gallery_version)
             summary["promoted"] = True
-    verdict = "blessed" if report["blessed"] else "NOT blessed"
+    return _outcome(summary, champion, resume["actions"])
+
+
+def _outcome(summary: dict[str, Any], champion: str, recovery: list[str]) -> State:
+    """The run's final state: promoted, rejected, or staged for review (with where its gallery is)."""
+    challenger, mode = summary["challenger"], summary["decision"]
+    verdict = "blessed" if summary["blessed"] else "NOT blessed"
     if summary["promoted"]:
-        name, next_step = "Promoted", f"v{challenger} is live on gallery {gallery_version}"
-    elif decision["mode"] == "reject" or (not report["blessed"] and gallery_version is None):
+        name, next_step = "Promoted", f"v{challenger} is live on gallery {summary['gallery_version']}"
+    elif mode == "reject":
         name, next_step = "Rejected", f"v{champion} stays live"
     else:
-        name, next_step = "Staged", f"run the promote deployment to review v{challenger}"
-    message = f"v{challenger} {verdict} against v{champion}; decision {decision['mode']}; {next_step}"
-    if resume["actions"]:
-        message += " (" + "; ".join(resume["actions"]) + ")"
+        promotable = (
+            "promotable" if summary["promotable"] else f"not promotable ({summary['promotable_reason']})"
+        )
+        name = "Staged"
+        next_step = (
+            f"{promotable}; gallery {summary['gallery']}; run the promote deployment to review v{challenger}"
+        )
+    message = f"v{challenger} {verdict} against v{champion}; decision {mode}; {next_step}"
+    if recovery:
+        message += " (" + "; ".join(recovery) + ")"
     return Completed(name=name, message=message, data=summary)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.decision.decide import decide
+from hotswap.components.decision.promotability import with_promotability
 from hotswap.components.decision.record import DecisionRecord
 from hotswap.components.decision.report import decision_plot_png
 from hotswap.components.decision.storage import DECISION_PNG, save_decision
@@ -105,7 +106,14 @@ def decide_backfill(
         decision_markdown_with_plot(settings, new_version, record),
         f"Backfill decision for v{new_version}: {record.mode}",
     )
-    get_run_logger().info("decision for v%s: %s — %s", new_version, record.mode, "; ".join(record.reasons))
+    get_run_logger().info(
+        "decision for v%s: %s — %s; %s: %s",
+        new_version,
+        record.mode,
+        "; ".join(record.reasons),
+        "promotable" if record.promotable else "not promotable",
+        record.promotable_reason,
+    )
     return record.model_dump(mode="json")
 
 
@@ -134,7 +142,10 @@ def decision_markdown_with_plot(settings: HotswapSettings, version: str, record:
 def execute_decision(settings: HotswapSettings, new_version: str, decision: dict[str, Any]) -> str | None:
     """Write the gallery version the decision asks for (resumable); returns it, unpublished.
 
-    skip keeps the live version (returned as is); reject returns None.
+    skip keeps the live version (returned as is); reject returns None. Called by ``refresh``
+    when the gallery is built at once, or by ``promote`` on approval of a planned one
+    (components/lifecycle/gallery_plan.py); the target version id is deterministic, so a build
+    that was killed resumes shard by shard.
     """
     record = DecisionRecord.model_validate(decision)
     if record.mode == "reject":
@@ -194,13 +205,15 @@ def override_decision(
     if mode == "partial" and fraction is None:
         raise ValueError("a partial backfill needs a fraction (0 < f < 1)")
     new_fraction = {"skip": 0.0, "requantize": 0.0, "full": 1.0}.get(mode, fraction)
-    updated = record.model_copy(
-        update={
-            "mode": mode,
-            "fraction": new_fraction,
-            "gallery_version": None,
-            "reasons": [*record.reasons, f"overridden by the reviewer: {mode} instead of {record.mode}"],
-        }
+    updated = with_promotability(
+        record.model_copy(
+            update={
+                "mode": mode,
+                "fraction": new_fraction,
+                "gallery_version": None,
+                "reasons": [*record.reasons, f"overridden by the reviewer: {mode} instead of {record.mode}"],
+            }
+        )
     )
     store_decision(settings, version, updated)
     return updated

@@ -253,6 +253,11 @@ class DecisionConfig(BaseModel):
         ge=0,
         description="an option beats the live system when its served metric exceeds live by more than this",
     )
+    promotion_metrics: tuple[Metric, ...] | None = Field(
+        None,
+        description="metrics on which the chosen option, as served, must beat live by min_gain_over_live "
+        "to be promotable (auto-promotion, and promote without --force); None = the decision's metric",
+    )
     timing_sample: int = Field(256, ge=8, description="validation images timed to estimate per-item cost")
     timing_repeats: int = Field(3, ge=1, description="timing runs; the fastest is kept (least disturbed)")
     batch_size: int = Field(256, ge=1)
@@ -268,6 +273,13 @@ class DecisionConfig(BaseModel):
     def _fractions(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
         if value is not None and (not value or any(not 0 < f < 1 for f in value)):
             raise ValueError(f"partial_fractions must be non-empty and strictly between 0 and 1, got {value}")
+        return value
+
+    @field_validator("promotion_metrics")
+    @classmethod
+    def _promotion_metrics(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and not value:
+            raise ValueError("promotion_metrics must name at least one metric, or be left unset")
         return value
 
     def fractions(self) -> tuple[float, ...]:

@@ -40,6 +40,7 @@ EXCLUDED_FIELDS = frozenset(
         "device",
         "torch_threads",
         "auto_promote",
+        "prebuild_on_review",
         "backfill",
         "prefect_start_timeout_seconds",
         "prefect_idle_seconds",

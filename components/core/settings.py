@@ -244,7 +244,16 @@ class HotswapSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0
     torch_threads: int = Field(1, ge=1, description="OpenMP threads; 1 is fastest on a busy small box")
-    auto_promote: bool = Field(False, description="scheduled refresh promotes a blessed model by itself")
+    auto_promote: bool = Field(
+        False,
+        description="a refresh promotes its challenger by itself when the decision made it promotable "
+        "(DESIGN.md §16: a full backfill that beats live, or a blessed option that beats live)",
+    )
+    prebuild_on_review: bool = Field(
+        False,
+        description="build the decided gallery version during the refresh even when the decision waits "
+        "for a reviewer; off: the gallery is planned and built by `promote` on approval",
+    )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     compat: CompatConfig = Field(default_factory=CompatConfig)
     compat_search: CompatSearchConfig = Field(default_factory=CompatSearchConfig)

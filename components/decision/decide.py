@@ -11,7 +11,8 @@ DESIGN.md §7. Options, cheapest first:
 The decision, from validation data to a stored record, is put together here from its parts:
 components/decision/quality.py (each option's quality as served), components/decision/costs.py (measured
 seconds per item), components/decision/policy.py (the table of options and the rules that choose one),
-components/decision/record.py (what is recorded), components/decision/report.py (its markdown and plot)
+components/decision/record.py (what is recorded), components/decision/promotability.py (whether the
+chosen option may go live by itself), components/decision/report.py (its markdown and plot)
 and components/decision/storage.py (where it is kept).
 """
 
@@ -24,6 +25,7 @@ from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import model_inputs
 from hotswap.components.decision.costs import measure_costs
 from hotswap.components.decision.policy import build_options, choose
+from hotswap.components.decision.promotability import with_promotability
 from hotswap.components.decision.quality import estimate_quality
 from hotswap.components.decision.record import CostModel, DecisionError, DecisionRecord
 from hotswap.components.lifecycle.live import LiveComposition
@@ -74,7 +76,7 @@ def decide_from_features(
     chosen, fraction, reasons = choose(
         options, blessed, config, None if live is None else live[config.metric], better
     )
-    return DecisionRecord(
+    record = DecisionRecord(
         mode=chosen,
         fraction=fraction,
         blessed=blessed,
@@ -91,6 +93,7 @@ def decide_from_features(
         better_than_champion=better,
         **(versions or {}),
     )
+    return with_promotability(record)
 
 
 def decide(

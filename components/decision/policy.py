@@ -16,6 +16,9 @@ metric exceeds that baseline by more than ``min_gain_over_live``. No option beat
 (better but incompatible); a model whose new/new falls below the champion's is rejected.
 ``policy='full'|'skip'`` forces an option (benchmark baselines); the
 numbers are recorded all the same.
+
+Choosing is not promoting: whether the chosen option may go live by itself is judged per option
+by components/decision/promotability.py (a full backfill needs no blessing, only to beat live).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 
 from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.decision.ordering import backfilled_count
+from hotswap.components.decision.promotability import keeps_old_features
 from hotswap.components.decision.quality import QualityEstimate
 from hotswap.components.decision.record import (
     MODE_ORDER,
@@ -69,7 +73,7 @@ def build_options(
     for mode, fraction, served, floats, extract, encode in rows:
         relative = served[metric] / reference
         meets = relative >= config.quality_target - 1e-12
-        eligible = blessed or mode == "full"
+        eligible = blessed or not keeps_old_features(mode)
         verdict = "meets" if meets else "below"
         reason = f"{metric} {served[metric]:.4f} = {pct(relative)} of full, {verdict} the target"
         beats = None if live is None else bool(served[metric] > live + config.min_gain_over_live)

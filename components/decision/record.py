@@ -17,6 +17,7 @@ Choice = Literal["skip", "requantize", "partial", "full", "reject"]
 OptionMode = Literal["skip", "requantize", "partial", "full"]
 MODE_ORDER = {"skip": 0, "requantize": 1, "partial": 2, "full": 3}
 SCHEMA_VERSION = 1
+GALLERY_PLANNED = "planned, built on approval"
 
 
 class DecisionError(ValueError):
@@ -91,6 +92,12 @@ class DecisionRecord(BaseModel):
     new_codebook_version: str | None = None
     source_gallery_version: str | None = Field(None, description="the live gallery version decided on")
     gallery_version: str | None = Field(None, description="the version the decision was executed into")
+    promotable: bool = Field(
+        False,
+        description="the decided option may go live by itself: as served it beats live by the margin, "
+        "and it is blessed if it keeps old features (components/decision/promotability.py)",
+    )
+    promotable_reason: str = Field("", description="why it is (not) promotable, in one line")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -99,6 +106,10 @@ class DecisionRecord(BaseModel):
             if option.mode == self.mode and option.fraction == self.fraction:
                 return option
         return None
+
+    @property
+    def gallery_state(self) -> str:
+        return gallery_state(self.mode, self.gallery_version)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -116,6 +127,13 @@ class DecisionRecord(BaseModel):
         from hotswap.components.decision.report import decision_markdown
 
         return decision_markdown(self)
+
+
+def gallery_state(mode: str, gallery_version: str | None) -> str:
+    """The decided gallery: its version once built, ``GALLERY_PLANNED`` until then, or none (reject)."""
+    if mode == "reject":
+        return "none (rejected)"
+    return gallery_version or GALLERY_PLANNED
 
 
 def pct(value: float) -> str:

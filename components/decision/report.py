@@ -40,6 +40,9 @@ def decision_markdown(record: DecisionRecord) -> str:
             if record.live_quality
             else []
         ),
+        f"- promotable: {'yes' if record.promotable else 'no'} — "
+        f"{record.promotable_reason or 'not assessed (recorded before promotability)'}",
+        f"- gallery: {record.gallery_state}",
         "",
         "Reasons:",
         *[f"- {reason}" for reason in record.reasons],

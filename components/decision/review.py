@@ -9,7 +9,7 @@ request artifact and MLflow for everything else.
 from __future__ import annotations
 
 from hotswap.components.compat.report import PAIRS, CompatibilityReport
-from hotswap.components.decision.record import DecisionRecord
+from hotswap.components.decision.record import GALLERY_PLANNED, DecisionRecord
 
 KEY_PARTIAL_POINTS = (0.1, 0.25, 0.5, 0.75)
 
@@ -47,6 +47,13 @@ def review_summary(
         "",
         f"### Backfill decision: **{decision.mode}**",
         *[f"- {reason}" for reason in decision.reasons],
+        f"- promotable: **{'yes' if decision.promotable else 'no'}** — {decision.promotable_reason}",
+        f"- gallery: {decision.gallery_state}"
+        + (
+            " (approving builds it; an interrupted build resumes)"
+            if decision.gallery_state == GALLERY_PLANNED
+            else ""
+        ),
         "",
         f"| option | re-extracted | {metric} | of full | est. s |",
         "|---|---:|---:|---:|---:|",

@@ -56,7 +56,14 @@ def system_status(settings: HotswapSettings) -> dict[str, Any]:
             status["challenger_stage"] = info.tags.get(TAG_STAGE)
         try:
             record = load_decision(registry, latest)
-            status["last_decision"] = {"version": latest, "mode": record.mode, "reasons": record.reasons}
+            status["last_decision"] = {
+                "version": latest,
+                "mode": record.mode,
+                "reasons": record.reasons,
+                "promotable": record.promotable,
+                "promotable_reason": record.promotable_reason,
+                "gallery": record.gallery_state,  # "planned, built on approval" until promote builds it
+            }
             status["last_decision_markdown"] = record.to_markdown()
         except RegistryError:
             status["last_decision"] = None

@@ -138,3 +138,62 @@ def test_reports_stored_before_the_served_gate_still_read():
         check.pop("gating")
     report = CompatibilityReport.model_validate(old)
     assert report.served is None and all(c.gating for c in report.checks) and report.blessed
+
+
+def test_a_better_but_incompatible_full_backfill_is_promotable_and_a_worse_model_never_is(feats):
+    # given a model whose features live in another space (not blessed) but whose new/new beats live
+    incompatible = _decide(feats, "foreign", blessed=False)
+    # then its full backfill is promotable: a full backfill needs no compatibility, only to beat live
+    assert incompatible.mode == "full" and incompatible.promotable is True
+    assert "needs no compatibility" in incompatible.promotable_reason
+    assert "beats live" in incompatible.promotable_reason
+    # and the same holds when a benchmark forces the full backfill
+    forced = _decide(feats, "foreign", blessed=False, policy="full")
+    assert forced.promotable is True
+    # given a worse model, whatever option is decided or forced, it is never promotable
+    for record in (
+        _decide(feats, "worse", blessed=True),
+        _decide(feats, "worse", blessed=True, policy="full"),
+        _decide(feats, "worse", blessed=True, policy="skip"),
+    ):
+        assert record.promotable is False, record.mode
+    assert "does not beat live" in _decide(feats, "worse", blessed=True, policy="full").promotable_reason
+    # and a margin the full backfill does not clear makes it wait for a reviewer
+    strict = _decide(feats, "foreign", blessed=False, min_gain_over_live=0.9, policy="full")
+    assert strict.promotable is False and "by more than 0.9" in strict.promotable_reason
+    stored = DecisionRecord.from_json(incompatible.to_json())
+    assert (stored.promotable, stored.promotable_reason) == (True, incompatible.promotable_reason)
+
+
+def test_options_that_keep_old_features_need_the_blessing(feats):
+    # given a better model that is not blessed, forced onto a skip (old features stay in the gallery)
+    record = _decide(feats, "better", blessed=False, policy="skip")
+    # then skip beats live as served, yet it is not promotable: its queries may not search old features
+    assert record.chosen_option.beats_live is True
+    assert record.promotable is False and "keeps old features" in record.promotable_reason
+    # while a blessed model's skip that beats live is promotable
+    blessed = _decide(feats, "better", blessed=True, better=True, quality_target=0.5)
+    assert blessed.mode == "skip" and blessed.promotable is True and "blessed" in blessed.promotable_reason
+    # and every named promotion metric must beat live: here live top-1 is already 1.0, so naming it
+    # leaves the decided skip for a reviewer (why the default is the decision's metric alone)
+    both = _decide(feats, "better", blessed=True, better=True, promotion_metrics=("map", "top1"))
+    assert both.float_live_quality["top1"] == 1.0
+    assert both.promotable is False and "top1" in both.promotable_reason
+
+
+def test_promote_applies_the_same_rule_to_the_option_a_reviewer_picks(feats):
+    from hotswap.components.decision.promotion_gate import refusal
+
+    # given a better but incompatible model (not blessed: the cross-test fails)
+    matrix = {**MATRIX, "new/old": {"map": 0.1, "top1": 0.1}}
+    report = build_report(matrix, "2", "3", "data")
+    assert not report.blessed
+    record = _decide(feats, "foreign", blessed=False)
+    # then approving its full backfill passes, and a skip or a partial backfill is refused
+    assert refusal(report, record) is None and refusal(report, record, "full") is None
+    assert refusal(report, record, "skip").startswith("it is not compatible")
+    assert "keeps old features" in refusal(report, record, "partial", 0.5)
+    # and a worse model is refused as worse than live
+    worse = _decide(feats, "worse", blessed=True, policy="full")
+    why = refusal(build_report(MATRIX, "2", "3", "data"), worse)
+    assert why.startswith("it is worse than the live system")
