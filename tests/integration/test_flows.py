@@ -51,12 +51,25 @@ def test_bootstrap_then_refresh_stages_a_decided_challenger(lifecycle):
     tags = registry.get_tags("2")
     assert tags["backfill.decision"] == second["decision"]
     assert tags["compat.blessed"] == str(second["blessed"]).lower()
-    if second["decision"] in ("requantize", "partial", "full"):
-        assert second["gallery_version"] in galleries.list_versions(
-            settings.gallery_name, include_staged=True
-        )
     if not second["blessed"]:
         assert second["decision"] in ("full", "reject")
+    # the decision waits for a reviewer, so its gallery is planned, built on approval: none written yet
+    from hotswap.components.decision.storage import load_decision
+    from hotswap.components.lifecycle.refresh_progress import staged_gallery_versions
+    from hotswap.components.lifecycle.status import system_status
+
+    assert second["decision"] != "reject", second  # the module's promotion tests need a decided upgrade
+    decision = load_decision(registry, "2")
+    assert second["gallery_version"] is None and decision.gallery_version is None
+    assert second["gallery"] == decision.gallery_state == "planned, built on approval"
+    assert (second["promotable"], second["promotable_reason"]) == (
+        decision.promotable,
+        decision.promotable_reason,
+    )
+    written = galleries.list_versions(settings.gallery_name, include_staged=True)
+    assert staged_gallery_versions("2", written) == [] and tags["hotswap.refresh.stage"] == "staged"
+    status = system_status(settings)["last_decision"]
+    assert status["gallery"] == "planned, built on approval" and status["mode"] == second["decision"]
 
 
 @task(name="check-live-gallery")
@@ -72,13 +85,17 @@ def test_a_failure_after_the_switch_rolls_back_aliases_and_gallery(lifecycle, mo
     live_before = galleries.read_current(settings.gallery_name)
     aliases_before = registry.aliases()
     monkeypatch.setattr(switch_module, "check_live_gallery", _failing_health_check)
-    target = second["gallery_version"] or live_before
+    # a version staged for v2 by hand (the decided one is built only on approval, tested below)
+    from hotswap.tasks.gallery_build import _backfill
+
+    items = galleries.load_manifest(settings.gallery_name, live_before).num_items
+    target = _backfill(settings, "2", live_before, "partial", 0.25, settings.decision, "1", items)
     with pytest.raises(RuntimeError, match="injected failure"):
         switch_module.switch_live(settings, second["challenger"], target)
     assert registry.aliases() == aliases_before
     assert galleries.read_current(settings.gallery_name) == live_before
-    if target != live_before:  # the failed switch must not leave its target sealed as published
-        assert not galleries.is_sealed(settings.gallery_name, target)
+    assert target != live_before  # the failed switch must not leave its target sealed as published
+    assert not galleries.is_sealed(settings.gallery_name, target)
     from hotswap.components.gallery.switch_intent import read_intent
 
     assert read_intent(galleries, settings.gallery_name) is None
@@ -139,17 +156,25 @@ def test_promotion_rejected_through_the_form_changes_nothing(lifecycle, lifecycl
     assert registry.get_tags("2")["promotion.status"] == "rejected"
 
 
-def test_promotion_approved_through_the_form_switches_model_and_gallery(lifecycle, lifecycle_overrides):
+def test_promotion_approved_through_the_form_builds_the_planned_gallery_and_switches(
+    lifecycle, lifecycle_overrides
+):
     settings, second = lifecycle["settings"], lifecycle["second"]
     registry, galleries = _registry(settings), gallery_store(settings)
+    # given a decision awaiting review: its full gallery was planned, not built
+    assert "v2-full" not in galleries.list_versions(settings.gallery_name, include_staged=True)
+    # when the reviewer approves a full backfill
     result = _run_paused_promotion(
         lifecycle_overrides, {"approve": True, "reason": "report reviewed", "backfill_mode": "full"}
     )
     result.pop("_flow_run_id")
+    # then promote built it and published it with the model
     assert result["promoted"] is True
     assert registry.aliases() == {"champion": "2", "previous": "1"}
     live = galleries.read_current(settings.gallery_name)
-    assert live == result["gallery_version"] == registry.get_tags("2")["backfill.gallery_version"]
+    assert (
+        live == result["gallery_version"] == registry.get_tags("2")["backfill.gallery_version"] == "v2-full"
+    )
     manifest = galleries.load_manifest(settings.gallery_name, live)
     assert manifest.model_version == "2" and manifest.metadata["backfill"]["mode"] == "full"
     # the live pair answers a query

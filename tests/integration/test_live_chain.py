@@ -9,8 +9,11 @@ in seconds:
 3. refresh on unchanged inputs → nothing trained (no-op, recorded in MLflow);
 4. the dataset grows to classes 0..7 → v3, trained against v2 *and* v1 and gated as served on
    the mixed gallery;
-5. a deliberately bad candidate (a learning rate that barely moves the weights) is rejected
-   with no backfill.
+5. a challenger trained with no compatibility terms at all (``compat.method = "independent"``) is
+   better but incompatible: not blessed, its full backfill beats live, so auto-promotion builds
+   that backfill and puts it live (the gate follows the chosen option, DESIGN.md §16);
+6. a deliberately bad candidate (a learning rate that barely moves the weights) is rejected
+   with no backfill, and auto-promotion leaves it alone.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ def _grown(overrides: dict[str, Any], **training: Any) -> dict[str, Any]:
     return {**overrides, "data": data, "training": {**overrides["training"], **training}}
 
 
+def _incompatible(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The grown data set trained with no compatibility term: features unrelated to the live ones."""
+    return {**_grown(overrides), "compat": {"method": "independent"}}
+
+
 @pytest.fixture(scope="module")
 def chain(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from hotswap.flows.backfill import backfill
@@ -70,8 +78,11 @@ def chain(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     steps["versions_after_noop"] = [v.version for v in registry.list_versions()]
     steps["refresh3"] = refresh(overrides=_grown(overrides), auto_promote=False)
     galleries = gallery_store(settings)
+    steps["live_before_incompatible"] = (registry.aliases(), galleries.read_current(settings.gallery_name))
+    steps["incompatible"] = refresh(overrides=_incompatible(overrides), auto_promote=True)
+    steps["champion_before_bad"] = registry.aliases()["champion"]
     steps["galleries_before_bad"] = galleries.list_versions(settings.gallery_name, include_staged=True)
-    steps["bad"] = refresh(overrides=_grown(overrides, lr=1e-7, epochs=1), auto_promote=False)
+    steps["bad"] = refresh(overrides=_grown(overrides, lr=1e-7, epochs=1), auto_promote=True)
     steps["galleries_after_bad"] = galleries.list_versions(settings.gallery_name, include_staged=True)
     return steps
 
@@ -148,8 +159,8 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     registry = ModelRegistry.from_settings(settings)
     assert bad["noop"] is False and bad["blessed"] is False
     assert bad["decision"] == "reject" and bad["gallery_version"] is None and bad["promoted"] is False
-    assert chain["galleries_after_bad"] == chain["galleries_before_bad"]
-    assert registry.aliases()["champion"] == "2"
+    assert chain["galleries_after_bad"] == chain["galleries_before_bad"]  # auto-promotion built nothing
+    assert registry.aliases()["champion"] == chain["champion_before_bad"]
     from hotswap.components.decision.storage import load_decision
 
     record = load_decision(registry, bad["challenger"])
@@ -159,6 +170,34 @@ def test_a_candidate_worse_than_the_live_system_is_rejected_without_a_backfill(c
     # either rule rejects it: no option beats live as served, or not blessed and not better
     reason = record.reasons[0]
     assert ("not better" in reason or "no option beats the live system" in reason) and "no backfill" in reason
+
+
+def test_a_better_but_incompatible_model_is_promoted_by_auto_promotion_after_its_full_backfill(chain):
+    from hotswap.components.decision.storage import load_decision
+    from hotswap.components.gallery.provenance import feature_models
+
+    settings, result = chain["settings"], chain["incompatible"]
+    registry, galleries = ModelRegistry.from_settings(settings), gallery_store(settings)
+    (aliases_before, live_before) = chain["live_before_incompatible"]
+    version = result["challenger"]
+    # given a challenger whose queries cannot search the live (mixed v1/v2) features: not blessed
+    report = registry.load_report(version)
+    assert result["blessed"] is False and report.blessed is False
+    assert any(c.name == "as_served" and not c.passed for c in report.checks)
+    # when the refresh decides with auto-promotion on
+    decision = load_decision(registry, version)
+    # then its full backfill beats live as served, which makes it promotable without a blessing
+    assert result["decision"] == decision.mode == "full"
+    assert result["promotable"] is True and decision.promotable is True
+    assert "needs no compatibility" in result["promotable_reason"]
+    assert decision.chosen_option.quality["map"] > decision.live_quality["map"]
+    # and the backfill was built and switched to: every live item is the new model's
+    assert result["promoted"] is True and result["gallery_version"] == f"v{version}-full"
+    assert registry.aliases()["previous"] == aliases_before["champion"]
+    assert chain["champion_before_bad"] == version
+    switched_to = load_decision(registry, version).gallery_version
+    assert switched_to == result["gallery_version"] != live_before
+    assert set(feature_models(galleries, settings.gallery_name, switched_to).tolist()) == {version}
 
 
 def test_promote_refuses_a_candidate_worse_than_live_unless_forced(chain):
