@@ -12,9 +12,17 @@ leave-one-out over the gallery items. Policies compared on the same chain:
 - ``always-skip``    no refresh ever re-extracts (``decision.policy = "skip"``);
 - ``champion-only``  compatible training against the champion alone (``compat.targets = "champion"``).
 
-Per step: live mAP and top-1, the decision, items re-extracted (embedded by the step's new
-model in the gallery version its backfill wrote, promoted or not) and the live gallery's share
-per model version. Over the chain: AC and AM (components/compat/audit.py) of the models that were live, on the
+Auto-promotion follows the chosen option (DESIGN.md §16): a step's challenger goes live when its
+decision is promotable, i.e. the option beats live as served, with a blessing only for options
+that keep old features (a full backfill needs none; always-full no longer stalls on the
+compatibility gate). A decision that is not promotable waits for a reviewer, which in a chain
+means it stays unpromoted, and its gallery is only planned (built on approval), so it reads no
+images.
+
+Per step: live mAP and top-1, the decision, whether it was promotable (and why), items
+re-extracted (embedded by the step's new model in the gallery version its backfill wrote:
+promoted, or prebuilt for review) and the live gallery's share per model version. Over the
+chain: AC and AM (components/compat/audit.py) of the models that were live, on the
 validation split of every class.
 
 The class subset of a refresh is the ``data.classes`` setting; the policies use
@@ -262,6 +270,7 @@ def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
                 flow = {
                     "decision": "initial",
                     "blessed": True,
+                    "promotable": True,
                     "promoted": True,
                     "challenger": result["version"],
                 }
@@ -283,6 +292,9 @@ def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
                     "challenger": flow.get("challenger"),
                     "blessed": flow.get("blessed"),
                     "decision": flow.get("decision"),
+                    "promotable": flow.get("promotable"),
+                    "promotable_reason": flow.get("promotable_reason"),
+                    "gallery": flow.get("gallery"),
                     "promoted": flow.get("promoted"),
                     "skipped": flow.get("skipped") or flow.get("noop"),
                     "live": live,
@@ -356,8 +368,10 @@ def markdown(stem: str, records: list[dict[str, Any]], summary: dict[str, Any], 
         f"# Chain benchmark ({stem})",
         "",
         "Each step is a real `bootstrap`/`refresh` flow with auto-promotion on the chain's default "
-        "settings plus the policy; live quality is measured as served (champion queries against the "
-        "live gallery's DPQ codes, leave-one-out over the gallery). Numbers in %.",
+        "settings plus the policy (a step goes live when its decision is promotable: the chosen option "
+        "beats live as served; options keeping old features also need the blessing); live quality is "
+        "measured as served (champion queries against the live gallery's DPQ codes, leave-one-out over "
+        "the gallery). Numbers in %.",
         "",
     ]
     for chain, policies in summary.items():
@@ -378,9 +392,9 @@ def markdown(stem: str, records: list[dict[str, Any]], summary: dict[str, Any], 
             )
         lines += [
             "",
-            "| policy | step | classes | decision | blessed | promoted | live mAP | live top-1 "
+            "| policy | step | classes | decision | blessed | promotable | promoted | live mAP | live top-1 "
             "| re-extracted | gallery share per version | seconds |",
-            "|" + "---|" * 11,
+            "|" + "---|" * 12,
         ]
         for r in records:
             if r["chain"] != chain:
@@ -389,7 +403,8 @@ def markdown(stem: str, records: list[dict[str, Any]], summary: dict[str, Any], 
                 share = ", ".join(f"v{v} {100 * p:.0f}%" for v, p in s["live"]["share"].items())
                 lines.append(
                     f"| {r['policy']} | {s['step']} | {s['classes']} | {s['decision']} | {s['blessed']} | "
-                    f"{s['promoted']} | {_f(s['live']['map'])} | {_f(s['live']['top1'])} | "
+                    f"{s.get('promotable')} | {s['promoted']} | {_f(s['live']['map'])} | "
+                    f"{_f(s['live']['top1'])} | "
                     f"{s['re_extracted']} | "
                     f"{share} | {s['seconds']:.0f} |"
                 )

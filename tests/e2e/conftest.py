@@ -13,13 +13,13 @@ from tests.e2e.homes import invoke
 
 @pytest.fixture(scope="session")
 def cli_homes(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[dict[str, Path]]:
-    """``live``: v1 champion + a decided v2 challenger (bootstrap + refresh, v2's gallery staged);
+    """``live``: v1 champion + a decided v2 challenger (bootstrap + refresh --prebuild, v2's gallery staged);
     ``empty``: an initialised, empty registry; ``config``: the settings file both use."""
     root = tmp_path_factory.mktemp("cli-homes")
     config = root / "hotswap.toml"
     config.write_text(BASE_TOML)
     live, empty = root / "live", root / "empty"
-    for argv in (["bootstrap"], ["refresh"]):
+    for argv in (["bootstrap"], ["refresh", "--prebuild"]):  # v2's gallery built now, not on approval
         result = invoke(live, config, argv)
         assert result.exit_code == 0, result.output
     assert invoke(empty, config, ["status"]).exit_code == 0

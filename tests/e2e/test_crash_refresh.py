@@ -27,8 +27,14 @@ from tests.e2e.bad_inputs import copy_home
 from tests.e2e.homes import invoke
 
 HOTSWAP = Path(sys.executable).with_name("hotswap")
-#: another seed than the session home's refresh, so this refresh is not a no-op: it trains v3
-NEW_INPUTS = {"HOTSWAP_SEED": "7", "HOTSWAP_BACKFILL__SHARD_SIZE": "30", "HOTSWAP_BACKFILL__WORKERS": "1"}
+#: another seed than the session home's refresh, so this refresh is not a no-op: it trains v3;
+#: prebuild_on_review: the refresh builds the gallery it decided (the backfill killed below)
+NEW_INPUTS = {
+    "HOTSWAP_SEED": "7",
+    "HOTSWAP_BACKFILL__SHARD_SIZE": "30",
+    "HOTSWAP_BACKFILL__WORKERS": "1",
+    "HOTSWAP_PREBUILD_ON_REVIEW": "true",
+}
 
 
 def _refresh_killed_at(home: Path, config: Path, step: str) -> None:

@@ -75,7 +75,7 @@ def test_s3_stops_inside_the_switch_then_one_whole_pair_and_the_rerun_switches(
         "service_timeout_seconds = 2\n" + BASE_TOML
     )
     home = tmp_path / "home"
-    for argv in (["bootstrap"], ["refresh"]):
+    for argv in (["bootstrap"], ["refresh", "--prebuild"]):  # v2's gallery staged before the promotion
         result = invoke(home, config, argv, SMALL)
         assert result.exit_code == 0, result.output
     staged = json.loads(result.stdout)["gallery_version"]

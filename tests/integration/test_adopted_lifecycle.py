@@ -60,6 +60,7 @@ def _overrides(root: Path, s3: S3ImageSet, bucket: str, **extra: Any) -> dict[st
 def team_home(s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Adopted v1, then v2 promoted by a forced skip: champion v2 serves a gallery of v1 features."""
     from hotswap.flows.adopt import adopt
+    from hotswap.flows.promote import PromotionInput, promote
     from hotswap.flows.refresh import refresh
 
     root = tmp_path_factory.mktemp("adopted-lifecycle")
@@ -72,7 +73,9 @@ def team_home(s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory) -
         gallery_features=str(root / "features.parquet"),
         overrides=overrides,
     )
-    # a lenient gate and a forced skip: v2 goes live on v1's gallery (nothing re-extracted)
+    # a lenient gate and a forced skip: v2 goes live on v1's gallery (nothing re-extracted). A skip
+    # is promotable only when it beats live as served, which this set-up does not depend on: the
+    # reviewer approves it with force
     skip = _overrides(
         root,
         s3_images,
@@ -80,8 +83,14 @@ def team_home(s3_images: S3ImageSet, tmp_path_factory: pytest.TempPathFactory) -
         decision={"policy": "skip"},
         thresholds={"served_margin": -1.0, "new_new_tolerance": 1.0, "cross_margin": -1.0},
     )
-    first = refresh(overrides=skip, auto_promote=True, return_state=True).result()
-    assert first["promoted"] and first["decision"] == "skip", first
+    first = refresh(overrides=skip, auto_promote=False, return_state=True).result()
+    assert first["decision"] == "skip" and first["blessed"], first
+    approved = promote(
+        overrides=skip,
+        version=first["challenger"],
+        answer=PromotionInput(approve=True, reason="v2 on v1's gallery", force=True),
+    )
+    assert approved["promoted"] and approved["gallery_version"] == "v1-adopted", approved
     return {"root": root, "overrides": overrides, "bucket": bucket, "s3": s3_images}
 
 
