@@ -5,6 +5,11 @@ after each step that stores something:
 
     trained → validated → quantized → decided → staged
 
+``staged`` means the upgrade is staged for promotion: its decision is recorded and, when the
+refresh builds at once (components/lifecycle/gallery_plan.py), its gallery version is written; a
+decision that waits for a reviewer is staged as a plan whose gallery ``promote`` builds on
+approval (resumable on its own, so nothing of it is left for a refresh to resume).
+
 A refresh that is killed (or fails on an outage) leaves its challenger at an unfinished stage.
 The next refresh, holding the gallery's lease, so no other refresh can still be working on it,
 reads the stages of every version and plans (:func:`plan_resume`):
