@@ -42,16 +42,14 @@ from bench.compat import EMBEDDING_DIM, PROTOCOLS, class_map, load_protocol_data
 
 RESULTS = Path(__file__).parent / "results"
 SWEEP: dict[str, dict[str, Any]] = {
-    "default": {},
+    "defaults": {},
     "hidden 64": {"hidden": 64},
-    "hidden 512": {"hidden": 512},
     "blocks 0": {"blocks": 0},
-    "blocks 4": {"blocks": 4},
     "epochs 20": {"epochs": 20},
-    "epochs 80": {"epochs": 80},
     "lr 5e-4": {"lr": 5e-4},
     "λ 0 (no CE)": {"ce_weight": 0.0},
-    "λ 3": {"ce_weight": 3.0},
+    "λ 0.1": {"ce_weight": 0.1},
+    "λ 1": {"ce_weight": 1.0},
     "no uncertainty head": {"uncertainty": False},
 }
 
@@ -216,17 +214,23 @@ def main(argv: list[str] | None = None) -> int:
             config = TransformConfig(epochs=2) if args.quick else TransformConfig()
             result["runs"][key] = {"test": evaluate(run, config, "test"), "val": evaluate(run, config, "val")}
             log(f"  gain {100 * result['runs'][key]['test']['gain']:.1f} % (test)")
+            write(result, wall, args.quick)  # after every run: a long run leaves what it measured
             if args.sweep and kind == "dual_tuning":
                 result["sweep"][key] = {
                     name: evaluate(run, TransformConfig(**change), "val") for name, change in SWEEP.items()
                 }
-    result["wall_seconds"] = time.perf_counter() - wall
-    stem = "transform-quick" if args.quick else "transform"
-    out = RESULTS if not args.quick else Path("/tmp")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
-    (out / f"{stem}.md").write_text(markdown(result))
+                write(result, wall, args.quick)
     log(markdown(result))
     return 0
+
+
+def write(result: dict[str, Any], wall: float, quick: bool) -> None:
+    result["wall_seconds"] = time.perf_counter() - wall
+    result["load_now"] = [round(x, 2) for x in os.getloadavg()]
+    stem = "transform-quick" if quick else "transform"
+    out = RESULTS if not quick else Path("/tmp")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / f"{stem}.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":
