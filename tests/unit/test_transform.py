@@ -24,7 +24,7 @@ from hotswap.components.decision.ordering import backfill_curve, order_by_scores
 from hotswap.components.decision.record import CostModel
 
 DIM, CLASSES = 16, 10
-FAST = TransformConfig(epochs=20, hidden=64, ce_weight=0.1)
+FAST = TransformConfig(epochs=20, hidden=64, ce_weight=0.1, lr=2e-3)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_given_a_mixed_gallery_of_two_model_versions_when_decided_then_transform
 
 def test_given_noisier_unlearned_classes_when_ordered_by_uncertainty_then_auc_beats_random() -> None:
     train, val = World(3000, seed=1), World(600, seed=2)
-    transform = _fit(train, 5, 1.0, 0.05, 1.6, TransformConfig(epochs=30, hidden=64, ce_weight=0.1))
+    transform = _fit(train, 5, 1.0, 0.05, 1.6, TransformConfig(epochs=30, hidden=64, ce_weight=0.1, lr=2e-3))
     old_val = val.old(5, 1.0, 0.05, 1.6)
     mapped, s = apply(transform, old_val)
     new = val.candidate()
