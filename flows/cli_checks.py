@@ -20,7 +20,7 @@ from hotswap.components.data.source_check import check_data_source, check_galler
 from hotswap.components.gallery.store_uri import parse_store_uri
 
 ALIASES = ("champion", "challenger", "previous")
-PROMOTE_MODES = ("as-decided", "skip", "requantize", "partial", "full")
+PROMOTE_MODES = ("as-decided", "skip", "transform", "requantize", "partial", "full")
 
 
 def check_settings(settings: HotswapSettings) -> None:

@@ -116,7 +116,9 @@ def promote(
     version: str = typer.Argument("challenger", help="version number or alias"),
     approve: bool = typer.Option(None, "--approve/--reject", help="decide now instead of pausing for the UI"),
     reason: str = typer.Option("", help="why (recorded on the model version)"),
-    backfill_mode: str = typer.Option("as-decided", help="as-decided, skip, requantize, partial or full"),
+    backfill_mode: str = typer.Option(
+        "as-decided", help="as-decided, skip, transform, requantize, partial or full"
+    ),
     fraction: float = typer.Option(None, help="fraction for a partial backfill"),
     force: bool = typer.Option(False, "--force", help="promote even a version worse than the live system"),
     home: Path | None = HomeOption,

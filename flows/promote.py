@@ -36,7 +36,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from pydantic import Field, model_validator
 
-BackfillChoice = Literal["as-decided", "skip", "requantize", "partial", "full"]
+BackfillChoice = Literal["as-decided", "skip", "transform", "requantize", "partial", "full"]
 
 
 class PromotionInput(RunInput):
@@ -52,8 +52,8 @@ class PromotionInput(RunInput):
     )
     backfill_mode: BackfillChoice = Field(
         "as-decided",
-        description="as-decided keeps the recorded decision; skip, requantize, partial or full overrides "
-        "it (the gallery is then rebuilt before the switch).",
+        description="as-decided keeps the recorded decision; skip, transform, requantize, partial or full "
+        "overrides it (the gallery is then rebuilt before the switch).",
     )
     fraction: float | None = Field(
         None,

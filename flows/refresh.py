@@ -22,6 +22,7 @@ from hotswap.tasks.quantization import train_codebooks
 from hotswap.tasks.refresh_progress import record_stage, resume_or_clean_up
 from hotswap.tasks.registry import resolve_alias
 from hotswap.tasks.training import check_dataset_version, train_challenger
+from hotswap.tasks.transforms import train_transforms
 from hotswap.tasks.validation import load_report, validate_compatibility
 from prefect import flow
 from prefect.states import Completed, State
@@ -184,6 +185,8 @@ def _upgrade(settings: Any, champion: str, resume: dict[str, Any], data_version:
     if not reached(stage, "quantized"):
         train_codebooks(settings, challenger)
         record_stage(settings, challenger, "quantized")
+    if not reached(stage, "decided"):  # the transform option's maps h_v (none when disabled)
+        train_transforms(settings, champion, challenger, composition)
     if reached(stage, "decided"):
         decision = load_decision(settings, challenger).model_dump(mode="json")
     else:

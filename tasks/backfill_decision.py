@@ -25,6 +25,7 @@ from hotswap.tasks.gallery_build import _backfill, ensure_served_calibration
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import publish_markdown, publish_table
+from hotswap.tasks.transforms import gallery_versions, load_transforms
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -65,6 +66,13 @@ def decide_backfill(
         else read_composition(galleries, settings.gallery_name, live)
     )
     others = {v: reg.load_model(v) for v in live_mix.counts if v not in (str(old_version), str(new_version))}
+    transforms = (
+        load_transforms(  # trained by train_transforms for this challenger (none: no transform option)
+            settings,
+            new_version,
+            gallery_versions(old_version, new_version, live_mix.model_dump(mode="json")),
+        )
+    )
     record = decide(
         old_model=reg.load_model(old_version),
         new_model=reg.load_model(new_version),
@@ -83,6 +91,7 @@ def decide_backfill(
         composition=live_mix,
         gallery_models=others,
         better=all(c["passed"] for c in report.get("checks", []) if c["name"] == "new_model"),
+        transforms=transforms or None,
     )
     store_decision(settings, new_version, record)
     publish_table(
@@ -205,6 +214,8 @@ def override_decision(
     if mode == "partial" and fraction is None:
         raise ValueError("a partial backfill needs a fraction (0 < f < 1)")
     new_fraction = {"skip": 0.0, "requantize": 0.0, "full": 1.0}.get(mode, fraction)
+    if mode == "transform" and fraction is None:
+        new_fraction = 0.0
     updated = with_promotability(
         record.model_copy(
             update={

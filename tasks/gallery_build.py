@@ -17,11 +17,13 @@ from hotswap.components.gallery.backfill import build_gallery_version, run_backf
 from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
 from hotswap.components.gallery.shard_jobs import ShardResult
+from hotswap.components.lifecycle.live import read_composition
 from hotswap.components.quant.dpq import DPQCodebooks
 from hotswap.components.quant.index import build_flat_index, index_to_bytes
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import artifact_key
+from hotswap.tasks.transforms import load_transforms
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
@@ -122,7 +124,8 @@ def ensure_served_calibration(settings: HotswapSettings, gallery_version: str, q
 
 def _target_version_id(new_version: str, mode: str, fraction: float | None) -> str:
     """Deterministic, so rerunning an interrupted backfill resumes the same staged version."""
-    suffix = f"-{round(1000 * fraction):04d}" if mode == "partial" and fraction is not None else ""
+    partial = mode == "partial" or (mode == "transform" and fraction)
+    suffix = f"-{round(1000 * fraction):04d}" if partial and fraction is not None else ""
     return f"v{new_version}-{mode}{suffix}"
 
 
@@ -147,6 +150,18 @@ def _backfill(
     old_model = reg.load_model(old_version) if old_version else None
     codebooks = load_codebooks(settings, new_version)
     new_model = reg.load_model(new_version)
+    transforms = None
+    if mode == "transform" or config.ordering == "transform_uncertainty":  # maps of the source's models
+        source = read_composition(gallery_store(settings), settings.gallery_name, source_version)
+        transforms = load_transforms(settings, new_version, sorted(set(source.counts) - {str(new_version)}))
+    ordering = config.ordering
+    if (
+        mode == "transform"
+        and fraction
+        and transforms
+        and all(t.has_uncertainty for t in transforms.values())
+    ):
+        ordering = "transform_uncertainty"  # transform(f) was measured in the maps' own order
     manifest = run_backfill(
         gallery_store(settings),
         settings.gallery_name,
@@ -156,7 +171,7 @@ def _backfill(
         codebooks,
         _item_source(settings, new_model),
         fraction=fraction,
-        ordering=config.ordering,
+        ordering=ordering,
         shard_size=settings.backfill.shard_size,
         executor=executor,
         on_shard=_progress(
@@ -175,6 +190,7 @@ def _backfill(
         batch_size=settings.backfill.batch_size,
         device=settings.torch_device,
         index_builder=_index_builder(codebooks),
+        transforms=transforms,
     )
     return manifest.version
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Similarity = Literal["cosine", "l2"]
 Metric = Literal["map", "top1", "top5"]
-Ordering = Literal["random", "uncertainty"]
+Ordering = Literal["random", "uncertainty", "transform_uncertainty"]
 UncertaintyScore = Literal["margin", "max_similarity", "entropy"]
 DEFAULT_SCORE: UncertaintyScore = "entropy"
 CalibrationRule = Literal["identity", "impostor", "two_point", "logistic"]
@@ -221,6 +221,44 @@ class DPQConfig(BaseModel):
         return self.n_codewords.bit_length() - 1
 
 
+class TransformConfig(BaseModel):
+    """The feature transformation h_v (components/compat/transform.py, DESIGN.md §17): every knob.
+
+    Defaults start from FCT/FastFill's published values and were checked on the *validation*
+    split (``python -m bench.transform --sweep``: each knob varied alone, scored by mAP of
+    candidate queries against the mapped, requantized MNIST-5k validation gallery). The one change
+    it made: lr 5e-4 (0.847 mAP) instead of 2e-3 (0.749); λ 1 beat 0 and 0.1 there.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="offer the transform option (trained in a refresh, decided on)")
+    hidden: int = Field(256, ge=8, description="width of the MLP's hidden layers (FCT: 256 → 2048)")
+    blocks: int = Field(2, ge=0, description="residual Linear–BN–ReLU blocks after the input layer")
+    epochs: int = Field(40, ge=1, description="passes over the training split's features")
+    batch_size: int = Field(256, ge=8, description="items per step (BatchNorm needs more than one)")
+    lr: float = Field(
+        5e-4,
+        gt=0,
+        description="Adam learning rate, cosine-annealed to 0 (FCT's 5e-4; won the val sweep over 2e-3)",
+    )
+    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay")
+    ce_weight: float = Field(
+        1.0, ge=0, description="λ: weight of CE(W_n h(φ_v(x)), y), FastFill's discriminative term (μ_disc 1)"
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="ε of the CE term (FastFill: 0.1)")
+    uncertainty: bool = Field(
+        True, description="train the per-item log-variance head s: ½·e^{−s}·ℓ + μ·s (FastFill)"
+    )
+    uncertainty_weight: float = Field(
+        0.5, gt=0, description="μ: weight of s in the uncertainty loss (FastFill 0.5)"
+    )
+    freeze_bn_fraction: float = Field(
+        0.5, ge=0, le=1, description="BatchNorm statistics frozen for this last share of epochs (FCT: ½)"
+    )
+    seed: int = Field(0, description="initialisation and batch order")
+
+
 class DecisionConfig(BaseModel):
     """Every knob of the decision, with its documented default."""
 
@@ -266,6 +304,10 @@ class DecisionConfig(BaseModel):
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig,
         description="score calibration of mixed galleries (partial options; compat/calibration.py)",
+    )
+    transform: TransformConfig = Field(
+        default_factory=TransformConfig,
+        description="the learned feature transformation of the 'transform' option (compat/transform.py)",
     )
 
     @field_validator("partial_fractions")

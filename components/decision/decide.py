@@ -7,6 +7,9 @@ DESIGN.md §7. Options, cheapest first:
 - ``partial(f)``: the first f of the gallery in the configured ordering re-extracted with the new
   model, everything re-encoded with the new codebooks (a mixed gallery);
 - ``full``: every item re-extracted and re-encoded.
+- ``transform`` (when maps h_v were trained, components/compat/transform.py): every kept item's
+  stored feature mapped into the new space by its provenance model's map and re-encoded (no
+  image read); transform(f) re-extracts the f the maps are least sure of and maps the rest.
 
 The decision, from validation data to a stored record, is put together here from its parts:
 components/decision/quality.py (each option's quality as served), components/decision/costs.py (measured
@@ -18,8 +21,13 @@ and components/decision/storage.py (where it is kept).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
 import numpy as np
 from hotswap.components.compat.served import assign_gallery_models, compose_gallery
+from hotswap.components.compat.transform import FeatureTransform
+from hotswap.components.compat.transform import apply as apply_transform
 from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import model_inputs
@@ -51,11 +59,15 @@ def decide_from_features(
     gallery_models: np.ndarray | None = None,
     live_shares: dict[str, float] | None = None,
     better: bool | None = None,
+    transformed_features: np.ndarray | None = None,
+    transform_scores: np.ndarray | None = None,
 ) -> DecisionRecord:
     """The decision from precomputed validation features and a cost model (pure; no models).
 
     With ``live_query_features`` (the champion's features of the same items) options are judged
     against the live system; ``old_features`` may then be a composed gallery (``gallery_models``).
+    ``transformed_features`` (the same gallery, non-candidate rows mapped by their h_v) and
+    ``transform_scores`` (their predicted log-variance) add the transform options.
     """
     config = config or DecisionConfig()
     if gallery_items < 1:
@@ -70,6 +82,8 @@ def decide_from_features(
         config=config,
         live_query_features=live_query_features,
         gallery_models=gallery_models,
+        transformed_features=transformed_features,
+        transform_scores=transform_scores,
     )
     options, reference = build_options(quality, cost, gallery_items, blessed, config)
     live = quality.live if config.quantized else quality.float_live
@@ -115,6 +129,7 @@ def decide(
     composition: LiveComposition | None = None,
     gallery_models: dict[str, EmbeddingModel] | None = None,
     better: bool | None = None,
+    transforms: Mapping[str, FeatureTransform] | None = None,
 ) -> DecisionRecord:
     """Embed the validation split with both models, measure costs, and decide (see module doc).
 
@@ -123,6 +138,8 @@ def decide(
     ``composition`` (and a loaded model for each of its versions other than the champion in
     ``gallery_models``) the old gallery is composed like the live one and options are judged
     against the live system. ``better`` is whether the gate's new_model checks passed.
+    ``transforms`` (h_v per gallery model version, trained for this candidate) add the transform
+    options when they cover every model version of the (composed) gallery but the candidate.
     """
     config = config or DecisionConfig()
     require_same_dim(old_model, new_model)
@@ -131,10 +148,10 @@ def decide(
     old_feats = extract_features(old_model, validation, batch_size=config.batch_size, device=device)
     new_feats = extract_features(new_model, validation, batch_size=config.batch_size, device=device)
     champion_feats = gallery_feats = assignment = None
+    per_model = {str(old_model_version): old_feats}
     if composition is not None:
         champion_feats = old_feats
         assignment = assign_gallery_models(validation.labels, composition.shares, seed=config.seed)
-        per_model = {str(old_model_version): old_feats}
         for version in sorted(set(assignment.tolist()) - {str(old_model_version)}):
             if version == str(new_model_version):
                 per_model[version] = new_feats
@@ -147,6 +164,12 @@ def decide(
                 gallery_models[version], validation, batch_size=config.batch_size, device=device
             )
         gallery_feats = compose_gallery(per_model, assignment)
+    mapped = _mapped_gallery(
+        per_model,
+        np.full(len(validation), str(old_model_version)) if assignment is None else assignment,
+        str(new_model_version),
+        transforms,
+    )
     sample = np.random.default_rng(config.seed).permutation(len(validation))[: config.timing_sample]
     cost = measure_costs(
         new_model,
@@ -157,6 +180,8 @@ def decide(
         repeats=config.timing_repeats,
         overhead_seconds_per_item=config.overhead_seconds_per_item,
     )
+    if mapped is not None:
+        cost = cost.model_copy(update={"transform_seconds_per_item": mapped[2]})
     return decide_from_features(
         old_feats if gallery_feats is None else gallery_feats,
         new_feats,
@@ -179,4 +204,36 @@ def decide(
         gallery_models=assignment,
         live_shares=None if composition is None else composition.shares,
         better=better,
+        transformed_features=None if mapped is None else mapped[0],
+        transform_scores=None if mapped is None else mapped[1],
     )
+
+
+def _mapped_gallery(
+    per_model: Mapping[str, np.ndarray],
+    assignment: np.ndarray,
+    candidate: str,
+    transforms: Mapping[str, FeatureTransform] | None,
+) -> tuple[np.ndarray, np.ndarray | None, float] | None:
+    """The composed gallery with every non-candidate row mapped by its model's h_v, the rows'
+    log-variance (−inf for the candidate's own rows: never re-extracted first), and the measured
+    seconds per mapped item; None when a model of the gallery has no map."""
+    if not transforms:
+        return None
+    versions = sorted(set(assignment.tolist()) - {candidate})
+    if any(v not in transforms for v in versions):
+        return None
+    mapped = compose_gallery(per_model, assignment)
+    scores: np.ndarray | None = np.full(len(assignment), -np.inf)
+    seconds, count = 0.0, 0
+    for version in versions:
+        rows = assignment == version
+        start = time.perf_counter()
+        mapped[rows], s = apply_transform(transforms[version], per_model[version][rows])
+        seconds += time.perf_counter() - start
+        count += int(rows.sum())
+        if s is None:
+            scores = None
+        elif scores is not None:
+            scores[rows] = s
+    return mapped, scores, seconds / max(count, 1)

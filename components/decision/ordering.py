@@ -22,6 +22,11 @@ it picks matters: an ordering is good when quality rises fast at small f. Two or
   compatible model (new/old similarities far below new/new ones) every uncertainty score lost to
   random: a mixed gallery then first gets worse than both ends, and re-extracted boundary items
   intrude into neighbouring classes' rankings. docs/backfill.md has the numbers.
+- ``transform_uncertainty``: FastFill's σ ordering. The feature transformation h_v
+  (components/compat/transform.py) predicts each stored item's log-variance s from its stored
+  features; items with the highest s (the map trusts itself least) are re-extracted first. It
+  needs the trained maps, so it is offered where they exist (a refresh that trained them, a
+  ``transform`` backfill) and the scores are passed in (``transform_scores``).
 
 Backfill curve (Jaeckle et al., FastFill, following Apple's ml-fct evaluation): with an ordering π
 of the n gallery items, for i = 0 … B+1 (B = 20, so 22 points) the first ⌊i·n/(B+1)⌋ items of π
@@ -43,7 +48,7 @@ from hotswap.components.compat.calibration import ScoreCalibration
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.core.configs import DEFAULT_SCORE, Ordering, UncertaintyScore
 
-ORDERINGS: tuple[str, ...] = ("random", "uncertainty")
+ORDERINGS: tuple[str, ...] = ("random", "uncertainty", "transform_uncertainty")
 UNCERTAINTY_SCORES: tuple[str, ...] = ("margin", "max_similarity", "entropy")
 CURVE_POINTS = 22
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -135,10 +140,21 @@ def backfill_order(
     score: UncertaintyScore = DEFAULT_SCORE,
     scale: float = 16.0,
     seed: int = 0,
+    transform_scores: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Row indices of ``old_features`` in the order a partial backfill re-extracts them."""
+    """Row indices of ``old_features`` in the order a partial backfill re-extracts them.
+
+    ``transform_scores`` (the maps' predicted log-variance per row) drive 'transform_uncertainty'.
+    """
     if ordering == "random":
         return random_order(len(old_features), seed)
+    if ordering == "transform_uncertainty":
+        if transform_scores is None or len(transform_scores) != len(old_features):
+            raise ValueError(
+                "ordering 'transform_uncertainty' needs the transformation's per-item log-variance "
+                "(transform_scores, one per row)"
+            )
+        return order_by_scores(transform_scores)
     if ordering == "uncertainty":
         if prototypes is None:
             raise ValueError(

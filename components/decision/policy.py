@@ -53,6 +53,8 @@ def build_options(
                 "full": quality.float_full,
                 "partial": quality.float_partial,
                 "live": quality.float_live,
+                "transform": quality.float_transform,
+                "transform_partial": quality.float_transform_partial,
             }
         )
     reference = quality.full[metric]
@@ -68,6 +70,7 @@ def build_options(
         for f in config.fractions()
     ]
     rows.append(("full", 1.0, quality.full, quality.float_full, n, n))
+    rows += _transform_rows(quality, n, config)
     options = []
     live = None if quality.live is None else quality.live[metric]
     for mode, fraction, served, floats, extract, encode in rows:
@@ -90,7 +93,8 @@ def build_options(
                 relative_quality=relative,
                 items_to_extract=extract,
                 items_to_encode=encode,
-                estimated_seconds=cost.seconds(extract, encode, 0 if mode == "skip" else n),
+                estimated_seconds=cost.seconds(extract, encode, 0 if mode == "skip" else n)
+                + (cost.transform_seconds_per_item * (n - extract) if mode == "transform" else 0.0),
                 meets_target=meets,
                 eligible=eligible,
                 reason=reason,
@@ -98,6 +102,31 @@ def build_options(
             )
         )
     return options, reference
+
+
+def _transform_rows(
+    quality: QualityEstimate, n: int, config: DecisionConfig
+) -> list[tuple[OptionMode, float, dict[str, float], dict[str, float], int, int]]:
+    """transform (every kept item mapped by its model's h_v) and transform(f) (the first f of the
+    maps' uncertainty ordering re-extracted, the rest mapped), when the maps were measured."""
+    if quality.transform is None or quality.float_transform is None:
+        return []
+    rows: list[tuple[OptionMode, float, dict[str, float], dict[str, float], int, int]] = [
+        ("transform", 0.0, quality.transform, quality.float_transform, 0, n)
+    ]
+    rows += [
+        (
+            "transform",
+            f,
+            quality.transform_partial[f],
+            quality.float_transform_partial[f],
+            backfilled_count(n, f),
+            n,
+        )
+        for f in config.fractions()
+        if f in quality.transform_partial
+    ]
+    return rows
 
 
 def _forced(options: Sequence[BackfillOption], config: DecisionConfig) -> tuple[Choice, float, list[str]]:
@@ -151,7 +180,11 @@ def _against_live(
         f"blessed; live system as served: {metric} {live:.4f}; "
         f"target: {metric} ≥ {pct(config.quality_target)} of a full backfill's and above live",
         f"cheapest option meeting it: {chosen.mode}"
-        + (f" at f = {chosen.fraction:.3f}" if chosen.mode == "partial" else "")
+        + (
+            f" at f = {chosen.fraction:.3f}"
+            if chosen.fraction and chosen.mode in ("partial", "transform")
+            else ""
+        )
         + f" ({chosen.quality[metric]:.4f}, {pct(chosen.relative_quality)} of full, "
         f"est. {chosen.estimated_seconds:.1f} s)",
     ]
@@ -189,7 +222,7 @@ def choose(
     reasons = [
         f"blessed; target: {config.metric} ≥ {pct(config.quality_target)} of a full backfill's",
         f"cheapest option meeting it: {best.mode}"
-        + (f" at f = {best.fraction:.3f}" if best.mode == "partial" else "")
+        + (f" at f = {best.fraction:.3f}" if best.fraction and best.mode in ("partial", "transform") else "")
         + f" ({pct(best.relative_quality)} of full, est. {best.estimated_seconds:.1f} s)",
     ]
     cheaper = [o for o in options if o.estimated_seconds < best.estimated_seconds and not o.meets_target]

@@ -24,7 +24,7 @@ from hotswap.components.core.errors import StateError
 from hotswap.components.decision.promotability import assess
 from hotswap.components.decision.record import DecisionRecord
 
-_FRACTION = {"skip": 0.0, "requantize": 0.0, "full": 1.0}
+_FRACTION = {"skip": 0.0, "transform": 0.0, "requantize": 0.0, "full": 1.0}
 
 
 class WorseThanLiveError(StateError):

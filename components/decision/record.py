@@ -13,9 +13,10 @@ from typing import Literal
 from hotswap.components.core.configs import DecisionConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Choice = Literal["skip", "requantize", "partial", "full", "reject"]
-OptionMode = Literal["skip", "requantize", "partial", "full"]
-MODE_ORDER = {"skip": 0, "requantize": 1, "partial": 2, "full": 3}
+Choice = Literal["skip", "requantize", "partial", "full", "reject", "transform"]
+OptionMode = Literal["skip", "requantize", "partial", "full", "transform"]
+# ties on cost go to the simpler option; transform (a map, then requantize) sits after requantize
+MODE_ORDER = {"skip": 0, "requantize": 1, "transform": 1.5, "partial": 2, "full": 3}
 SCHEMA_VERSION = 1
 GALLERY_PLANNED = "planned, built on approval"
 
@@ -32,6 +33,9 @@ class CostModel(BaseModel):
     extract_seconds_per_item: float = Field(ge=0)
     encode_seconds_per_item: float = Field(ge=0)
     overhead_seconds_per_item: float = Field(0.0, ge=0)
+    transform_seconds_per_item: float = Field(
+        0.0, ge=0, description="mapping one stored feature by h_v (the transform option; no image read)"
+    )
     sample_size: int = Field(0, ge=0)
     device: str = "cpu"
 
@@ -68,7 +72,9 @@ class DecisionRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
-    mode: Choice = Field(description="the chosen option: skip, requantize, partial, full, or reject")
+    mode: Choice = Field(
+        description="the chosen option: skip, requantize, transform, partial, full, or reject"
+    )
     fraction: float | None = Field(description="share re-extracted by the chosen option (None for reject)")
     blessed: bool
     config: DecisionConfig

@@ -18,7 +18,11 @@ def _shares(shares: dict[str, float] | None) -> str:
 def decision_markdown(record: DecisionRecord) -> str:
     """A human-readable report: the verdict, its reasons, and the table of options."""
     cfg = record.config
-    chosen = record.mode + (f" (f = {record.fraction:.3f})" if record.mode == "partial" else "")
+    chosen = record.mode + (
+        f" (f = {record.fraction:.3f})"
+        if record.mode == "partial" or (record.mode == "transform" and record.fraction)
+        else ""
+    )
     lines = [
         f"# Backfill decision: **{chosen}**",
         "",
@@ -95,6 +99,7 @@ def decision_plot_png(record: DecisionRecord, dpi: int = 100) -> bytes:
         "skip": {"marker": "o", "s": 110, "facecolors": "none", "edgecolors": "tab:purple", "linewidths": 2},
         "requantize": {"marker": "s", "s": 40, "color": "tab:orange"},
         "partial": {"marker": ".", "s": 40, "color": "tab:green"},
+        "transform": {"marker": "^", "s": 30, "color": "tab:cyan"},
         "full": {"marker": "D", "s": 40, "color": "tab:red"},
     }
     for mode, style in styles.items():
@@ -119,7 +124,14 @@ def decision_plot_png(record: DecisionRecord, dpi: int = 100) -> bytes:
     curve_ax.set_ylabel(f"{metric} as served (validation)")
     curve_ax.set_title("quality of each option")
     curve_ax.legend(fontsize=7, loc="lower right")
-    labels = [o.mode if o.mode != "partial" else f"{o.fraction:.0%}" for o in record.options]
+    labels = [
+        f"{o.fraction:.0%}"
+        if o.mode == "partial"
+        else f"t+{o.fraction:.0%}"
+        if o.mode == "transform" and o.fraction
+        else o.mode
+        for o in record.options
+    ]
     colours = [
         "black" if o is chosen else ("tab:green" if o.meets_target and o.eligible else "tab:gray")
         for o in record.options

@@ -8,6 +8,14 @@ Modes (DESIGN.md §7, cheapest first):
   *stored* old features, so choosing costs no forward pass) are re-extracted with the new model;
   every item is re-encoded with the new codebooks. The gallery is then mixed.
 - ``full``: every item is re-extracted and re-encoded.
+- ``transform``: no image is read and no backbone runs (with the default fraction 0): each row's
+  stored features are mapped by its provenance model's h_v (components/compat/transform.py) into
+  the new model's space and re-encoded with the new codebooks. With a fraction f the first
+  ⌊f·n⌋ rows of the ordering are re-extracted and the rest mapped (partial(f) that transforms
+  what it does not re-extract). The maps are stored in the version and listed in its manifest
+  (components/gallery/transforms.py); mapped rows count as the new model's in the provenance
+  (their features live in its space), and ``metadata["backfill"]["mapped"]`` says how many per
+  source model.
 
 Safety comes from components/gallery/versions.py: shards are written to a staged version that nothing
 reads; a shard counts as done only when its record and checksums verify, so a rerun with the same
@@ -23,12 +31,13 @@ components/gallery/provenance.py (which model produced each row).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 from hotswap.components.compat.calibration import ScoreCalibration
+from hotswap.components.compat.transform import FeatureTransform
 from hotswap.components.core.configs import DEFAULT_SCORE, Ordering, UncertaintyScore
 from hotswap.components.gallery.backfill_plan import MODES, Mode, check_fraction, plan_backfill
 from hotswap.components.gallery.calibration import write_calibration
@@ -43,6 +52,7 @@ from hotswap.components.gallery.records import (
 from hotswap.components.gallery.shard_jobs import BackfillContext, BackfillError, ItemSource, ShardJob
 from hotswap.components.gallery.shard_runner import ShardCallback, run_shard_jobs
 from hotswap.components.gallery.store import ObjectStore
+from hotswap.components.gallery.transforms import transform_files, transforms_metadata, write_transforms
 from hotswap.components.gallery.version_writer import VersionWriter
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.models.backbones import EmbeddingModel
@@ -124,6 +134,7 @@ def run_backfill(
     publish: bool = False,
     created_at: datetime | None = None,
     calibration: ScoreCalibration | None = None,
+    transforms: Mapping[str, FeatureTransform] | None = None,
 ) -> GalleryManifest:
     """Write a new version of ``gallery`` for ``new_model`` from ``source_version``; return its manifest.
 
@@ -139,6 +150,8 @@ def run_backfill(
     ``calibration`` (components/compat/calibration.py, for queries of ``model_version``, covering every
     model the version will hold) is stored in the version (components/gallery/calibration.py)
     before it can be published; with ``mode='skip'`` it is added to the source version.
+    ``transforms`` (mode 'transform', or the 'transform_uncertainty' ordering): h_v per provenance
+    model version of the source; they are stored in the new version.
     """
     if mode not in MODES:
         raise BackfillError(f"mode {mode!r} is unknown; expected one of {MODES}")
@@ -157,6 +170,10 @@ def run_backfill(
         raise BackfillError("mode 'requantize' needs new_codebooks")
     if mode in ("partial", "full") and (new_model is None or item_source is None):
         raise BackfillError(f"mode {mode!r} needs new_model and item_source to re-extract items")
+    if mode == "transform" and not transforms:
+        raise BackfillError("mode 'transform' needs transforms: one map h_v per provenance model version")
+    if mode == "transform" and (fraction or 0) > 0 and (new_model is None or item_source is None):
+        raise BackfillError("mode 'transform' with a fraction needs new_model and item_source to re-extract")
     if mode != "full" and "features" not in source.arrays:
         raise BackfillError(
             f"gallery {gallery!r} version {source_version!r} stores no features; only 'full' can rebuild it"
@@ -181,15 +198,21 @@ def run_backfill(
         score=score,
         seed=seed,
         shard_size=shard_size,
+        transforms=transforms,
     )
     provenance = plan.provenance_bytes
+    reorders = mode == "partial" or (mode == "transform" and check_fraction(mode, fraction) > 0)
+    used = {
+        m: t for m, t in (transforms or {}).items() if m in plan.mapped or ordering == "transform_uncertainty"
+    }
+    files = transform_files(used) if reorders or mode == "transform" else {}
     metadata: dict[str, JsonValue] = {
         "backfill": {
             "mode": mode,
             "fraction": check_fraction(mode, fraction),
-            "ordering": ordering if mode == "partial" else None,
-            "score": score if mode == "partial" and ordering == "uncertainty" else None,
-            "seed": seed if mode == "partial" and ordering == "random" else None,
+            "ordering": ordering if reorders else None,
+            "score": score if reorders and ordering == "uncertainty" else None,
+            "seed": seed if reorders and ordering == "random" else None,
             "source_version": source_version,
             "shard_size": shard_size,  # None = the source's layout; a resume must cut shards the same way
             "reextracted": plan.extracted,
@@ -198,6 +221,10 @@ def run_backfill(
         "feature_models": list(plan.models),
         "provenance": {"path": PROVENANCE_FILE, "sha256": sha256_hex(provenance), "size": len(provenance)},
     }
+    if mode == "transform":
+        metadata["backfill"]["mapped"] = dict(plan.mapped)  # type: ignore[index]
+    if files:
+        metadata["transforms"] = transforms_metadata(files)
     version = version or new_version_id()
     done = _already_published(galleries, gallery, version, metadata)
     if done is not None:
@@ -216,11 +243,12 @@ def run_backfill(
         created_at=created_at,
     )
     write_provenance(writer, provenance)
+    write_transforms(writer, files)
     if new_model is not None:
         new_model.eval()
     ctx = BackfillContext(
         galleries, gallery, version, source_version, source, new_model, new_codebooks,
-        item_source, batch_size, device, writer, compute_slots,
+        item_source, batch_size, device, writer, compute_slots, used,
     )  # fmt: skip
     run_shard_jobs(ctx, plan.jobs, executor=executor, workers=workers, on_shard=on_shard)
     present = [plan.models[i] for i in np.unique(plan.provenance)]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from hotswap.components.compat.transform import FeatureTransform
+from hotswap.components.compat.transform import apply as apply_transform
 from hotswap.components.core.faults import fault_point
 from hotswap.components.gallery.records import GalleryManifest
 from hotswap.components.gallery.version_writer import VersionWriter
@@ -52,6 +54,7 @@ class ShardJob:
     extract: np.ndarray  # bool [count]
     source_slices: tuple[tuple[int, int, int], ...] = ()  # (source shard, start, stop)
     ids: np.ndarray | None = None
+    mapped_from: np.ndarray | None = None  # str [count]: source model whose map h_v applies ("" = keep)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class BackfillContext:
         device: str,
         writer: VersionWriter | None = None,
         compute_slots: int | None = None,
+        transforms: Mapping[str, FeatureTransform] | None = None,
     ) -> None:
         self.galleries = galleries
         self.gallery = gallery
@@ -103,6 +107,7 @@ class BackfillContext:
         if compute_slots is not None and compute_slots < 1:
             raise BackfillError(f"compute_slots must be at least 1 (or None), got {compute_slots}")
         self.compute_slots = compute_slots
+        self.transforms = dict(transforms or {})
         self._init_locks()
 
     def _init_locks(self) -> None:
@@ -155,6 +160,9 @@ def process_shard(ctx: BackfillContext, job: ShardJob) -> ShardResult:
             images = ctx.item_source.images(ids[extract])
     codes = None
     with ctx.compute(timer):
+        if job.mapped_from is not None:
+            with timer("transform"):
+                _map_rows(ctx, job.mapped_from, features)
         if images is not None:
             with timer("extract"):
                 features[extract] = extract_features(
@@ -167,6 +175,13 @@ def process_shard(ctx: BackfillContext, job: ShardJob) -> ShardResult:
         writer.write_shard(job.shard, ids, features, codes)
     fault_point(f"backfill:shard-{job.shard}-written")
     return ShardResult(job.shard, count, int(extract.sum()), False, timer.seconds)
+
+
+def _map_rows(ctx: BackfillContext, mapped_from: np.ndarray, features: np.ndarray) -> None:
+    """Stored features of each source model replaced, in place, by their map h_v (no image read)."""
+    for model in sorted(set(mapped_from.tolist()) - {""}):
+        rows = mapped_from == model
+        features[rows] = apply_transform(ctx.transforms[model], features[rows])[0]
 
 
 def _source_rows(ctx: BackfillContext, job: ShardJob, timer: _Timer) -> tuple[np.ndarray, np.ndarray | None]:

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.decision.storage import load_decision
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.context import gallery_store
+from hotswap.tasks.transforms import load_transforms
 from prefect import task
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -51,10 +53,12 @@ def test_bootstrap_then_refresh_stages_a_decided_challenger(lifecycle):
     tags = registry.get_tags("2")
     assert tags["backfill.decision"] == second["decision"]
     assert tags["compat.blessed"] == str(second["blessed"]).lower()
+    # the refresh trained the transform option's map v1 → v2 and the decision weighed it
+    assert set(load_transforms(settings, "2", ["1"])) == {"1"}
+    assert "transform" in {o.mode for o in load_decision(registry, "2").options}
     if not second["blessed"]:
         assert second["decision"] in ("full", "reject")
     # the decision waits for a reviewer, so its gallery is planned, built on approval: none written yet
-    from hotswap.components.decision.storage import load_decision
     from hotswap.components.lifecycle.refresh_progress import staged_gallery_versions
     from hotswap.components.lifecycle.status import system_status
 
