@@ -41,6 +41,7 @@ EXCLUDED_FIELDS = frozenset(
         "torch_threads",
         "auto_promote",
         "backfill",
+        "dask",  # where shards run, not what they compute
         "prefect_start_timeout_seconds",
         "prefect_idle_seconds",
         # how images are read, served, synced and waited for: none of it shapes a model
