@@ -305,8 +305,12 @@ def test_dask_cluster_writes_the_same_version_as_threads(data: ImageSet, tmp_pat
             galleries, GALLERY, "v1", "full", new, codebooks(1), item_source(data), version="dask",
             executor=runner, on_shard=lambda r: seen.append(r.shard), **common,
         )  # fmt: skip
+        shares = dict(runner.shares)
+        some = data.item_ids[:40]  # a gallery sync's new items, embedded on the cluster in chunks
+        embedded = runner.embed(some, chunk=16)
+    np.testing.assert_array_equal(embedded, extract_features(new, item_source(data).images(some)))
     assert sorted(seen) == list(range(N_ITEMS // SHARD))
-    assert sum(runner.shares.values()) == N_ITEMS // SHARD and "" not in runner.shares
+    assert sum(shares.values()) == N_ITEMS // SHARD and "" not in shares
     assert sorted(_IN_PROCESS["builds"]) == ["items", "model"]  # once per process (workers share it)
     a, b = galleries.load_arrays(GALLERY, "threads"), galleries.load_arrays(GALLERY, "dask")
     np.testing.assert_array_equal(a.ids, b.ids)
