@@ -214,6 +214,34 @@ def test_backfill_on_two_workers_is_byte_identical_to_the_local_one(two_workers,
     _assert_every_item_once(homes.galleries(uri), reference)
 
 
+def test_ctrl_c_cancels_the_shards_and_the_rerun_resumes(two_workers, homes, reference, pause_dir):
+    """Ctrl-C while a worker is in shard 3: one line, exit 130, no task of the run left on the
+    cluster; the staged version resumes and ends equal to an uninterrupted run."""
+    home, env, uri = homes.new("ctrl-c")
+    go, reached = pause_dir / f"{PAUSE_STEP}.go", pause_dir / f"{PAUSE_STEP}.reached"
+    go.unlink()
+    reached.unlink(missing_ok=True)
+
+    def interrupt_when_paused() -> None:
+        while not reached.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in the driver's main thread
+
+    threading.Thread(target=interrupt_when_paused, daemon=True).start()
+    try:
+        interrupted = invoke(home, homes.config, [*ARGS, "--dask", two_workers.address], env)
+        with two_workers.client() as client:
+            left = {w: keys for w, keys in client.processing().items() if keys}
+    finally:
+        go.touch()
+    assert interrupted.exit_code == 130, interrupted.output
+    assert len(error_lines(interrupted.output)) == 1 and "Traceback" not in interrupted.output
+    assert left == {}  # its tasks were cancelled, not left running for a driver that is gone
+    resumed = invoke(home, homes.config, [*ARGS, "--dask", two_workers.address], env)
+    assert resumed.exit_code == 0, resumed.output + two_workers.logs()
+    _assert_every_item_once(homes.galleries(uri), reference)
+
+
 def test_a_worker_killed_mid_backfill_costs_nothing(two_workers, homes, reference, pause_dir):
     """Whichever worker writes shard 3 pauses there and is SIGKILLed: the other finishes the run,
     skipping the shard already written, and every item is in the version exactly once."""
