@@ -214,6 +214,40 @@ def test_backfill_on_two_workers_is_byte_identical_to_the_local_one(two_workers,
     _assert_every_item_once(homes.galleries(uri), reference)
 
 
+def test_gallery_sync_embeds_the_new_items_on_the_cluster(two_workers, homes):
+    """New items in the gallery manifest are embedded by tasks on the workers, with the champion."""
+    import shutil
+
+    from distributed import get_task_stream
+    from hotswap.components.data.loading import SourceItemSource
+    from hotswap.components.data.sources import open_manifest
+    from hotswap.components.models.training import extract_features
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
+
+    home, env, uri = homes.new("sync")
+    frame = pd.read_csv(homes.manifest, dtype=str)
+    added = frame.head(6).assign(item_id=lambda f: "new-" + f["item_id"])
+    for old, new in zip(frame.head(6)["uri"], added["uri"].str.replace(".png", "-new.png"), strict=True):
+        shutil.copy(old, new)
+    added["uri"] = added["uri"].str.replace(".png", "-new.png")
+    manifest = homes.root / "gallery-grown.csv"
+    pd.concat([frame, added]).to_csv(manifest, index=False)
+    env = {**env, "HOTSWAP_GALLERY__MANIFEST": str(manifest)}
+    argv = ["gallery-sync", "--no-publish", "--dask", two_workers.address, "--home", str(home)]
+    with two_workers.client() as client, get_task_stream(client) as stream:
+        result = invoke(home, homes.config, argv, env)
+    assert result.exit_code == 0, result.output + two_workers.logs()
+    synced = json.loads(result.stdout)
+    assert (synced["added"], synced["removed"]) == (6, 0)
+    assert any(str(t["key"]).startswith("embed-") for t in stream.data)  # embedded on the workers
+    arrays = homes.galleries(uri).load_arrays("default", synced["gallery_version"])
+    rows = [list(arrays.ids).index(i) for i in added["item_id"]]
+    model = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", "matrix").load_model("1")
+    items = SourceItemSource(open_manifest(str(manifest)), model.preprocessing)
+    images = items.images(added["item_id"].to_numpy())
+    np.testing.assert_allclose(arrays.features[rows], extract_features(model, images), atol=1e-5)
+
+
 def test_ctrl_c_cancels_the_shards_and_the_rerun_resumes(two_workers, homes, reference, pause_dir):
     """Ctrl-C while a worker is in shard 3: one line, exit 130, no task of the run left on the
     cluster; the staged version resumes and ends equal to an uninterrupted run."""
