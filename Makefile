@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python -m bench.calibration
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.streaming
+	$(BIN)/python -m bench.dask
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

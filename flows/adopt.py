@@ -14,7 +14,7 @@ from hotswap.tasks.adopt import (
     sync_gallery_items,
     train_gallery_codebooks,
 )
-from hotswap.tasks.context import settings_from
+from hotswap.tasks.context import settings_from, with_dask
 from hotswap.tasks.lock import lifecycle_lock
 from hotswap.tasks.registry import resolve_alias
 from hotswap.tasks.validation import rubber_stamp
@@ -53,12 +53,15 @@ def adopt(
 
 
 @flow(name="gallery-sync", log_prints=True)
-def gallery_sync(overrides: dict[str, Any] | None = None, publish: bool = True) -> dict[str, Any]:
+def gallery_sync(
+    overrides: dict[str, Any] | None = None, publish: bool = True, dask_address: str | None = None
+) -> dict[str, Any]:
     """Add the gallery manifest's new items (embedded by the champion) and drop the removed ones.
 
     Holds the gallery's lifecycle lock: a switch or backfill in between could otherwise publish
-    over the synced version, or the sync over theirs.
+    over the synced version, or the sync over theirs. ``dask_address`` (default: the
+    ``dask.address`` setting) embeds the new items on that Dask cluster.
     """
-    settings = settings_from(overrides)
+    settings = settings_from(with_dask(overrides, dask_address))
     with lifecycle_lock(settings, "gallery sync"):
         return sync_gallery_items(settings, publish)

@@ -13,17 +13,18 @@ from typing import Any
 import typer
 from hotswap.flows.cli_errors import cli_state, note
 from hotswap.flows.cli_output import console, print_json
-from hotswap.flows.cli_prepare import HomeOption, prepare
+from hotswap.flows.cli_prepare import DaskOption, HomeOption, prepare
 
 
 def bootstrap(
     home: Path | None = HomeOption,
     force: bool = typer.Option(False, "--force", help="bless a first model even if it does not beat chance"),
+    dask: str | None = DaskOption,
 ) -> None:
     """Train the first model, bless it (rubber stamp) and build the first live gallery."""
     from hotswap.flows.cli_checks import check_data
 
-    overrides = prepare(home, check_data, prefect=True)
+    overrides = prepare(home, check_data, prefect=True, cluster=True, dask=dask)
     from hotswap.flows.bootstrap import bootstrap as bootstrap_flow
 
     print_json(bootstrap_flow(overrides=overrides, force=force))
@@ -77,12 +78,14 @@ def _adopt_markdown(result: dict[str, Any]) -> str:
 
 
 def gallery_sync(
-    publish: bool = typer.Option(True, help="make the new version live"), home: Path | None = HomeOption
+    publish: bool = typer.Option(True, help="make the new version live"),
+    home: Path | None = HomeOption,
+    dask: str | None = DaskOption,
 ) -> None:
     """Make the gallery match its manifest: embed added items with the champion, drop removed ones."""
     from hotswap.flows.cli_checks import check_gallery_sync
 
-    overrides = prepare(home, check_gallery_sync, prefect=True)
+    overrides = prepare(home, check_gallery_sync, prefect=True, cluster=True, dask=dask)
     from hotswap.flows.adopt import gallery_sync as sync_flow
 
     print_json(sync_flow(overrides=overrides, publish=publish))
@@ -99,11 +102,12 @@ def refresh(
         help="build the gallery now even when the decision waits for review (default: settings "
         "prebuild_on_review; off: planned, built on approval)",
     ),
+    dask: str | None = DaskOption,
 ) -> None:
     """Run the lifecycle: compatible training, validation, DPQ, decision, staged upgrade."""
     from hotswap.flows.cli_checks import check_data
 
-    overrides = prepare(home, check_data, prefect=True)
+    overrides = prepare(home, check_data, prefect=True, cluster=True, dask=dask)
     from hotswap.flows.refresh import refresh as refresh_flow
 
     result = refresh_flow(overrides=overrides, auto_promote=auto_promote, prebuild_on_review=prebuild)
@@ -122,13 +126,14 @@ def promote(
     fraction: float = typer.Option(None, help="fraction for a partial backfill"),
     force: bool = typer.Option(False, "--force", help="promote even a version worse than the live system"),
     home: Path | None = HomeOption,
+    dask: str | None = DaskOption,
 ) -> None:
     """Promote a challenger; without --approve/--reject the run pauses for a decision in the Prefect UI."""
     from hotswap.flows.cli_checks import check_promote, check_version
 
     check_version(version, "version")
     check_promote(approve, backfill_mode, fraction)
-    overrides = prepare(home, prefect=True)
+    overrides = prepare(home, prefect=True, cluster=True, dask=dask)
     from hotswap.flows.promote import PromotionInput
     from hotswap.flows.promote import promote as promote_flow
 
@@ -146,6 +151,7 @@ def backfill(
     version: str = typer.Option("challenger", help="model version (or alias) the gallery is rebuilt for"),
     publish: bool = typer.Option(False, help="switch the live gallery to the result (no alias change)"),
     home: Path | None = HomeOption,
+    dask: str | None = DaskOption,
 ) -> None:
     """Rebuild the live gallery for a model version; rerun to resume after an interruption."""
     from hotswap.components.core.preflight import check_backfill_request
@@ -153,7 +159,7 @@ def backfill(
 
     check_backfill_request(mode, fraction)
     check_version(version, "--version")
-    overrides = prepare(home, check_data, prefect=True)
+    overrides = prepare(home, check_data, prefect=True, cluster=True, dask=dask)
     from hotswap.flows.backfill import backfill as backfill_flow
 
     print_json(

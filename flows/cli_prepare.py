@@ -17,10 +17,21 @@ import typer
 from hotswap.flows.cli_errors import cli_state, guard_gallery, use_prefect_api
 
 HomeOption = typer.Option(None, "--home", help="hotswap home (default: HOTSWAP_HOME or ~/.hotswap)")
+DaskOption = typer.Option(
+    None,
+    "--dask",
+    metavar="ADDRESS",
+    help="run the passes over gallery images on this Dask scheduler (default: the dask.address setting)",
+)
 
 
 def prepare(
-    home: Path | None, check: Callable[[Any], None] | None = None, *, prefect: bool = False
+    home: Path | None,
+    check: Callable[[Any], None] | None = None,
+    *,
+    prefect: bool = False,
+    cluster: bool = False,
+    dask: str | None = None,
 ) -> dict[str, Any]:
     """Check, then set up: settings and ``check`` first, before anything is started or created.
 
@@ -28,18 +39,26 @@ def prepare(
     and checked (flows/cli_checks.py), then the command's own ``check(settings)`` runs; only then
     is the home created, the gallery's lease taken and an interrupted switch repaired
     (flows/cli_errors.py), and, for commands that run flows (``prefect=True``), a Prefect API
-    found or started (flows/local_api.py).
+    found or started (flows/local_api.py). Commands that pass over gallery images (``cluster=True``)
+    take ``dask`` (``--dask``) as ``dask.address``; a scheduler named there (by the option or the
+    settings) must answer before anything starts.
     """
     from hotswap.components.core.settings import load_settings
     from hotswap.flows.cli_checks import check_settings
 
     overrides: dict[str, Any] = {"home": str(home)} if home else {}
+    if dask:
+        overrides["dask"] = {"address": dask}
     cli_state.home = home
     settings = load_settings(**overrides)
     cli_state.home = settings.home
     check_settings(settings)
     if check is not None:
         check(settings)
+    if cluster and settings.dask.address is not None:
+        from hotswap.components.core.dask_address import check_scheduler
+
+        check_scheduler(settings.dask.address, settings.dask.connect_timeout_seconds)
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

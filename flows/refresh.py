@@ -12,7 +12,7 @@ from hotswap.flows.switch import switch_live
 from hotswap.tasks.adopt import live_gallery_difference, sync_gallery_items
 from hotswap.tasks.backfill_decision import decide_backfill, execute_decision, load_decision
 from hotswap.tasks.compat_search import search_compatible
-from hotswap.tasks.context import settings_from
+from hotswap.tasks.context import settings_from, with_dask
 from hotswap.tasks.links import rename_flow_run
 from hotswap.tasks.live import check_noop, live_composition, plan_targets, record_noop
 from hotswap.tasks.lock import lifecycle_lock
@@ -46,6 +46,7 @@ def refresh(
     data_source: str | None = None,
     dataset_version: str | None = None,
     prebuild_on_review: bool | None = None,
+    dask_address: str | None = None,
 ) -> State:
     """Train a compatible challenger, validate it, retrain codebooks, decide, and stage the upgrade.
 
@@ -66,8 +67,11 @@ def refresh(
     Each stage is recorded on the challenger (tasks/refresh_progress.py). A refresh that was
     interrupted (killed, or stopped by an outage) is resumed after its last recorded stage when
     its inputs are unchanged; otherwise its staged gallery is deleted, and the run says so.
+
+    ``dask_address`` (default: the ``dask.address`` setting) runs the backfill's shards on that
+    Dask cluster; the decision's cost sample runs here.
     """
-    settings = settings_from(_data_overrides(overrides, data_source))
+    settings = settings_from(with_dask(_data_overrides(overrides, data_source), dask_address))
     auto_promote = settings.auto_promote if auto_promote is None else auto_promote
     prebuild = settings.prebuild_on_review if prebuild_on_review is None else prebuild_on_review
     with lifecycle_lock(settings, "refresh"):

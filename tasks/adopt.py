@@ -7,6 +7,7 @@ labelled training data in ``data.source`` and the gallery's own manifest.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from hotswap.components.data.images import DataError
 from hotswap.components.gallery.imports import gallery_difference, sync_gallery, write_feature_version
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION, read_live_target
 from hotswap.components.gallery.records import new_version_id
+from hotswap.components.gallery.worker_resources import dask_shards
 from hotswap.components.lifecycle.adopt import (
     AdoptReport,
     file_sha256,
@@ -259,12 +261,16 @@ def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[
     live, champion = target.gallery_version, str(target.model_version)
     source = galleries.load_manifest(settings.gallery_name, live)
     codebooks = load_codebooks(settings, source.codebook_version or champion)
+    model = reg.load_model(champion)
+    runner = dask_shards(settings, champion, model.preprocessing)  # new items embedded on the cluster
+    embedder = None if runner is None else functools.partial(runner.embed, chunk=settings.backfill.shard_size)
+
     manifest, counts = sync_gallery(
         galleries,
         settings.gallery_name,
         live,
         gallery_items(settings),
-        reg.load_model(champion),
+        model,
         codebooks,
         model_version=champion,
         loader=loader_config(settings),
@@ -273,6 +279,7 @@ def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[
         shard_size=settings.backfill.shard_size,
         index_builder=_index_builder(codebooks),
         publish=False,
+        embedder=embedder,
     )
     # a mixed gallery is served through a calibration per query model: the champion's must be in
     # the new version before it goes live (fitted when missing, as for any staged version)

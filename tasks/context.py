@@ -22,7 +22,15 @@ from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 
-__all__ = ["dataset", "dataset_version", "gallery_items", "gallery_store", "loader_config", "registry"]
+__all__ = [
+    "dataset",
+    "dataset_version",
+    "gallery_items",
+    "gallery_store",
+    "loader_config",
+    "registry",
+    "with_dask",
+]
 
 
 def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
@@ -34,6 +42,15 @@ def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
     apply_service_timeouts(settings)
     torch.set_num_threads(settings.torch_threads)
     return settings
+
+
+def with_dask(overrides: dict[str, Any] | None, address: str | None) -> dict[str, Any] | None:
+    """A flow's ``dask_address`` parameter on top of its overrides (the ``dask.address`` setting)."""
+    if not address:
+        return overrides
+    merged = dict(overrides or {})
+    merged["dask"] = {**dict(merged.get("dask") or {}), "address": address}
+    return merged
 
 
 def registry(settings: HotswapSettings) -> ModelRegistry:

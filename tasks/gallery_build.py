@@ -17,6 +17,7 @@ from hotswap.components.gallery.backfill import build_gallery_version, run_backf
 from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
 from hotswap.components.gallery.shard_jobs import ShardResult
+from hotswap.components.gallery.worker_resources import dask_shards
 from hotswap.components.lifecycle.live import read_composition
 from hotswap.components.quant.dpq import DPQCodebooks
 from hotswap.components.quant.index import build_flat_index, index_to_bytes
@@ -24,7 +25,7 @@ from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import artifact_key
 from hotswap.tasks.transforms import load_transforms
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
@@ -56,6 +57,13 @@ def _progress(key: str, description: str, total_shards: int):
     return on_shard
 
 
+def _report_shares(runner: Any) -> None:
+    """Which worker ran how many shards (the run's log; the Dask dashboard shows the tasks)."""
+    if runner is not None and runner.shares:
+        shares = ", ".join(f"{w or '?'}: {n}" for w, n in sorted(runner.shares.items()))
+        get_run_logger().info("shards per Dask worker at %s: %s", runner.address, shares)
+
+
 def _shards(items: int, shard_size: int) -> int:
     return -(-items // shard_size)
 
@@ -67,6 +75,7 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
     model = reg.load_model(version)
     codebooks = load_codebooks(settings, version)
     items = gallery_items(settings).item_ids
+    runner = dask_shards(settings, version, model.preprocessing)
     manifest = build_gallery_version(
         gallery_store(settings),
         settings.gallery_name,
@@ -78,6 +87,7 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
         codebook_version=version,
         version=f"v{version}-bootstrap",
         shard_size=settings.backfill.shard_size,
+        executor=runner,
         workers=settings.backfill.workers,
         compute_slots=settings.backfill.compute_slots,
         batch_size=settings.backfill.batch_size,
@@ -89,6 +99,7 @@ def build_first_gallery(settings: HotswapSettings, version: str) -> str:
             _shards(len(items), settings.backfill.shard_size),
         ),
     )
+    _report_shares(runner)
     reg.set_tags(version, {TAG_GALLERY_VERSION: manifest.version})
     return manifest.version
 
@@ -143,9 +154,12 @@ def _backfill(
     config: DecisionConfig,
     old_version: str | None,
     gallery_items: int,
-    executor: Any | None = None,
 ) -> str:
-    """Write the target gallery version for ``new_version`` (resumes an interrupted run)."""
+    """Write the target gallery version for ``new_version`` (resumes an interrupted run).
+
+    With ``dask.address`` set the shards run as tasks on that cluster (this machine plans,
+    reports progress and finishes the version); otherwise on ``backfill.workers`` threads here.
+    """
     reg = registry(settings)
     old_model = reg.load_model(old_version) if old_version else None
     codebooks = load_codebooks(settings, new_version)
@@ -162,6 +176,8 @@ def _backfill(
         and all(t.has_uncertainty for t in transforms.values())
     ):
         ordering = "transform_uncertainty"  # transform(f) was measured in the maps' own order
+    extracts = mode not in ("requantize", "transform") or bool(mode == "transform" and fraction)
+    executor = dask_shards(settings, new_version, new_model.preprocessing, extracts=extracts)
     manifest = run_backfill(
         gallery_store(settings),
         settings.gallery_name,
@@ -192,6 +208,7 @@ def _backfill(
         index_builder=_index_builder(codebooks),
         transforms=transforms,
     )
+    _report_shares(executor)
     return manifest.version
 
 
@@ -208,26 +225,16 @@ def backfill_gallery(
     mode: str,
     fraction: float | None = None,
     old_version: str | None = None,
-    use_dask: bool = False,
 ) -> str:
     """A standalone backfill from the live gallery (no decision needed); resumable by rerunning.
 
-    With ``use_dask`` (the flow runs on prefect-dask's DaskTaskRunner) the shards fan out over
-    the same Dask cluster through its client.
+    With ``dask.address`` set its shards run as tasks on that Dask cluster.
     """
     galleries = gallery_store(settings)
     live = galleries.read_current(settings.gallery_name)
     if live is None:
         raise RuntimeError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap`")
     items = galleries.load_manifest(settings.gallery_name, live).num_items
-    if not use_dask:
-        target = _backfill(settings, new_version, live, mode, fraction, settings.decision, old_version, items)
-    else:
-        from prefect_dask import get_dask_client
-
-        with get_dask_client() as client:
-            target = _backfill(
-                settings, new_version, live, mode, fraction, settings.decision, old_version, items, client
-            )
+    target = _backfill(settings, new_version, live, mode, fraction, settings.decision, old_version, items)
     ensure_served_calibration(settings, target, new_version)
     return target

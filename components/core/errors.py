@@ -51,6 +51,7 @@ HINTS: dict[str, str] = {
     "integrity": "restore or remove the damaged file, then rerun",
     "storage": "make the store writable (or free space), then rerun",
     "internal": "this is a bug; rerun with --debug for the traceback",
+    "interrupted": "rerun to resume",
 }
 
 

@@ -42,6 +42,7 @@ EXCLUDED_FIELDS = frozenset(
         "auto_promote",
         "prebuild_on_review",
         "backfill",
+        "dask",  # where shards run, not what they compute
         "prefect_start_timeout_seconds",
         "prefect_idle_seconds",
         # how images are read, served, synced and waited for: none of it shapes a model

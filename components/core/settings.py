@@ -112,6 +112,35 @@ class BackfillSettings(BaseModel):
     batch_size: int = Field(256, ge=1)
 
 
+class DaskSettings(BaseModel):
+    """Where passes over gallery images run (docs/operations.md, "Scale-out on a Dask cluster").
+
+    With an address, every backfill, the first gallery and a gallery sync run their shards as
+    tasks on that cluster; this machine only orchestrates. Without one they run on this machine
+    (``backfill.workers`` threads). The decision's cost sample always runs here.
+    """
+
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
+
+    address: str | None = Field(
+        None, description="Dask scheduler, e.g. tcp://scheduler:8786; None = run shards on this machine"
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="how long to wait for the scheduler")
+    retries: int = Field(
+        2, ge=0, description="reruns of a shard task that failed (a lost worker's shards rerun anyway)"
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if any(c.isspace() for c in value) or ":" not in value:
+            raise ValueError(f"expected a scheduler address like tcp://host:8786, got {value!r}")
+        return value
+
+
 class ServeSettings(BaseModel):
     """The query service (components/serving/): where it listens, how it batches, how it follows."""
 
@@ -262,6 +291,7 @@ class HotswapSettings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     backfill: BackfillSettings = Field(default_factory=BackfillSettings)
+    dask: DaskSettings = Field(default_factory=DaskSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     ops: OperationsSettings = Field(default_factory=OperationsSettings)
     service_timeout_seconds: float = Field(

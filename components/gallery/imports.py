@@ -131,9 +131,13 @@ def sync_gallery(
     shard_size: int = 1024,
     index_builder: IndexBuilder | None = None,
     publish: bool = False,
+    embedder: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[GalleryManifest, dict[str, int]]:
     """The next version holding exactly ``wanted``'s ids: removed ids absent, added ids embedded with
     ``model`` (the champion, ``model_version``) and encoded with ``codebooks`` (the live ones).
+
+    ``embedder(ids)`` (e.g. components/gallery/dask_shards.py ``DaskShards.embed`` on a cluster)
+    embeds the added ids instead of this process; it must return their features in that order.
 
     Only the added images are read. Returns the manifest and counts {kept, added, removed}. The
     manifest records what it was synced from (components/gallery/sync_lineage.py), which is what keeps
@@ -152,7 +156,9 @@ def sync_gallery(
     if not counts["kept"] and not counts["added"]:
         raise BackfillError(f"gallery manifest {wanted.name}: no items; a gallery cannot be emptied")
     new_feats = np.zeros((0, source.feature_dim or codebooks.dim), dtype=np.float32)
-    if len(added):
+    if len(added) and embedder is not None:
+        new_feats = np.asarray(embedder(added), dtype=np.float32)
+    elif len(added):
         (new_feats,) = embed([model], wanted.with_ids(added), loader, device=device)
     ids = np.concatenate([old_ids[keep], added])
     features = np.concatenate([arrays.features[keep], new_feats])

@@ -1,7 +1,8 @@
 """One shard job of a backfill: what it is, what it needs, and how one shard is built and written.
 
-A job is small and picklable (the context ships once per worker), so any executor can run it
-(components/gallery/shard_runner.py); a job whose shard is already written and verified returns at
+A job is small and picklable, so any executor can run it (components/gallery/shard_runner.py; on a
+Dask cluster each worker builds its context once from a small spec, see
+components/gallery/dask_shards.py); a job whose shard is already written and verified returns at
 once, which is what makes an interrupted backfill cheap to resume.
 """
 
@@ -66,6 +67,7 @@ class ShardResult:
     extracted: int
     skipped: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    worker: str = ""  # the Dask worker that ran it (empty on this machine)
 
 
 class BackfillContext:

@@ -2,14 +2,14 @@
 
 Parallelism: shards are independent jobs. By default they run on a thread pool (torch and numpy
 release the GIL, and I/O overlaps compute); any executor with ``submit`` whose futures have
-``result()`` works, and a ``dask.distributed.Client`` is detected (it has ``scatter``), receives the
-shared context once per worker and is driven with ``distributed.as_completed``.
+``result()`` works. An executor that runs whole job lists itself (``run_jobs``, e.g.
+components/gallery/dask_shards.py ``DaskShards`` for a Dask cluster) gets the jobs as they are.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hotswap.components.gallery.shard_jobs import (
@@ -52,38 +52,21 @@ def run_shard_jobs(
     return _drive(executor, ctx, jobs, on_shard)
 
 
-def _is_dask_client(executor: Any) -> bool:
-    return hasattr(executor, "scatter") and hasattr(executor, "gather") and hasattr(executor, "submit")
-
-
 def _drive(
     executor: Any, ctx: BackfillContext, jobs: Sequence[ShardJob], on_shard: ShardCallback | None
 ) -> list[ShardResult]:
-    if _is_dask_client(executor):
-        from distributed import as_completed as dask_as_completed
-
-        shared = executor.scatter(ctx, broadcast=True, hash=False)
-        futures = [executor.submit(process_shard, shared, job, pure=False) for job in jobs]
-        completed: Iterable[Any] = dask_as_completed(futures)
-
-        def cancel() -> None:
-            executor.cancel(futures)
-    else:
-        futures = [executor.submit(process_shard, ctx, job) for job in jobs]
-        completed = cf.as_completed(futures)
-
-        def cancel() -> None:
-            for future in futures:
-                future.cancel()
-
+    if hasattr(executor, "run_jobs"):  # it ships the jobs itself (a Dask cluster: DaskShards)
+        return executor.run_jobs(ctx, jobs, on_shard)
+    futures = [executor.submit(process_shard, ctx, job) for job in jobs]
     results: list[ShardResult] = []
     try:
-        for future in completed:
+        for future in cf.as_completed(futures):
             result = future.result()
             results.append(result)
             if on_shard is not None:
                 on_shard(result)
     except BaseException:
-        cancel()
+        for future in futures:
+            future.cancel()
         raise
     return sorted(results, key=lambda r: r.shard)

@@ -6,6 +6,7 @@ which row), images are tiny procedural ones, so every test runs in about a secon
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import UTC, datetime
@@ -267,8 +268,21 @@ def test_compute_slots_cap_concurrent_forward_passes(data: ImageSet, tmp_path) -
     )
 
 
-def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageSet, tmp_path) -> None:
+_IN_PROCESS: dict = {}
+
+
+def _build_in_process(what: str) -> object:
+    """A worker's build of a resource; in-process workers find it in this module (and count it)."""
+    _IN_PROCESS.setdefault("builds", []).append(what)
+    return _IN_PROCESS[what]
+
+
+def test_dask_cluster_writes_the_same_version_as_threads(data: ImageSet, tmp_path) -> None:
+    """Shards as tasks (components/gallery/dask_shards.py): the model and items go by reference, each
+    worker builds them once; the version equals the thread pool's byte for byte."""
     distributed = pytest.importorskip("distributed")
+    from hotswap.components.gallery.dask_shards import DaskShards, Resource, WorkerSetup
+
     galleries = bootstrap(LocalObjectStore(tmp_path / "s", fsync=False), data)
     new = model(1, "large")
     common = dict(fraction=1.0, model_version="m2", created_at=CREATED)
@@ -276,19 +290,30 @@ def test_dask_local_cluster_writes_the_same_version_as_threads(data: ImageSet, t
         galleries, GALLERY, "v1", "full", new, codebooks(1), item_source(data), version="threads",
         workers=2, **common,
     )  # fmt: skip
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    _IN_PROCESS.clear()
+    _IN_PROCESS.update(model=new, items=item_source(data))
+    setup = WorkerSetup(
+        model=Resource(f"model:{tmp_path}", functools.partial(_build_in_process, "model")),
+        items=Resource(f"items:{tmp_path}", functools.partial(_build_in_process, "items")),
+    )
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        runner = DaskShards(cluster.scheduler_address, setup)
         seen: list[int] = []
         run_backfill(
             galleries, GALLERY, "v1", "full", new, codebooks(1), item_source(data), version="dask",
-            executor=client, on_shard=lambda r: seen.append(r.shard), **common,
+            executor=runner, on_shard=lambda r: seen.append(r.shard), **common,
         )  # fmt: skip
+        shares = dict(runner.shares)
+        some = data.item_ids[:40]  # a gallery sync's new items, embedded on the cluster in chunks
+        embedded = runner.embed(some, chunk=16)
+    np.testing.assert_array_equal(embedded, extract_features(new, item_source(data).images(some)))
     assert sorted(seen) == list(range(N_ITEMS // SHARD))
+    assert sum(shares.values()) == N_ITEMS // SHARD and "" not in shares
+    assert sorted(_IN_PROCESS["builds"]) == ["items", "model"]  # once per process (workers share it)
     a, b = galleries.load_arrays(GALLERY, "threads"), galleries.load_arrays(GALLERY, "dask")
+    np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.features, b.features)
     np.testing.assert_array_equal(a.codes, b.codes)
 

@@ -218,17 +218,20 @@ def test_audit_reports_every_version_pair(lifecycle, lifecycle_overrides):
     assert b"<table" in files["audit.html"]
 
 
-def test_standalone_backfill_fans_out_over_dask_through_prefect_dask(lifecycle, lifecycle_overrides):
+def test_standalone_backfill_runs_its_shards_on_a_dask_cluster(lifecycle, lifecycle_overrides):
     from distributed import LocalCluster
     from hotswap.components.gallery.provenance import feature_models
-    from hotswap.flows.backfill import backfill_on_dask
+    from hotswap.flows.backfill import backfill
 
     settings = lifecycle["settings"]
     galleries = gallery_store(settings)
     live_before = galleries.read_current(settings.gallery_name)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        result = backfill_on_dask(
-            cluster.scheduler_address, overrides=lifecycle_overrides, mode="requantize", version="2"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        result = backfill(
+            overrides=lifecycle_overrides,
+            mode="requantize",
+            version="2",
+            dask_address=cluster.scheduler_address,
         )
     assert result["gallery_version"] == "v2-requantize" and result["published"] is False
     manifest = galleries.load_manifest(settings.gallery_name, "v2-requantize")

@@ -95,3 +95,8 @@ def test_a_named_settings_file_must_exist_and_parse(tmp_path, monkeypatch) -> No
     monkeypatch.delenv("HOTSWAP_CONFIG")
     monkeypatch.chdir(tmp_path)  # no ./hotswap.toml: the implicit file is optional
     assert load_settings(home=str(tmp_path)).training.epochs == 8
+
+
+def test_ctrl_c_is_one_line_with_the_interrupted_exit_code() -> None:
+    failure = classify(KeyboardInterrupt())
+    assert failure.exit_code == 130 and "rerun resumes" in failure.line()
