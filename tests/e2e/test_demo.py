@@ -43,7 +43,7 @@ def test_demo_ends_with_a_blessed_promoted_v2_a_recorded_decision_and_a_searchab
 
     status = json.loads(_hotswap("status", "--json", "--home", str(home), env=env))
     assert status["champion"] == "2" and status["previous"] == "1"
-    assert status["last_decision"]["mode"] in ("skip", "requantize", "partial", "full")
+    assert status["last_decision"]["mode"] in ("skip", "transform", "requantize", "partial", "full")
     assert status["latest_version_tags"]["compat.blessed"] == "true"
     live = status["live_gallery_version"]
     assert live is not None and status["live_gallery"]["items"] == 1000
