@@ -14,7 +14,7 @@ export OMP_NUM_THREADS ?= 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-loaded lint demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ TEST_WORKERS ?= 2
 
 test: lint
 	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadfile
+
+# The busy-machine check: the e2e demo test with every core kept busy by a busy loop (bench/loaded.py).
+# Not part of `make test` (longer than its 12-minute budget leaves room for): `CI_LOADED=1 .ci/run`.
+test-loaded: install
+	$(BIN)/python -m bench.loaded
 
 demo: install
 	$(BIN)/hotswap demo

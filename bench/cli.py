@@ -2,10 +2,11 @@
 
 Measures the wall and CPU time (the child's user + system) of:
 ``--help``; an input error (``bootstrap`` with a manifest that lacks its ``label`` column);
-``status`` on a live home; ``search --item-id`` on it; and the second of two consecutive
-``refresh`` no-ops; first with no ``PREFECT_API_URL`` (the home's local Prefect API, started by
-the first refresh and reused by the second), then with ``PREFECT_API_URL`` pointing at a running
-server. Each case is repeated; the median is reported with the ratio to ``--help``.
+``status`` on a live home; ``search --item-id`` on it (the example item ``status`` names, and
+an item whose stored feature the champion produced, searched without torch); and the second of
+two consecutive ``refresh`` no-ops; first with no ``PREFECT_API_URL`` (the home's local Prefect
+API, started by the first refresh and reused by the second), then with ``PREFECT_API_URL``
+pointing at a running server. Each case is repeated; the median is reported with the ratio to ``--help``.
 
     python -m bench.cli --home DEMO_HOME [--repeats 5]     # a home `hotswap demo` left behind
     python -m bench.cli                                      # runs `hotswap demo` first (minutes)
@@ -74,11 +75,30 @@ def cases(home: Path, env: dict[str, str], repeats: int, scratch: Path) -> list[
         measure("status (live home)", ["status", *h], env, repeats),
         measure("search --item-id", ["search", "--item-id", status["example_item"], *h], env, repeats),
     ]
+    own = champion_item(home, status)
+    if own is not None and own != status["example_item"]:
+        name = "search --item-id (champion's own feature)"
+        rows.append(measure(name, ["search", "--item-id", own, *h], env, repeats))
     first = timed(["refresh", *h], env)  # a no-op: the demo's own settings, v2 is champion
     assert first[2] == 0, "refresh no-op failed"
     rows.append({"case": "refresh no-op, first", "wall_s": first[0], "cpu_s": first[1], "runs": 1})
     rows.append(measure("refresh no-op, second", ["refresh", *h], env, max(1, repeats // 2)))
     return rows
+
+
+def champion_item(home: Path, status: dict) -> str | None:
+    """A live item whose stored feature the champion embedded (its query needs no model)."""
+    from hotswap.components.core.settings import load_settings
+    from hotswap.components.gallery.provenance import feature_models
+    from hotswap.components.gallery.store_factory import open_store
+    from hotswap.components.gallery.versions import GalleryStore
+
+    settings = load_settings(home=str(home))
+    galleries = GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
+    live = status["live_gallery_version"]
+    models = feature_models(galleries, settings.gallery_name, live)
+    rows = (models == str(status["champion"])).nonzero()[0]
+    return str(galleries.load_ids(settings.gallery_name, live)[rows[0]]) if len(rows) else None
 
 
 def table(rows: list[dict], title: str) -> list[str]:
@@ -101,6 +121,7 @@ def main() -> None:
     if args.home is None:
         args.home = Path(tempfile.mkdtemp(prefix="bench-cli-")) / "demo"
         subprocess.run([HOTSWAP, "demo", "--home", str(args.home)], env=env, check=True)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         local = cases(args.home, env, args.repeats, Path(tmp))
         api = json.loads((args.home / "prefect" / "api.json").read_text())["url"]
@@ -108,6 +129,7 @@ def main() -> None:
         remote = cases(args.home, {**env, "PREFECT_API_URL": api}, args.repeats, Path(tmp))
     result = {
         "machine": f"{os.cpu_count()} CPU cores",
+        "load_average_before": load_before,
         "load_average": os.getloadavg(),
         "local_api": local,
         "prefect_api_url": remote,
@@ -117,7 +139,8 @@ def main() -> None:
     md = [
         "## Command-line start-up (bench/cli.py)",
         "",
-        f"{result['machine']}, load average at the end {result['load_average'][0]:.1f}; "
+        f"{result['machine']}, load average (1 min) {load_before[0]:.1f} at the start, "
+        f"{result['load_average'][0]:.1f} at the end; "
         "medians of repeated runs.",
         "",
         *table(local, "without PREFECT_API_URL (the home's local Prefect API)"),

@@ -35,9 +35,9 @@ def print_report(payload: dict[str, Any]) -> None:
 def print_decision(settings: Any, version: str) -> None:
     """The decision's verdict, reasons and a compact view of its options table."""
     from hotswap.components.decision.storage import load_decision
-    from hotswap.components.registry.mlflow_registry import ModelRegistry
+    from hotswap.components.registry.sqlite_reader import registry_for_reading
 
-    record = load_decision(ModelRegistry.from_settings(settings), version)
+    record = load_decision(registry_for_reading(settings), version)
     shown = [o for o in record.options if o.mode != "partial" or round(o.fraction * 21) in (2, 5, 10, 15)]
     table = Table(title=f"backfill options for v{version} (quality on held-out data, as served by DPQ codes)")
     for column in ("option", "re-extracted", "mAP", "of full", "est. seconds", "meets target"):

@@ -18,7 +18,8 @@ from hotswap.components.core.preflight import check_gallery_removals
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import TAG_CLASSES, save_class_map
 from hotswap.components.data.images import DataError
-from hotswap.components.gallery.imports import gallery_difference, sync_gallery, write_feature_version
+from hotswap.components.gallery.difference import gallery_difference
+from hotswap.components.gallery.imports import sync_gallery, write_feature_version
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION, read_live_target
 from hotswap.components.gallery.records import new_version_id
 from hotswap.components.gallery.worker_resources import dask_shards

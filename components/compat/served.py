@@ -22,18 +22,19 @@ query model (candidate, champion) on the composed items, as the serving path wou
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from hotswap.components.compat.calibration_fitting import fit_calibration
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.core.configs import CalibrationConfig
-from hotswap.components.data.images import ImageSet
 from hotswap.components.lifecycle.live import LiveComposition, TargetWeight
-from hotswap.components.models.backbones import EmbeddingModel
-from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import DPQCodebooks
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # the record (ServedQuality) is read by status and report, which import no torch
+    from hotswap.components.data.images import ImageSet
+    from hotswap.components.models.backbones import EmbeddingModel
+    from hotswap.components.quant.dpq import DPQCodebooks
 
 
 class ServedError(ValueError):
@@ -173,6 +174,8 @@ def served_evaluation(
     if len(data) < 2:
         raise ServedError(f"{data.name}: the as-served evaluation needs at least two items")
     assignment = assign_gallery_models(data.labels, composition.shares, seed=seed)
+
+    from hotswap.components.models.training import extract_features
 
     def embed(model: EmbeddingModel, rows: np.ndarray | None = None) -> np.ndarray:
         images = data if rows is None else data.subset(rows)

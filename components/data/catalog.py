@@ -12,12 +12,16 @@ Every lifecycle step reads images through these sets, whatever the source (compo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from hotswap.components.data.classes import check_classes, is_integer_label
 from hotswap.components.data.images import DataError, ImageSet
-from hotswap.components.data.loading import LoaderConfig
 from hotswap.components.data.objects import ObjectSource
 from hotswap.components.data.sources import open_manifest, open_source
+
+if TYPE_CHECKING:  # data.loading imports torch; status reads the catalog without it
+    from hotswap.components.data.loading import LoaderConfig
 
 
 def _keep_decoded(settings: object, items: ImageSet) -> ImageSet:
@@ -58,6 +62,8 @@ def gallery_items(settings: object) -> ImageSet:
 
 
 def loader_config(settings: object) -> LoaderConfig:
+    from hotswap.components.data.loading import LoaderConfig
+
     s = settings.stream  # type: ignore[attr-defined]
     return LoaderConfig(batch_size=s.batch_size, workers=s.workers, prefetch_factor=s.prefetch_factor)
 

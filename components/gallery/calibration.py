@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from hotswap.components.compat.calibration import ScoreCalibration
 from hotswap.components.compat.calibration_fitting import fit_calibration
 from hotswap.components.core.configs import CalibrationConfig
-from hotswap.components.data.images import ImageSet
 from hotswap.components.gallery.records import (
     GalleryError,
     ShardCorruptedError,
@@ -42,10 +42,12 @@ from hotswap.components.gallery.records import (
 )
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.models.backbones import EmbeddingModel
-from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq import DPQCodebooks
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+
+if TYPE_CHECKING:  # searching reads calibrations without torch; only fitting one embeds images
+    from hotswap.components.data.images import ImageSet
+    from hotswap.components.models.backbones import EmbeddingModel
+    from hotswap.components.quant.dpq import DPQCodebooks
 
 CALIBRATION_DIR = "calibration/"
 
@@ -240,6 +242,8 @@ def fit_for_gallery(
     each embeds the validation items, which pass through the version's ``codebooks`` (encode,
     decode) the way the gallery stores them; the query model's float features are the queries.
     """
+    from hotswap.components.models.training import extract_features
+
     if str(query_model) not in models:
         raise GalleryError(f"models must include the query model {query_model!r}, got {sorted(models)}")
     feats = {

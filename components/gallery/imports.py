@@ -105,17 +105,6 @@ def write_feature_version(
     return manifest
 
 
-def gallery_difference(live_ids: np.ndarray, wanted_ids: np.ndarray) -> dict[str, list[str]]:
-    """Ids the gallery manifest holds that the live gallery lacks (``added``), and the reverse
-    (``removed``): what a sync would change. Both empty = nothing to do."""
-    live = np.asarray(live_ids).astype(str)
-    wanted = np.asarray(wanted_ids).astype(str)
-    return {
-        "added": wanted[~np.isin(wanted, live)].tolist(),
-        "removed": live[~np.isin(live, wanted)].tolist(),
-    }
-
-
 def sync_gallery(
     galleries: GalleryStore,
     gallery: str,

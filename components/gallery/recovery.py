@@ -7,6 +7,12 @@ call :func:`recover_live_state` before they read the champion or CURRENT. It
   are always one whole pair;
 - marks FAILED the MLflow runs left RUNNING by processes of this host that no longer exist.
 
+Most of the time there is nothing to repair, and finding that out must stay cheap: ``status`` and
+``search`` answer in about the time of ``--help``. So the check reads the intent from the store
+and the RUNNING runs from the SQLite registry directly (components/registry/sqlite_reader.py);
+MLflow is imported only when there is something to repair, or when the registry is not a local
+SQLite database.
+
 It never interferes with a command that is still alive: if another live process holds the
 gallery's lease, an intent is that command's switch in progress and is left alone (the message
 says so). A caller that does not hold the lease takes it for the few writes a repair needs.
@@ -19,7 +25,7 @@ from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, live_
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.switch_intent import read_intent, recover_switch
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import ModelRegistry
+from hotswap.components.registry.sqlite_reader import open_reader
 
 
 def recover_live_state(settings: HotswapSettings, *, holding_lease: bool = False) -> list[str]:
@@ -28,9 +34,14 @@ def recover_live_state(settings: HotswapSettings, *, holding_lease: bool = False
         return []
     store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
     galleries = GalleryStore(store)
+    gallery = settings.gallery_name
+    reader = open_reader(settings)
+    if reader is not None and read_intent(galleries, gallery) is None and not reader.dead_runs():
+        return []  # nothing to repair: found without importing MLflow
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
+
     registry = ModelRegistry.from_settings(settings)
     messages: list[str] = []
-    gallery = settings.gallery_name
     if read_intent(galleries, gallery) is not None:
         if holding_lease:
             done = recover_switch(registry, galleries, gallery)

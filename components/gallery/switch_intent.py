@@ -25,13 +25,15 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.registry.records import CHAMPION, MANAGED_ALIASES
 from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:  # read_intent serves readers that never import MLflow (status, search)
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 INTENT_FILE = "SWITCH-INTENT.json"
 

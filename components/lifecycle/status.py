@@ -1,5 +1,9 @@
 """What is live right now: aliases, the live gallery (and which model versions its items come
-from), the challenger's report and the last decision; and one version's record from MLflow."""
+from), the challenger's report and the last decision; and one version's record from MLflow.
+
+Read through components/registry/sqlite_reader.py (MLflow's own database, read-only: nothing to go
+stale, and no MLflow or torch import for the embedded default), so ``hotswap status`` answers in
+about the time of ``--help``."""
 
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ from hotswap.components.decision.storage import load_decision
 from hotswap.components.gallery.provenance import feature_models
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.registry.records import CHALLENGER, CHAMPION, PREVIOUS, RegistryError
+from hotswap.components.registry.sqlite_reader import registry_for_reading
 
 
 def system_status(settings: HotswapSettings) -> dict[str, Any]:
     """A JSON-able summary for ``hotswap status`` (and the demo's closing screen)."""
-    registry = ModelRegistry.from_settings(settings)
+    registry = registry_for_reading(settings)
     aliases = registry.aliases()
     galleries = GalleryStore(open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url))
     live = galleries.read_current(settings.gallery_name)
@@ -82,7 +86,7 @@ def manifest_difference(settings: HotswapSettings, live_ids: np.ndarray) -> dict
     ``gallery.sync_on_refresh``, brings them in line); ``error`` when the manifest cannot be read."""
     from hotswap.components.data.catalog import gallery_items
     from hotswap.components.data.images import DataError
-    from hotswap.components.gallery.imports import gallery_difference
+    from hotswap.components.gallery.difference import gallery_difference
 
     source = settings.gallery.manifest or f"{settings.data.source} ({settings.data.gallery_split} split)"
     try:
@@ -100,7 +104,7 @@ def manifest_difference(settings: HotswapSettings, live_ids: np.ndarray) -> dict
 def version_record(settings: HotswapSettings, version: str) -> dict[str, Any]:
     """A version's report and decision as MLflow holds them (``hotswap report VERSION``): no
     gallery, no Prefect, nothing recomputed."""
-    registry = ModelRegistry.from_settings(settings)
+    registry = registry_for_reading(settings)
     info = registry.resolve(version)
     record: dict[str, Any] = {
         "model": settings.model_name,

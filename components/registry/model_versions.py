@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hotswap.components.core.faults import fault_point
+from hotswap.components.registry.reading import model_selector
 from hotswap.components.registry.records import (
     CHALLENGER,
     CHAMPION,
@@ -83,19 +84,7 @@ class RegistryVersions(RegistryRuns):
         """A version from ``models:/<name>@<alias>``, ``models:/<name>/<version>``, an alias or a number."""
         if isinstance(ref, ModelVersionInfo):
             ref = ref.version
-        text = str(ref)
-        if text.startswith("models:/"):
-            body = text.removeprefix("models:/")
-            name, sep, selector = body.partition("@") if "@" in body else body.rpartition("/")
-            if not sep or not name or not selector:
-                raise ValueError(
-                    f"model URI {text!r} must look like models:/<name>@<alias> or models:/<name>/<n>"
-                )
-            if name != self.model_name:
-                raise ValueError(
-                    f"model URI {text!r} names {name!r}, but this registry holds {self.model_name!r}"
-                )
-            text = selector
+        text = model_selector(str(ref), self.model_name)
         try:
             if text.isdigit():
                 return self._info(self.client.get_model_version(self.model_name, text))

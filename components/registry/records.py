@@ -8,6 +8,7 @@ Secret-looking keys and credentials inside URIs are masked before any value reac
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,3 +93,14 @@ def _tag_value(value: Any) -> str:
     if isinstance(value, Mapping | list | tuple):
         return json.dumps(value, sort_keys=True, default=str)
     return str(value)
+
+
+def process_gone(pid: str | None) -> bool:
+    """Whether the process that owned a run (its ``hotswap.pid`` tag, this host) no longer exists."""
+    try:
+        os.kill(int(pid or ""), 0)
+    except (ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+    return False

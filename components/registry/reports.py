@@ -7,14 +7,12 @@ A report run holds the matrix as metrics, the thresholds as params and ``compat/
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from hotswap.components.compat.report import CompatibilityReport
 from hotswap.components.registry.artifacts import RegistryArtifacts
 from hotswap.components.registry.records import (
-    CHALLENGER,
     REPORT_DIR,
     TAG_BASELINE_VERSION,
     TAG_BLESSED,
@@ -24,8 +22,6 @@ from hotswap.components.registry.records import (
     TAG_NEW_VERSION,
     TAG_OLD_VERSION,
     TAG_REPORT_URI,
-    ModelVersionInfo,
-    RegistryError,
     _tag_value,
     mask_secret,
 )
@@ -34,7 +30,7 @@ from mlflow.entities import Metric, RunStatus
 
 
 class RegistryReports(RegistryArtifacts):
-    """Log compatibility reports and read them back by version or URI."""
+    """Log compatibility reports (reading them back: components/registry/reading.py)."""
 
     def log_report(
         self,
@@ -92,22 +88,6 @@ class RegistryReports(RegistryArtifacts):
                 {TAG_BLESSED: report.blessed, TAG_OLD_VERSION: old_label, TAG_REPORT_URI: uri},
             )
         return uri
-
-    def load_report_uri(self, uri: str) -> CompatibilityReport:
-        """Read a report back from a ``runs:/<run_id>/<path>`` URI: no recomputation."""
-        match = re.fullmatch(r"runs:/([0-9a-zA-Z]+)/(.+)", uri)
-        if not match:
-            raise ValueError(f"report URI {uri!r} must look like runs:/<run_id>/<path>")
-        data = self.run_artifact_bytes(match.group(1), match.group(2))
-        return CompatibilityReport.from_json(data, source=uri)
-
-    def load_report(self, ref: str | int | ModelVersionInfo = CHALLENGER) -> CompatibilityReport:
-        """The gate's report of a version (the one its ``compat.report_uri`` tag points at)."""
-        info = self.resolve(ref)
-        uri = info.tags.get(TAG_REPORT_URI)
-        if not uri:
-            raise RegistryError(f"{info.uri} has no compatibility report (tag {TAG_REPORT_URI} is not set)")
-        return self.load_report_uri(uri)
 
     def list_reports(self, new_version: str | int | None = None) -> list[CompatibilityReport]:
         """Every logged report of this model (optionally of one new version), oldest first; for audits."""

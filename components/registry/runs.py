@@ -30,6 +30,7 @@ from hotswap.components.registry.records import (
     TAG_PID,
     _tag_value,
     mask_secret,
+    process_gone,
 )
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
@@ -234,7 +235,7 @@ class RegistryRuns:
         query = f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
         marked = []
         for run in _all_runs(self.client, self.experiment_id, query):
-            if _process_gone(run.data.tags.get(TAG_PID)):
+            if process_gone(run.data.tags.get(TAG_PID)):
                 self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED))
                 marked.append(run.info.run_id)
         return marked
@@ -243,16 +244,6 @@ class RegistryRuns:
 def _owner_tags() -> dict[str, str]:
     """Which process created a run, so a run it left RUNNING when killed can be told apart."""
     return {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()}
-
-
-def _process_gone(pid: str | None) -> bool:
-    try:
-        os.kill(int(pid or ""), 0)
-    except (ValueError, ProcessLookupError):
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _all_runs(client: MlflowClient, experiment_id: str, query: str) -> Iterable[Any]:

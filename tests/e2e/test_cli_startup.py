@@ -99,10 +99,10 @@ def test_status_and_search_on_a_fresh_home_start_nothing_and_create_no_database(
     status, imported = _run(["status", "--json"], home)
     assert status.returncode == 0, status.stdout + status.stderr
     assert json.loads(status.stdout)["champion"] is None
-    assert "prefect" not in imported and "torch" not in imported
+    assert imported == set(), f"status on a fresh home imported {imported}"
     search, imported = _run(["search", "--item-id", "mnist5k-00001"], home)
     assert search.returncode == 3 and "hotswap bootstrap" in search.stdout, search.stdout + search.stderr
-    assert "prefect" not in imported
+    assert imported == set(), f"search on a fresh home imported {imported}"
     assert not (home / "mlflow.db").exists() and not (home / "prefect").exists()
 
 
@@ -155,3 +155,44 @@ def test_a_local_api_that_does_not_start_in_time_is_a_service_failure_not_a_bug(
     assert "prefect_start_timeout_seconds" in line and "this is a bug" not in line
     assert not (home / "prefect" / "api.json").exists()
     assert _servers_for(tmp_path) == []  # the half-started server was stopped
+
+
+def _live_settings(home: Path, config: Path):
+    from hotswap.components.core.settings import load_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOTSWAP_CONFIG", str(config))
+        return load_settings(home=str(home))
+
+
+def test_status_and_search_on_a_live_home_import_neither_mlflow_nor_torch_nor_prefect(
+    cli_homes, tmp_path: Path
+) -> None:
+    """The read-only commands on a live home: the registry read from MLflow's SQLite database,
+    a live item's query from its stored feature; torch only to embed an item that is not live."""
+    from hotswap.components.data.catalog import labelled_data
+    from hotswap.components.gallery.store_factory import open_store
+    from hotswap.components.gallery.versions import GalleryStore
+
+    home, config = cli_homes["live"], cli_homes["config"]
+    status, imported = _run(["status", "--json"], home, HOTSWAP_CONFIG=str(config))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert imported == set(), f"status imported {imported}"
+    state = json.loads(status.stdout)
+    assert (state["champion"], state["challenger"]) == ("1", "2")
+    assert state["challenger_report"]["new_version"] == "2" and state["last_decision"]["version"] == "2"
+
+    live, item = state["live_gallery_version"], state["example_item"]
+    search, imported = _run(["search", "--item-id", item, "--k", "3"], home, HOTSWAP_CONFIG=str(config))
+    assert search.returncode == 0, search.stdout + search.stderr
+    assert imported == set(), f"search of a live item imported {imported}"
+    assert f"ingallery{live}(modelv1" in "".join(search.stdout.split())
+
+    settings = _live_settings(home, config)
+    galleries = GalleryStore(open_store(settings.resolved_store_uri))
+    live_ids = set(galleries.load_ids(settings.gallery_name, live).tolist())
+    outside = next(i for i in labelled_data(settings).item_ids.tolist() if i not in live_ids)
+    search, imported = _run(["search", "--item-id", outside, "--k", "3"], home, HOTSWAP_CONFIG=str(config))
+    assert search.returncode == 0, search.stdout + search.stderr
+    assert "mlflow" not in imported and "prefect" not in imported and "torch" in imported
+    assert _servers_for(home) == [] and _servers_for(tmp_path) == []
