@@ -19,6 +19,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Few epochs everywhere (as the tests' own settings do for training and DPQ): the transform option's
+# maps are fitted in every refresh; tests/unit/test_transform.py sets its own configs.
+os.environ.setdefault("HOTSWAP_DECISION__TRANSFORM__EPOCHS", "10")
 # Prefect reads its settings at import time: point it at a throw-away home before anything imports it.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="hotswap-test-prefect-")
 
@@ -33,6 +36,7 @@ pytest_plugins = [
     "tests.fixtures.lifecycle",
     "tests.fixtures.serving",
     "tests.fixtures.images",
+    "tests.fixtures.ordering",
 ]
 
 
