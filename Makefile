@@ -28,11 +28,12 @@ lint: install
 	$(BIN)/ruff check components tasks flows tests bench deployments
 
 # Two test processes, one per core; a test file stays on one process, so the session and module
-# fixtures it shares (a bootstrapped home, a Prefect server) are built once per process.
+# fixtures it shares (a bootstrapped home, a Prefect server) are built once per process. Files go
+# out longest first (tests/fixtures/ordering.py), so xdist must keep that order.
 TEST_WORKERS ?= 2
 
 test: lint
-	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The busy-machine check: the e2e demo test with every core kept busy by a busy loop (bench/loaded.py).
 # Not part of `make test` (longer than its 12-minute budget leaves room for): `CI_LOADED=1 .ci/run`.
