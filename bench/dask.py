@@ -38,17 +38,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.streaming import SPEC  # the same model as the streaming benchmark
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = {
-    "arch": "bench.models:resnet",
-    "kwargs": {"widths": [16, 32, 64]},
-    "embedding_dim": 64,
-    "num_classes": 10,
-    "channels": "RGB",
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.25, 0.25, 0.25],
-}
 
 
 def log(message: str) -> None:
