@@ -13,7 +13,7 @@ from typing import Any
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.decision.decide import decide
 from hotswap.components.decision.promotability import with_promotability
-from hotswap.components.decision.record import DecisionRecord
+from hotswap.components.decision.record import DecisionRecord, implied_fraction
 from hotswap.components.decision.report import decision_plot_png
 from hotswap.components.decision.storage import DECISION_PNG, save_decision
 from hotswap.components.decision.storage import load_decision as read_decision
@@ -213,9 +213,7 @@ def override_decision(
     """A reviewer chose another mode: keep the evidence, change the choice, say who and why."""
     if mode == "partial" and fraction is None:
         raise ValueError("a partial backfill needs a fraction (0 < f < 1)")
-    new_fraction = {"skip": 0.0, "requantize": 0.0, "full": 1.0}.get(mode, fraction)
-    if mode == "transform" and fraction is None:
-        new_fraction = 0.0
+    new_fraction = implied_fraction(mode, fraction)
     updated = with_promotability(
         record.model_copy(
             update={

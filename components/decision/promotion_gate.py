@@ -22,9 +22,7 @@ from __future__ import annotations
 from hotswap.components.compat.report import CompatibilityReport
 from hotswap.components.core.errors import StateError
 from hotswap.components.decision.promotability import assess
-from hotswap.components.decision.record import DecisionRecord
-
-_FRACTION = {"skip": 0.0, "transform": 0.0, "requantize": 0.0, "full": 1.0}
+from hotswap.components.decision.record import DecisionRecord, implied_fraction
 
 
 class WorseThanLiveError(StateError):
@@ -54,7 +52,7 @@ def refusal(
     if mode == "as-decided":
         verdict = assess(decision)
     else:
-        verdict = assess(decision, mode, _FRACTION.get(mode, fraction))
+        verdict = assess(decision, mode, implied_fraction(mode, fraction))
     if verdict.promotable:
         return None
     if verdict.blocker == "incompatible":

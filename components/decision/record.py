@@ -135,6 +135,17 @@ class DecisionRecord(BaseModel):
         return decision_markdown(self)
 
 
+def implied_fraction(mode: str, fraction: float | None) -> float | None:
+    """The share of the gallery a backfill ``mode`` re-extracts: fixed by skip, requantize and full,
+    0 for a plain transform, the given one for partial and transform(f) (None: not given)."""
+    fixed = {"skip": 0.0, "requantize": 0.0, "full": 1.0}
+    if mode in fixed:
+        return fixed[mode]
+    if mode == "transform" and fraction is None:
+        return 0.0
+    return fraction
+
+
 def gallery_state(mode: str, gallery_version: str | None) -> str:
     """The decided gallery: its version once built, ``GALLERY_PLANNED`` until then, or none (reject)."""
     if mode == "reject":

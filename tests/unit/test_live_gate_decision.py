@@ -9,7 +9,7 @@ from hotswap.components.compat.report import CompatibilityReport
 from hotswap.components.compat.served import ServedQuality
 from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.decision.decide import decide_from_features
-from hotswap.components.decision.record import CostModel, DecisionRecord
+from hotswap.components.decision.record import CostModel, DecisionRecord, implied_fraction
 
 N_CLASSES, PER_CLASS, DIM = 8, 25, 16
 COST = CostModel(extract_seconds_per_item=2e-3, encode_seconds_per_item=1e-5)
@@ -197,3 +197,19 @@ def test_promote_applies_the_same_rule_to_the_option_a_reviewer_picks(feats):
     worse = _decide(feats, "worse", blessed=True, policy="full")
     why = refusal(build_report(MATRIX, "2", "3", "data"), worse)
     assert why.startswith("it is worse than the live system")
+
+
+@pytest.mark.parametrize(
+    ("mode", "given", "implied"),
+    [
+        ("skip", None, 0.0),
+        ("requantize", 0.4, 0.0),
+        ("full", None, 1.0),
+        ("transform", None, 0.0),
+        ("transform", 0.25, 0.25),  # transform(f): the reviewer's f is kept, not reset to 0
+        ("partial", 0.5, 0.5),
+        ("partial", None, None),
+    ],
+)
+def test_a_backfill_mode_implies_the_share_it_re_extracts(mode, given, implied) -> None:
+    assert implied_fraction(mode, given) == implied
