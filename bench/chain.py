@@ -12,6 +12,11 @@ leave-one-out over the gallery items. Policies compared on the same chain:
 - ``always-skip``    no refresh ever re-extracts (``decision.policy = "skip"``);
 - ``champion-only``  compatible training against the champion alone (``compat.targets = "champion"``).
 
+Three chains: MNIST-5k (digits arriving 4, 6, 8, 10), a procedural 100-class set (25 at a time)
+and ``rgb``, rendered RGB shapes that no default was tuned on (bench/rgb_shapes.py: 40 classes
+arriving 10 at a time, val and gallery in drawing styles never trained on), written as PNG files
+and read through a manifest like a team's own data.
+
 Auto-promotion follows the chosen option (DESIGN.md §16): a step's challenger goes live when its
 decision is promotable, i.e. the option beats live as served, with a blessing only for options
 that keep old features (a full backfill needs none; always-full no longer stalls on the
@@ -19,11 +24,16 @@ compatibility gate). A decision that is not promotable waits for a reviewer, whi
 means it stays unpromoted, and its gallery is only planned (built on approval), so it reads no
 images.
 
-Per step: live mAP and top-1, the decision, whether it was promotable (and why), items
-re-extracted (embedded by the step's new model in the gallery version its backfill wrote:
-promoted, or prebuilt for review) and the live gallery's share per model version. Over the
-chain: AC and AM (components/compat/audit.py) of the models that were live, on the
+Per step: live mAP and top-1, the decision, whether it was promotable (and why) and promoted,
+gallery images read (embedded by the step's new model in the gallery version its backfill
+wrote: promoted, or prebuilt for review; a transform reads none), the transform option's own
+quality as served and its share of the full upgrade's gain, (transform − skip)/(full − skip),
+from the decision's table, the seconds spent, and the live gallery's share per model version.
+Over the chain: AC and AM (components/compat/audit.py) of the models that were live, on the
 validation split of every class.
+
+``--set compat.rehearsal_weight=0.5`` (dotted key, JSON value; repeatable) adds a setting to every
+step of every policy: that is how the ablations of docs/benchmarks.md are run.
 
 The class subset of a refresh is the ``data.classes`` setting; the policies use
 ``decision.policy`` and ``compat.targets``. Where the installed hotswap lacks one of these
@@ -33,6 +43,7 @@ Run from the repository root:
     python -m bench.chain                      # both chains (MNIST-5k 0-3 ... 0-9; synthetic 25 ... 100)
     python -m bench.chain --chains mnist --policies default always-full
     python -m bench.chain --quick              # 2-step synthetic chain, tiny training -> chain-quick.*
+    python -m bench.chain --chains rgb --name chain-rgb
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import os
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,15 +66,28 @@ RESULTS = Path(__file__).parent / "results"
 
 @dataclass(frozen=True)
 class Chain:
+    """A class-incremental chain: the data source and the classes each step trains on.
+
+    ``prepare`` (optional) writes the chain's data under a folder and returns the source to read
+    (a manifest's path); ``source`` is used as is otherwise.
+    """
+
     name: str
     source: str
-    steps: tuple[tuple[int, ...], ...]
+    steps: tuple[tuple[int | str, ...], ...]
     overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    prepare: Callable[[Path], str] | None = None
 
 
 def _upto(*stops: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(range(stop)) for stop in stops)
+
+
+def _rgb_shapes(folder: Path) -> str:
+    from bench.rgb_shapes import write_rgb_shapes
+
+    return str(write_rgb_shapes(folder / "rgb-shapes", n_classes=40, per_class=60))
 
 
 CHAINS: dict[str, Chain] = {
@@ -74,6 +99,14 @@ CHAINS: dict[str, Chain] = {
         "synthetic:6000:100",
         _upto(25, 50, 75, 100),
         description="procedural images, 100 classes (6,000 items) arriving 25 at a time",
+    ),
+    "rgb": Chain(
+        "rgb",
+        "manifest",
+        tuple(tuple(f"shape{c:02d}" for c in range(stop)) for stop in (10, 20, 30, 40)),
+        description="rendered RGB shapes (bench/rgb_shapes.py), 40 classes (2,400 items) arriving 10 at "
+        "a time; val and gallery in held-out styles; read from a manifest",
+        prepare=_rgb_shapes,
     ),
 }
 QUICK = Chain(
@@ -111,14 +144,40 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def step_overrides(chain: Chain, policy: str, step: int, home: Path, num_classes: int) -> dict[str, Any]:
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["compat.rehearsal_weight=0.5", ...]`` → nested overrides (values parsed as JSON, else text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. compat.proto_weight=4")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        out = merge(out, value)
+    return out
+
+
+def step_overrides(
+    chain: Chain,
+    policy: str,
+    step: int,
+    home: Path,
+    num_classes: int,
+    source: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The settings of one step: the chain's data and size, the policy, the step's classes."""
     classes = list(chain.steps[step])
     overrides = merge(
-        {"home": str(home), "model_name": f"chain-{chain.name}", "data": {"source": chain.source}},
+        {"home": str(home), "model_name": f"chain-{chain.name}", "data": {"source": source or chain.source}},
         chain.overrides,
     )
     overrides = merge(overrides, POLICIES[policy])
+    overrides = merge(overrides, extra or {})
     if step == 0:
         overrides = merge(overrides, {"data": {"bootstrap_classes": classes}})
     elif len(classes) < num_classes:  # the full class set is the data set itself: no subset field needed
@@ -231,6 +290,31 @@ def extracted_items(overrides: dict[str, Any], gallery_version: str | None, mode
     return int((models == str(model_version)).sum())
 
 
+def option_quality(overrides: dict[str, Any], challenger: str | None) -> dict[str, Any]:
+    """From the step's decision table: each option's quality as served on the decision's metric,
+    and the transform's share of the full upgrade's gain, (transform − skip)/(full − skip)."""
+    if challenger is None:
+        return {}
+    from hotswap.components.decision.storage import load_decision
+    from hotswap.tasks.context import registry, settings_from
+
+    settings = settings_from(overrides)
+    try:
+        record = load_decision(registry(settings), str(challenger))
+    except Exception:  # a step with no decision (no-op) has nothing to report
+        return {}
+    metric = record.config.metric
+    best: dict[str, float] = {}
+    for option in record.options:  # transform(f) rows re-extract a share: the plain map has f = 0
+        plain_map = option.mode == "transform" and not option.fraction
+        if option.mode in ("skip", "requantize", "full") or plain_map:
+            best[option.mode] = option.quality[metric]
+    gain = None
+    if {"skip", "transform", "full"} <= best.keys() and best["full"] != best["skip"]:
+        gain = (best["transform"] - best["skip"]) / (best["full"] - best["skip"])
+    return {"metric": metric, "options": best, "transform_gain": gain, "live": record.live_quality}
+
+
 def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any]:
     """AC and AM over the versions that were live, on the val split of every class."""
     from hotswap.components.compat.audit import audit_models
@@ -248,20 +332,23 @@ def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any
     }
 
 
-def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
+def run_chain(
+    chain: Chain, policy: str, home: Path, source: str | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Bootstrap, then one auto-promoting refresh per later step; measure after each step."""
     from hotswap.components.data.sources import open_source
     from hotswap.flows.bootstrap import bootstrap
     from hotswap.flows.refresh import refresh
 
-    num_classes = open_source(chain.source).num_classes
+    source = source or chain.source
+    num_classes = open_source(source).num_classes
     steps: list[dict[str, Any]] = []
     live_versions: list[str] = []
     record: dict[str, Any] = {"chain": chain.name, "policy": policy, "steps": steps}
     start = time.perf_counter()
     try:
         for k in range(len(chain.steps)):
-            overrides = step_overrides(chain, policy, k, home, num_classes)
+            overrides = step_overrides(chain, policy, k, home, num_classes, source, extra)
             where = f"chain {chain.name}, policy {policy}, step {k + 1}"
             check_settings(overrides, where)
             t0 = time.perf_counter()
@@ -285,6 +372,7 @@ def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
                 if k == 0
                 else extracted_items(overrides, flow.get("gallery_version"), flow.get("challenger"))
             )
+            options = option_quality(overrides, flow.get("challenger")) if k else {}
             steps.append(
                 {
                     "step": k + 1,
@@ -299,16 +387,20 @@ def run_chain(chain: Chain, policy: str, home: Path) -> dict[str, Any]:
                     "skipped": flow.get("skipped") or flow.get("noop"),
                     "live": live,
                     "re_extracted": re_extracted,
+                    "options": options.get("options", {}),
+                    "transform_gain": options.get("transform_gain"),
                     "seconds": seconds,
                 }
             )
             print(
                 f"  {chain.name}/{policy} step {k + 1}: {flow.get('decision')} "
-                f"live mAP {live['map']:.3f} top-1 {live['top1']:.3f}, re-extracted {re_extracted}",
+                f"(promoted {flow.get('promoted')}) live mAP {live['map']:.3f} top-1 {live['top1']:.3f}, "
+                f"read {re_extracted}, options {options.get('options')}, {seconds:.0f} s",
                 flush=True,
             )
         record["audit"] = chain_audit(
-            step_overrides(chain, policy, len(chain.steps) - 1, home, num_classes), live_versions
+            step_overrides(chain, policy, len(chain.steps) - 1, home, num_classes, source, extra),
+            live_versions,
         )
     except ChainSettingsError as exc:
         record["error"] = str(exc)
@@ -393,19 +485,22 @@ def markdown(stem: str, records: list[dict[str, Any]], summary: dict[str, Any], 
         lines += [
             "",
             "| policy | step | classes | decision | blessed | promotable | promoted | live mAP | live top-1 "
-            "| re-extracted | gallery share per version | seconds |",
-            "|" + "---|" * 12,
+            "| images read | skip / transform / full (as served) | transform's share of the gain "
+            "| gallery share per version | seconds |",
+            "|" + "---|" * 14,
         ]
         for r in records:
             if r["chain"] != chain:
                 continue
             for s in r["steps"]:
                 share = ", ".join(f"v{v} {100 * p:.0f}%" for v, p in s["live"]["share"].items())
+                opts = s.get("options") or {}
+                served = " / ".join(_f(opts.get(m)) for m in ("skip", "transform", "full")) if opts else "–"
                 lines.append(
                     f"| {r['policy']} | {s['step']} | {s['classes']} | {s['decision']} | {s['blessed']} | "
                     f"{s.get('promotable')} | {s['promoted']} | {_f(s['live']['map'])} | "
                     f"{_f(s['live']['top1'])} | "
-                    f"{s['re_extracted']} | "
+                    f"{s['re_extracted']} | {served} | {_f(s.get('transform_gain'))} | "
                     f"{share} | {s['seconds']:.0f} |"
                 )
         lines.append("")
@@ -447,7 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a 2-step synthetic chain with tiny training")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="results file stem (default chain / chain-quick)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every step (dotted key, JSON value), e.g. compat.proto_weight=4; repeatable",
+    )
     args = parser.parse_args(argv)
+    extra = parse_settings(args.settings)
 
     chains = [QUICK] if args.quick else [CHAINS[c] for c in args.chains]
     policies = args.policies or (["default"] if args.quick else list(POLICIES))
@@ -461,9 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     records = []
     for chain in chains:
+        source = chain.prepare(workdir) if chain.prepare else chain.source
         for policy in policies:
             print(f"{chain.name} / {policy}", flush=True)
-            records.append(run_chain(chain, policy, workdir / f"{chain.name}-{policy}"))
+            records.append(run_chain(chain, policy, workdir / f"{chain.name}-{policy}", source, extra))
     wall = time.perf_counter() - start
     summary = summarise(records)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -482,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                 "benchmark": "chain",
                 "chains": chains_info,
                 "policies": {p: POLICIES[p] for p in policies},
+                "settings": extra,
                 "summary": summary,
                 "runs": records,
                 "wall_seconds": wall,
