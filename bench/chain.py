@@ -279,14 +279,21 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def extracted_items(overrides: dict[str, Any], gallery_version: str | None, model_version: str | None) -> int:
-    """Items a step's backfill embedded with its new model (work done, promoted or not)."""
+    """Gallery images a step's backfill read and embedded with its new model (work done, promoted
+    or not): the count its gallery version records. A transform maps stored features and reads
+    none, although its mapped rows count as the new model's in the provenance."""
     if gallery_version is None or model_version is None:
         return 0
     from hotswap.components.gallery.provenance import feature_models
     from hotswap.tasks.context import gallery_store, settings_from
 
     settings = settings_from(overrides)
-    models = feature_models(gallery_store(settings), settings.gallery_name, gallery_version)
+    galleries = gallery_store(settings)
+    manifest = galleries.load_manifest(settings.gallery_name, gallery_version)
+    recorded = (manifest.metadata.get("backfill") or {}).get("reextracted")
+    if isinstance(recorded, int):
+        return recorded
+    models = feature_models(galleries, settings.gallery_name, gallery_version)
     return int((models == str(model_version)).sum())
 
 

@@ -1,11 +1,12 @@
 """A rendered RGB image set that no default was tuned on: the chain benchmark's third chain.
 
 Each class is a polygon silhouette (3 to 8 vertices at class-specific radii) with a class hue; an
-item draws it rotated, scaled and shifted, in one of eight *styles* (fill: solid, outline,
-stripes, dots; background: flat or a gradient), with hue jitter and noise. Training items use
-styles 0-5; the val and test (gallery) splits use styles 6-7 only, so queries and gallery are in
-styles the models never trained on, as a team's new photos would be. Hues of neighbouring classes
-overlap, so colour alone does not separate classes: the shape must be learned.
+item draws it rotated, scaled and shifted, in one of twelve *styles*: a fill (solid, outline,
+stripes, dots) on a background (flat, gradient, speckled), with hue jitter and noise. Training
+items use nine styles; the val and test (gallery) splits use the other three, so queries and
+gallery are drawn in combinations the models never trained on (every fill and every background
+is seen in training, never these pairs), as a team's new photos would be. Hues of neighbouring
+classes overlap, so colour alone does not separate classes: the shape must be learned.
 
 The set is written as PNG files plus a ``manifest.csv`` (item_id, uri, label, split), and the
 chain reads it through the manifest like any team's data. Everything is seeded: the same call
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TRAIN_STYLES = range(6)
-HELD_OUT_STYLES = (6, 7)
+FILLS, BACKGROUNDS = 4, 3
+HELD_OUT_STYLES = (3, 6, 9)  # style = fill·3 + background: (1, 0), (2, 0), (3, 0) are never trained on
+TRAIN_STYLES = tuple(s for s in range(FILLS * BACKGROUNDS) if s not in HELD_OUT_STYLES)
 
 
 def class_shapes(n_classes: int, seed: int) -> list[tuple[np.ndarray, float]]:
@@ -59,17 +61,21 @@ def render(radii: np.ndarray, hue: float, style: int, size: int, rng: np.random.
     bg = tuple(int(255 * v) for v in colorsys.hsv_to_rgb(bg_hue, rng.uniform(0, 0.5), rng.uniform(0.05, 0.4)))
     canvas = Image.new("RGB", (big, big), bg)
     draw = ImageDraw.Draw(canvas)
-    if style % 2 == 1:  # gradient background
+    fill, background = divmod(style, BACKGROUNDS)
+    if background == 1:  # vertical gradient
         other = tuple(min(255, c + 90) for c in bg)
         for y in range(big):
             t = y / big
-            draw.line(
-                [(0, y), (big, y)],
-                fill=tuple(int((1 - t) * a + t * b) for a, b in zip(bg, other, strict=True)),
-            )
+            shade = tuple(int((1 - t) * a + t * b) for a, b in zip(bg, other, strict=True))
+            draw.line([(0, y), (big, y)], fill=shade)
+    elif background == 2:  # speckles
+        for _ in range(60):
+            x, y = rng.uniform(0, big, size=2)
+            r = rng.uniform(1, big / 24)
+            tone = tuple(int(c) for c in rng.integers(0, 256, size=3))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=tone)
     centre = (big * (0.5 + rng.uniform(-0.12, 0.12)), big * (0.5 + rng.uniform(-0.12, 0.12)))
     points = _polygon(radii, centre, big * rng.uniform(0.28, 0.4), rng.uniform(0, 2 * np.pi))
-    fill = (style // 2) % 4
     if fill == 0:  # solid
         draw.polygon(points, fill=fg)
     elif fill == 1:  # outline
@@ -99,7 +105,8 @@ def write_rgb_shapes(
 ) -> Path:
     """Write the images and their manifest under ``out``; returns the manifest's path.
 
-    Per class: 60 % of the items train (styles 0-5), 20 % val and 20 % test (styles 6-7).
+    Per class: 60 % of the items train (the nine training styles), 20 % val and 20 % test (the
+    three held-out styles).
     """
     from PIL import Image
 

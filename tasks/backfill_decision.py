@@ -20,7 +20,7 @@ from hotswap.components.decision.storage import load_decision as read_decision
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
 from hotswap.components.lifecycle.live import LiveComposition, read_composition
 from hotswap.components.registry.records import TAG_BACKFILL
-from hotswap.tasks.context import dataset, gallery_store, registry
+from hotswap.tasks.context import gallery_store, registry, served_validation
 from hotswap.tasks.gallery_build import _backfill, ensure_served_calibration
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks
@@ -59,7 +59,6 @@ def decide_backfill(
         raise RuntimeError(f"gallery {settings.gallery_name!r} has no live version; run `hotswap bootstrap`")
     manifest = galleries.load_manifest(settings.gallery_name, live)
     old_codebook_version = manifest.codebook_version or old_version
-    data = dataset(settings)
     live_mix = (
         LiveComposition.model_validate(composition)
         if composition is not None
@@ -76,7 +75,7 @@ def decide_backfill(
     record = decide(
         old_model=reg.load_model(old_version),
         new_model=reg.load_model(new_version),
-        validation=data.split(settings.data.validation_split),
+        validation=served_validation(settings),
         gallery_items=manifest.num_items,
         blessed=bool(report["blessed"]),
         old_codebooks=load_codebooks(settings, old_codebook_version),

@@ -31,7 +31,13 @@ from hotswap.components.lifecycle.refresh_progress import TAG_LIVE_GALLERY, TAG_
 from hotswap.tasks.context import dataset, registry
 from hotswap.tasks.refresh_progress import mark_superseded
 from hotswap.tasks.reporting import publish_table
-from hotswap.tasks.training import _train_config, build_new_model, compat_targets_for, register_challenger
+from hotswap.tasks.training import (
+    _train_config,
+    build_new_model,
+    champion_vertices,
+    compat_targets_for,
+    register_challenger,
+)
 from hotswap.tasks.validation import validate_compatibility
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
@@ -84,7 +90,14 @@ def compat_trial(
         t.model for t, p in zip(compat_targets, plan, strict=True) if p.version == str(old_version)
     )
     with INIT_LOCK:  # trials in threads side by side: seeded initial weights stay reproducible
-        spec = build_new_model(settings, data, settings.training.new_arch, champion.embedding_dim, class_map)
+        spec = build_new_model(
+            settings,
+            data,
+            settings.training.new_arch,
+            champion.embedding_dim,
+            class_map,
+            champion_vertices(settings, champion, str(old_version)),
+        )
     model, history, matrix, score, passed, reasons = train_trial(
         compat_targets,
         spec,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from hotswap.components.core.service_timeouts import apply_service_timeouts
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.data.catalog import current_data, gallery_items, loader_config
+from hotswap.components.data.catalog import current_data, gallery_items, labelled_data, loader_config
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.sources import forget_decoded_images
 from hotswap.components.gallery.store_factory import open_store
@@ -69,6 +69,14 @@ def dataset(settings: HotswapSettings) -> ImageSet:
     """The labelled data as it is now, restricted to ``data.classes`` when set (rows only for
     object sources: images are read when a pass needs them)."""
     return current_data(settings)
+
+
+def served_validation(settings: HotswapSettings) -> ImageSet:
+    """The validation items options are judged on as served (``decision.validation_classes``):
+    every labelled class by default, because the live gallery holds items of classes the models
+    were not trained on; only ``data.classes`` with 'trained'."""
+    data = labelled_data(settings) if settings.decision.validation_classes == "gallery" else dataset(settings)
+    return data.split(settings.data.validation_split)
 
 
 def dataset_version(settings: HotswapSettings) -> str:

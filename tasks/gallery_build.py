@@ -21,7 +21,13 @@ from hotswap.components.gallery.worker_resources import dask_shards
 from hotswap.components.lifecycle.live import read_composition
 from hotswap.components.quant.dpq import DPQCodebooks
 from hotswap.components.quant.index import build_flat_index, index_to_bytes
-from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
+from hotswap.tasks.context import (
+    gallery_items,
+    gallery_store,
+    loader_config,
+    registry,
+    served_validation,
+)
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import artifact_key
 from hotswap.tasks.transforms import load_transforms
@@ -121,7 +127,7 @@ def ensure_served_calibration(settings: HotswapSettings, gallery_version: str, q
         return fit_for_gallery(
             query_version,
             {v: reg.load_model(v) for v in {*models, query_version}},
-            dataset(settings).split(settings.data.validation_split),
+            served_validation(settings),
             books,
             settings.decision.calibration,
             batch_size=settings.backfill.batch_size,

@@ -38,13 +38,17 @@ def live_composition(settings: HotswapSettings) -> dict[str, Any]:
 def plan_targets(
     settings: HotswapSettings, champion: str, composition: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """T = {champion} ∪ {v : π_v ≥ compat.target_min_share}, weights ∝ π_v (components/lifecycle/live.py)."""
+    """T = {champion} ∪ {v : π_v ≥ compat.target_min_share}, weights ∝ π_v·γ^age.
+
+    The rule is components/lifecycle/live.py's ``compatibility_targets``.
+    """
     targets = compatibility_targets(
         LiveComposition.model_validate(composition),
         champion,
         mode=settings.compat.targets,
         min_share=settings.compat.target_min_share,
         champion_floor=settings.compat.champion_floor_weight,
+        age_decay=settings.compat.target_age_decay,
     )
     get_run_logger().info(
         "compatibility targets: %s", ", ".join(f"v{t.version} (weight {t.weight:.2f})" for t in targets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hotswap.components.compat.dual_tuning import train_compatible
@@ -29,6 +30,7 @@ from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.lifecycle.live import TargetWeight
 from hotswap.components.models.backbones import BackboneSpec, build_model
 from hotswap.components.models.model_spec import ModelSpec, build_user_model
+from hotswap.components.models.simplex_head import assign_vertices, fix_simplex_head, vertices_of
 from hotswap.components.models.training import TrainConfig, train_model
 from hotswap.components.registry.records import CHALLENGER
 from hotswap.tasks.context import dataset, dataset_version, loader_config, registry
@@ -63,10 +65,40 @@ def input_form(settings: HotswapSettings, data: ImageSet) -> tuple[int, int]:
 
 
 def build_new_model(
-    settings: HotswapSettings, data: ImageSet, arch: str, embedding_dim: int, class_map: list[str]
+    settings: HotswapSettings,
+    data: ImageSet,
+    arch: str,
+    embedding_dim: int,
+    class_map: list[str],
+    vertices: Mapping[str, int] | None = None,
 ) -> Any:
     """A fresh model for ``class_map``: the team's architecture (``training.new_model``) when set
-    for a challenger, else the built-in ``arch`` reading the data's channels and size."""
+    for a challenger, else the built-in ``arch`` reading the data's channels and size.
+
+    With ``compat.simplex_head`` its head is fixed to simplex vertices (components/models/
+    simplex_head.py); ``vertices`` are the champion's, which the classes it knows keep.
+    """
+    model = _fresh_model(settings, data, arch, embedding_dim, class_map)
+    if settings.compat.simplex_head:
+        dim = model.head.weight.shape[1]
+        fix_simplex_head(model, assign_vertices(class_map, vertices or {}, dim))
+    return model
+
+
+def champion_vertices(settings: HotswapSettings, model: Any, version: str) -> dict[str, int]:
+    """The simplex vertex of each class the champion knows (empty when the setting is off or its
+    head is a learned one)."""
+    if not settings.compat.simplex_head:
+        return {}
+    names = load_class_map(
+        registry(settings), version, model.spec.num_classes, getattr(model.spec, "class_names", ())
+    )
+    return vertices_of(model, names)
+
+
+def _fresh_model(
+    settings: HotswapSettings, data: ImageSet, arch: str, embedding_dim: int, class_map: list[str]
+) -> Any:
     fields = settings.training.new_model
     if fields is not None and arch == settings.training.new_arch:
         try:
@@ -197,8 +229,14 @@ def train_challenger(
     data = dataset(settings)
     train = data.split("train")
     plan, compat_targets, class_map = compat_targets_for(reg, old_version, targets, train)
+    champion = compat_targets[0].model  # the plan lists the champion first
     model = build_new_model(
-        settings, data, settings.training.new_arch, compat_targets[0].model.embedding_dim, class_map
+        settings,
+        data,
+        settings.training.new_arch,
+        champion.embedding_dim,
+        class_map,
+        champion_vertices(settings, champion, old_version),
     )
     model, history = train_compatible(
         compat_targets,

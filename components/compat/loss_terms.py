@@ -63,3 +63,23 @@ def bct_influence_loss(
 ) -> torch.Tensor:
     """BCT: CE(s_o·cos(φ_n(x), W̃_o), y) with the synthesised old classifier W̃_o (all samples)."""
     return F.cross_entropy(scale * F.normalize(features, dim=1) @ classifier.detach().T, labels)
+
+
+def ract_loss(
+    features: torch.Tensor, old_features: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """RACT's contrast: CE over [n_i·o_i ; n_i·o_j ; n_i·n_j] / τ (j of another class), positive first.
+
+    n = unit-normalised new features, o = sg[old features] of the same batch. The new-to-new
+    negatives are the point: in a gallery where old and new features mix, a new item of another
+    class must not sit closer to a new query than the old item of its own class (a "negative
+    flip"). Same-class pairs other than i itself are left out of the negatives.
+    """
+    n = F.normalize(features, dim=1)
+    o = F.normalize(old_features.detach(), dim=1)
+    other = labels[:, None] != labels[None, :]
+    positive = (n * o).sum(dim=1, keepdim=True)
+    new_old = (n @ o.T).masked_fill(~other, float("-inf"))
+    new_new = (n @ n.T).masked_fill(~other, float("-inf"))
+    logits = torch.cat([positive, new_old, new_new], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(labels), dtype=torch.long, device=labels.device))

@@ -19,6 +19,7 @@ from hotswap.components.compat.loss_terms import (
     o2n_loss,
     prototype_softmax_loss,
     prototype_triplet_loss,
+    ract_loss,
 )
 from hotswap.components.compat.target_constants import CompatibilityError, synthesised_classifier
 from hotswap.components.core.configs import CompatConfig
@@ -84,9 +85,9 @@ class CompatObjective:
     """One batch → named, weighted loss terms, for ``train_model(objective=...)``.
 
     L = L_ce + Σ_v w_v·(λ_p L_proto(v) + λ_n2o L_n2o(v) + λ_o2n L_o2n(v)) over the frozen target
-    models v (DESIGN.md §11); each term is logged once, summed over the targets. With one target
-    of weight 1 this is exactly the single-old-model loss. Old features are computed under
-    ``no_grad`` in eval mode.
+    models v (DESIGN.md §11), plus the optional anchor and RACT terms per target; each term is
+    logged once, summed over the targets. With one target of weight 1 this is exactly the
+    single-old-model loss. Old features are computed under ``no_grad`` in eval mode.
     """
 
     def __init__(
@@ -154,6 +155,10 @@ class CompatObjective:
             if cfg.anchor_weight > 0:
                 old_features = t.features(images) if old_features is None else old_features
                 terms["anchor"] = cfg.anchor_weight * w * l2_loss(features, old_features)
+            if cfg.ract_weight > 0:
+                old_features = t.features(images) if old_features is None else old_features
+                ract = ract_loss(features, old_features, labels, cfg.ract_temperature)
+                terms["ract"] = cfg.ract_weight * w * ract
         return terms
 
     def __call__(

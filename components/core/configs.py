@@ -88,6 +88,25 @@ class CompatConfig(BaseModel):
         ge=0,
         description="instance anchor: ‖φ_n(x) − sg[φ_o(x)]‖² per sample (0 = off; see training_epochs)",
     )
+    ract_weight: float = Field(
+        0.0,
+        ge=0,
+        description="RACT-style contrast (Zhang et al., ICLR 2022): the new-to-old positive must beat "
+        "new-to-old *and new-to-new* negatives of other classes, against regression in mixed galleries "
+        "(0 = off; ablated in docs/benchmarks.md)",
+    )
+    ract_temperature: float = Field(0.01, gt=0, description="τ of the RACT contrast (RACT's config: 0.01)")
+    simplex_head: bool = Field(
+        False,
+        description="a fixed d-simplex classifier (stationary representations, CVPR 2024) for the first "
+        "model and every challenger: a class keeps its vertex over the chain; at most d + 1 classes",
+    )
+    target_age_decay: float = Field(
+        1.0,
+        gt=0,
+        description="target weights by share and age: w_v ∝ π_v·γ^age, age = how many live versions are "
+        "newer than v (the champion has age 0); 1 = by share alone, < 1 favours recent versions",
+    )
     min_epoch_steps: int = Field(
         44,
         ge=0,
@@ -268,6 +287,12 @@ class DecisionConfig(BaseModel):
         0.95, gt=0, le=1, description="an option must reach this share of full backfill's metric"
     )
     metric: Metric = Field("map", description="the metric the target applies to")
+    validation_classes: Literal["gallery", "trained"] = Field(
+        "gallery",
+        description="which classes' validation items the options are judged on: 'gallery' = every "
+        "labelled class, as the served gallery holds items of classes no model trained on yet; "
+        "'trained' = only data.classes (optimistic for cheap options on an open gallery)",
+    )
     quantized: bool = Field(True, description="judge options as served (DPQ codes); False = float features")
     ordering: Ordering = Field(
         "uncertainty", description="which items a partial backfill re-extracts first (won on MNIST val)"

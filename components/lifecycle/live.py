@@ -68,28 +68,31 @@ def compatibility_targets(
     mode: Literal["live", "champion"] = "live",
     min_share: float = 0.1,
     champion_floor: float = 0.25,
+    age_decay: float = 1.0,
 ) -> list[TargetWeight]:
-    """T = {champion} ∪ {v : π_v ≥ min_share}; weights ∝ π_v over T, champion ≥ floor; sum 1.
+    """T = {champion} ∪ {v : π_v ≥ min_share}; weights ∝ π_v·γ^age over T, champion ≥ floor; sum 1.
 
     ``mode='champion'`` (or no composition) gives the champion alone with weight 1, the
-    single-old-model behaviour. The champion comes first, the others by version.
+    single-old-model behaviour. The champion comes first, the others by version. ``age_decay``
+    γ weighs a version by how many targets are newer than it (the champion counts as newest):
+    γ = 1 (the default) weighs by share alone, γ < 1 lets older versions pull less.
     """
     champion = str(champion)
     shares = composition.shares if composition is not None else {}
     if mode == "champion" or not shares:
         return [TargetWeight(version=champion, share=shares.get(champion, 1.0), weight=1.0, champion=True)]
     others = {v: s for v, s in shares.items() if v != champion and s >= min_share}
-    in_t = shares.get(champion, 0.0) + sum(others.values())
     if not others:
         return [TargetWeight(version=champion, share=shares.get(champion, 0.0), weight=1.0, champion=True)]
-    champion_weight = max(shares.get(champion, 0.0) / in_t, champion_floor)
-    rest = sum(others.values())
-    targets = [
-        TargetWeight(version=champion, share=shares.get(champion, 0.0), weight=champion_weight, champion=True)
-    ]
+    newest_first = sorted(others, key=_version_key, reverse=True)
+    aged = {v: others[v] * age_decay ** (1 + newest_first.index(v)) for v in others}
+    champion_share = shares.get(champion, 0.0)
+    champion_weight = max(champion_share / (champion_share + sum(aged.values())), champion_floor)
+    rest = sum(aged.values())
+    targets = [TargetWeight(version=champion, share=champion_share, weight=champion_weight, champion=True)]
     targets += [
-        TargetWeight(version=v, share=s, weight=(1.0 - champion_weight) * s / rest)
-        for v, s in sorted(others.items(), key=lambda item: _version_key(item[0]))
+        TargetWeight(version=v, share=others[v], weight=(1.0 - champion_weight) * aged[v] / rest)
+        for v in sorted(others, key=_version_key)
     ]
     return targets
 
