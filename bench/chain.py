@@ -232,7 +232,7 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     from hotswap.components.compat.metrics import retrieval_metrics
     from hotswap.components.data.catalog import gallery_items
     from hotswap.components.gallery.calibration import calibration_for
-    from hotswap.components.gallery.provenance import feature_models
+    from hotswap.components.gallery.provenance import feature_models, feature_spaces
     from hotswap.components.models.training import extract_features
     from hotswap.components.registry.records import CHAMPION
     from hotswap.tasks.context import gallery_store, registry, settings_from
@@ -253,10 +253,11 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
     served = codebooks.decode(arrays.codes) if arrays.codes is not None else arrays.features
     # each query is read through the champion's own preprocessing, as the service reads it
     queries = extract_features(reg.load_model(champion), data.subset(index), device=settings.torch_device)
-    models = feature_models(galleries, settings.gallery_name, live)
+    models = feature_models(galleries, settings.gallery_name, live)  # lineage kept: '1>3' = v1 mapped
+    spaces = feature_spaces(galleries, settings.gallery_name, live)
     # a mixed gallery is ranked by the calibration stored for the champion's queries, as served
     calibration, _ = calibration_for(
-        galleries, settings.gallery_name, live, champion, require=False, models=sorted(set(models.tolist()))
+        galleries, settings.gallery_name, live, champion, require=False, models=sorted(set(spaces.tolist()))
     )
     metrics = retrieval_metrics(
         queries,
@@ -264,7 +265,7 @@ def live_quality(overrides: dict[str, Any]) -> dict[str, Any]:
         served,
         labels,
         exclude_self=True,
-        score_adjust=lambda scores: calibration.adjust(scores, models),
+        score_adjust=lambda scores: calibration.adjust(scores, spaces),
     )
     values, counts = np.unique(models, return_counts=True)
     return {

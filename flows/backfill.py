@@ -27,13 +27,16 @@ class UnknownVersionError(LookupError):
 @flow(name="backfill", log_prints=True, flow_run_name=backfill_run_name)
 def backfill(
     overrides: dict[str, Any] | None = None,
-    mode: Literal["requantize", "partial", "full"] = "full",
+    mode: Literal["requantize", "transform", "partial", "full"] = "full",
     fraction: float | None = None,
     version: str = "challenger",
     publish: bool = False,
     dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Write (or resume) the gallery version ``mode`` asks for; optionally make it live.
+
+    ``transform`` uses the maps the version's refresh trained, one per model version of the live
+    gallery; a gallery model without one is refused in one line (run `hotswap refresh` first).
 
     ``dask_address`` (default: the ``dask.address`` setting) runs the shards on that Dask cluster.
     """

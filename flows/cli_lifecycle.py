@@ -146,8 +146,10 @@ def promote(
 
 
 def backfill(
-    mode: str = typer.Option("full", help="requantize, partial or full"),
-    fraction: float = typer.Option(None, help="fraction re-extracted by a partial backfill"),
+    mode: str = typer.Option(
+        "full", help="requantize, transform (maps stored features, reads no image), partial or full"
+    ),
+    fraction: float = typer.Option(None, help="fraction re-extracted by a partial (or transform) backfill"),
     version: str = typer.Option("challenger", help="model version (or alias) the gallery is rebuilt for"),
     publish: bool = typer.Option(False, help="switch the live gallery to the result (no alias change)"),
     home: Path | None = HomeOption,

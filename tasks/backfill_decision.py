@@ -18,6 +18,7 @@ from hotswap.components.decision.report import decision_plot_png
 from hotswap.components.decision.storage import DECISION_PNG, save_decision
 from hotswap.components.decision.storage import load_decision as read_decision
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
+from hotswap.components.gallery.provenance import extracted_by
 from hotswap.components.lifecycle.live import LiveComposition, read_composition
 from hotswap.components.registry.records import TAG_BACKFILL
 from hotswap.tasks.context import gallery_store, registry, served_validation
@@ -25,7 +26,7 @@ from hotswap.tasks.gallery_build import _backfill, ensure_served_calibration
 from hotswap.tasks.links import artifact_link, links_markdown
 from hotswap.tasks.quantization import load_codebooks
 from hotswap.tasks.reporting import publish_markdown, publish_table
-from hotswap.tasks.transforms import gallery_versions, load_transforms
+from hotswap.tasks.transforms import gallery_versions, load_lineage_maps, load_transforms
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -64,7 +65,9 @@ def decide_backfill(
         if composition is not None
         else read_composition(galleries, settings.gallery_name, live)
     )
-    others = {v: reg.load_model(v) for v in live_mix.counts if v not in (str(old_version), str(new_version))}
+    # every model that extracted rows of the live gallery, mapped ones included (their lineage)
+    extractors = set(live_mix.counts) | {extracted_by(label) for label in live_mix.lineages}
+    others = {v: reg.load_model(v) for v in sorted(extractors - {str(old_version), str(new_version)})}
     transforms = (
         load_transforms(  # trained by train_transforms for this challenger (none: no transform option)
             settings,
@@ -91,6 +94,7 @@ def decide_backfill(
         gallery_models=others,
         better=all(c["passed"] for c in report.get("checks", []) if c["name"] == "new_model"),
         transforms=transforms or None,
+        lineage_maps=load_lineage_maps(settings, live_mix.lineages),
     )
     store_decision(settings, new_version, record)
     publish_table(

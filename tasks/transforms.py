@@ -22,6 +22,7 @@ from hotswap.components.compat.transform import (
 )
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map, to_head_labels
+from hotswap.components.gallery.provenance import lineage_hops
 from hotswap.components.lifecycle.live import LiveComposition
 from hotswap.components.models.training import extract_features
 from hotswap.components.registry.records import RegistryError
@@ -98,4 +99,18 @@ def load_transforms(
         except RegistryError:
             continue
         out[str(version)] = transform_from_files(files, source=f"map v{version} → v{challenger}")
+    return out
+
+
+def load_lineage_maps(
+    settings: HotswapSettings, labels: Iterable[str]
+) -> dict[tuple[str, str], FeatureTransform]:
+    """The maps (from, into) that rows of the live gallery went through (their provenance
+    lineages, components/gallery/provenance.py), each loaded from the run it was trained for."""
+    hops = sorted({hop for label in labels for hop in lineage_hops(label)})
+    out: dict[tuple[str, str], FeatureTransform] = {}
+    for source, target in hops:
+        found = load_transforms(settings, target, [source])
+        if source in found:
+            out[(source, target)] = found[source]
     return out

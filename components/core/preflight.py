@@ -111,15 +111,22 @@ def check_gallery_removals(settings: HotswapSettings, removed: list[str], live_i
         )
 
 
-BACKFILL_MODES = ("requantize", "partial", "full")
+BACKFILL_MODES = ("requantize", "transform", "partial", "full")
 
 
 def check_backfill_request(mode: str, fraction: float | None) -> None:
-    """A standalone backfill's mode and fraction, before any flow starts."""
+    """A standalone backfill's mode and fraction, before any flow starts.
+
+    ``transform`` maps stored features by the maps its refresh trained (no image read); with a
+    fraction it re-extracts that share, most uncertain first, and maps the rest.
+    """
     if mode not in BACKFILL_MODES:
         raise InputError(f"--mode {mode!r} is not a backfill mode; use one of {', '.join(BACKFILL_MODES)}")
     if mode == "partial":
         if fraction is None or not 0.0 < fraction < 1.0:
             raise InputError(f"--fraction {fraction}: a partial backfill needs 0 < fraction < 1")
+    elif mode == "transform":
+        if fraction is not None and not 0.0 <= fraction < 1.0:
+            raise InputError(f"--fraction {fraction}: a transform backfill re-extracts 0 <= fraction < 1")
     elif fraction is not None:
-        raise InputError(f"--fraction {fraction} only applies to --mode partial")
+        raise InputError(f"--fraction {fraction} only applies to --mode partial or transform")

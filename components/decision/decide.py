@@ -36,6 +36,7 @@ from hotswap.components.decision.policy import build_options, choose
 from hotswap.components.decision.promotability import with_promotability
 from hotswap.components.decision.quality import estimate_quality
 from hotswap.components.decision.record import CostModel, DecisionError, DecisionRecord
+from hotswap.components.gallery.provenance import extracted_by, feature_space, lineage_hops
 from hotswap.components.lifecycle.live import LiveComposition
 from hotswap.components.models.backbones import EmbeddingModel, require_same_dim
 from hotswap.components.models.training import extract_features
@@ -130,6 +131,7 @@ def decide(
     gallery_models: dict[str, EmbeddingModel] | None = None,
     better: bool | None = None,
     transforms: Mapping[str, FeatureTransform] | None = None,
+    lineage_maps: Mapping[tuple[str, str], FeatureTransform] | None = None,
 ) -> DecisionRecord:
     """Embed the validation split with both models, measure costs, and decide (see module doc).
 
@@ -140,6 +142,10 @@ def decide(
     against the live system. ``better`` is whether the gate's new_model checks passed.
     ``transforms`` (h_v per gallery model version, trained for this candidate) add the transform
     options when they cover every model version of the (composed) gallery but the candidate.
+    Rows an earlier transform mapped (``composition.lineages``) are simulated as they are stored:
+    their extracting model's features through each map of their lineage (``lineage_maps`` per
+    (from, into) hop; ``gallery_models`` holds the extracting models), never as the features of
+    the model they were mapped into.
     """
     config = config or DecisionConfig()
     require_same_dim(old_model, new_model)
@@ -151,18 +157,19 @@ def decide(
     per_model = {str(old_model_version): old_feats}
     if composition is not None:
         champion_feats = old_feats
-        assignment = assign_gallery_models(validation.labels, composition.shares, seed=config.seed)
-        for version in sorted(set(assignment.tolist()) - {str(old_model_version)}):
-            if version == str(new_model_version):
-                per_model[version] = new_feats
-                continue
-            if not gallery_models or version not in gallery_models:
-                raise DecisionError(
-                    f"the live gallery holds items of v{version}, but no model v{version} was given"
+        assignment = assign_gallery_models(validation.labels, composition.lineage_shares, seed=config.seed)
+        extracted = {str(old_model_version): old_feats, str(new_model_version): new_feats}
+        for label in sorted(set(assignment.tolist()) - {str(old_model_version)}):
+            source = extracted_by(label)
+            if source not in extracted:
+                if not gallery_models or source not in gallery_models:
+                    raise DecisionError(
+                        f"the live gallery holds items of v{source}, but no model v{source} was given"
+                    )
+                extracted[source] = extract_features(
+                    gallery_models[source], validation, batch_size=config.batch_size, device=device
                 )
-            per_model[version] = extract_features(
-                gallery_models[version], validation, batch_size=config.batch_size, device=device
-            )
+            per_model[label] = _through_lineage(label, extracted[source], lineage_maps or {})
         gallery_feats = compose_gallery(per_model, assignment)
     mapped = _mapped_gallery(
         per_model,
@@ -209,6 +216,19 @@ def decide(
     )
 
 
+def _through_lineage(
+    label: str, features: np.ndarray, maps: Mapping[tuple[str, str], FeatureTransform]
+) -> np.ndarray:
+    """A row's features as stored: its extracting model's, through every map of its lineage."""
+    for hop in lineage_hops(label):
+        if hop not in maps:
+            raise DecisionError(
+                f"the live gallery holds rows mapped from v{hop[0]} into v{hop[1]}, but no such map was given"
+            )
+        features = apply_transform(maps[hop], features)[0]
+    return features
+
+
 def _mapped_gallery(
     per_model: Mapping[str, np.ndarray],
     assignment: np.ndarray,
@@ -220,16 +240,16 @@ def _mapped_gallery(
     seconds per mapped item; None when a model of the gallery has no map."""
     if not transforms:
         return None
-    versions = sorted(set(assignment.tolist()) - {candidate})
-    if any(v not in transforms for v in versions):
+    labels = sorted(set(assignment.tolist()) - {candidate})
+    if any(feature_space(label) not in transforms for label in labels):
         return None
     mapped = compose_gallery(per_model, assignment)
     scores: np.ndarray | None = np.full(len(assignment), -np.inf)
     seconds, count = 0.0, 0
-    for version in versions:
-        rows = assignment == version
+    for label in labels:  # a row is mapped from the space it is stored in (its label's last model)
+        rows = assignment == label
         start = time.perf_counter()
-        mapped[rows], s = apply_transform(transforms[version], per_model[version][rows])
+        mapped[rows], s = apply_transform(transforms[feature_space(label)], per_model[label][rows])
         seconds += time.perf_counter() - start
         count += int(rows.sum())
         if s is None:

@@ -16,7 +16,7 @@ from hotswap.components.compat.transform import FeatureTransform
 from hotswap.components.compat.transform import apply as apply_transform
 from hotswap.components.core.configs import DEFAULT_SCORE, Ordering, UncertaintyScore
 from hotswap.components.decision.ordering import backfill_order, backfilled_count, order_by_scores
-from hotswap.components.gallery.provenance import read_provenance
+from hotswap.components.gallery.provenance import feature_space, mapped_into, read_provenance
 from hotswap.components.gallery.records import GalleryManifest, npy_bytes
 from hotswap.components.gallery.shard_jobs import BackfillError, ShardJob
 from hotswap.components.gallery.versions import GalleryStore
@@ -138,8 +138,13 @@ def plan_backfill(
     mapped_from = np.full(n, "", dtype=object)
     if mode == "transform":
         mapped = ~extract & ~already_new
-        mapped_from[mapped] = np.asarray(models, dtype=object)[codes[mapped]]
-        provenance[mapped] = target  # mapped rows now live in the target's feature space
+        # a row is mapped from the space it lives in, and keeps its lineage (provenance.py)
+        for code in np.unique(codes[mapped]):
+            rows = mapped & (codes == code)
+            label = models[int(code)]
+            mapped_from[rows] = feature_space(label)
+            models = [*models, mapped_into(label, target_model_version)]
+            provenance[rows] = len(models) - 1
         missing = sorted(set(mapped_from[mapped].tolist()) - set(transforms or {}))
         if missing:
             raise BackfillError(f"mode 'transform' needs a transformation for model version(s) {missing}")
@@ -180,7 +185,7 @@ def _transform_scores(
         raise BackfillError(f"gallery {gallery!r} version {source.version!r} stores no features to score")
     scores = np.full(len(codes), -np.inf)
     for index in np.unique(codes[~already_new]):
-        model = models[int(index)]
+        model = feature_space(models[int(index)])
         transform = transforms.get(model)
         if transform is None or not transform.has_uncertainty:
             raise BackfillError(

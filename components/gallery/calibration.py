@@ -79,12 +79,13 @@ def _key(galleries: GalleryStore, gallery: str, version: str, query_model: str) 
 
 
 def version_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
-    """The model versions whose features a version actually holds (sorted, each at least one row)."""
+    """The model versions whose feature spaces a version's rows are in (sorted, each at least one
+    row; a mapped row counts as the version it was mapped into)."""
     from hotswap.components.gallery.provenance import (
-        feature_models,  # backfill writes calibrations: import lazily
+        feature_spaces,  # backfill writes calibrations: import lazily
     )
 
-    return sorted(set(feature_models(galleries, gallery, version).tolist()))
+    return sorted(set(feature_spaces(galleries, gallery, version).tolist()))
 
 
 def write_calibration(

@@ -6,6 +6,12 @@ folder, with the model-version names and the array's sha256 in the manifest meta
 format stores only ids/features/codes per shard, so provenance travels beside it, checksummed by
 the manifest). A later partial backfill for the same model skips items that already carry its
 features, and an auditor can tell a mixed gallery from a clean one.
+
+A row a transform backfill *mapped* (DESIGN.md §17) keeps its lineage in its label: ``"1>3"``
+was extracted by v1 and mapped into v3's space, ``"1>3>5"`` then into v5's. The last element is
+the row's feature *space* (what calibration and the next transform read); the whole label is
+what the decision simulates as served, map by map, so a chain of maps is judged by what it
+really stores and not as the candidate's own features.
 """
 
 from __future__ import annotations
@@ -17,6 +23,28 @@ from hotswap.components.gallery.version_writer import VersionWriter
 from hotswap.components.gallery.versions import GalleryStore
 
 PROVENANCE_FILE = "backfill/feature_models.npy"
+LINEAGE_SEPARATOR = ">"
+
+
+def feature_space(label: str) -> str:
+    """The model version whose feature space a row's features live in (the label's last element)."""
+    return str(label).rsplit(LINEAGE_SEPARATOR, 1)[-1]
+
+
+def extracted_by(label: str) -> str:
+    """The model version that embedded the row's image (the label's first element)."""
+    return str(label).split(LINEAGE_SEPARATOR, 1)[0]
+
+
+def mapped_into(label: str, target: str) -> str:
+    """The label of a row after a map into ``target``'s space."""
+    return f"{label}{LINEAGE_SEPARATOR}{target}"
+
+
+def lineage_hops(label: str) -> list[tuple[str, str]]:
+    """The maps (from, into) a row went through, in order; [] for an extracted row."""
+    parts = str(label).split(LINEAGE_SEPARATOR)
+    return list(zip(parts, parts[1:], strict=False))
 
 
 def _provenance_key(galleries: GalleryStore, gallery: str, version: str) -> str:
@@ -32,6 +60,13 @@ def feature_models(galleries: GalleryStore, gallery: str, version: str) -> np.nd
     manifest = galleries.load_manifest(gallery, version)
     models, codes = read_provenance(galleries, manifest)
     return np.asarray(models, dtype=str)[codes]
+
+
+def feature_spaces(galleries: GalleryStore, gallery: str, version: str) -> np.ndarray:
+    """Per row, the model version whose space its features live in (str [N]): what calibration
+    groups rows by and what a search compares queries against."""
+    labels = feature_models(galleries, gallery, version)
+    return np.asarray([feature_space(label) for label in labels.tolist()], dtype=str)
 
 
 def read_provenance(galleries: GalleryStore, manifest: GalleryManifest) -> tuple[list[str], np.ndarray]:

@@ -109,13 +109,13 @@ class GallerySearcher:
         model version); a mixed version without one raises ``CalibrationMissingError`` unless
         ``require_calibration=False`` (then scores are served raw, as before calibrations).
         """
-        from hotswap.components.gallery.provenance import feature_models
+        from hotswap.components.gallery.provenance import feature_spaces
 
         index_bytes = galleries.load_index(gallery, version)
         if index_bytes is None:
             raise GalleryError(f"gallery {gallery!r} version {version!r} has no index")
         arrays = galleries.load_arrays(gallery, version)
-        provenance = feature_models(galleries, gallery, version)
+        provenance = feature_spaces(galleries, gallery, version)  # calibration groups rows by space
         source = "given"
         if calibration is None:
             present = sorted(set(provenance.tolist()))

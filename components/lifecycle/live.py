@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
-from hotswap.components.gallery.provenance import feature_models
+from hotswap.components.gallery.provenance import feature_models, feature_space
 from hotswap.components.gallery.versions import GalleryStore
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +26,15 @@ class LiveComposition(BaseModel):
 
     gallery_version: str
     codebook_version: str | None = Field(description="the codebooks the live codes were encoded with")
-    counts: dict[str, int] = Field(description="gallery items per model version that embedded them")
+    counts: dict[str, int] = Field(
+        description="gallery items per model version whose feature space they are in (mapped rows "
+        "count as the version they were mapped into)"
+    )
+    lineages: dict[str, int] = Field(
+        default_factory=dict,
+        description="items per provenance label where a transform mapped some ('1>3': extracted by v1, "
+        "mapped into v3); empty when every row is its model's own extraction",
+    )
 
     @property
     def items(self) -> int:
@@ -38,15 +46,28 @@ class LiveComposition(BaseModel):
         total = max(self.items, 1)
         return {version: count / total for version, count in sorted(self.counts.items())}
 
+    @property
+    def lineage_shares(self) -> dict[str, float]:
+        """Shares per provenance label, lineage kept: what the decision simulates as served."""
+        if not self.lineages:
+            return self.shares
+        total = max(sum(self.lineages.values()), 1)
+        return {label: count / total for label, count in sorted(self.lineages.items())}
+
 
 def read_composition(galleries: GalleryStore, gallery: str, version: str) -> LiveComposition:
     """The composition of a stored gallery version, from its checksummed provenance."""
     manifest = galleries.load_manifest(gallery, version)
-    counts = Counter(str(m) for m in feature_models(galleries, gallery, version).tolist())
+    labels = Counter(str(m) for m in feature_models(galleries, gallery, version).tolist())
+    counts: Counter[str] = Counter()
+    for label, count in labels.items():
+        counts[feature_space(label)] += count
+    mapped = any(label != feature_space(label) for label in labels)
     return LiveComposition(
         gallery_version=version,
         codebook_version=manifest.codebook_version or manifest.model_version,
         counts=dict(sorted(counts.items())),
+        lineages=dict(sorted(labels.items())) if mapped else {},
     )
 
 

@@ -49,9 +49,9 @@ def _load_ids(galleries: GalleryStore, gallery: str, version: str, manifest) -> 
 
 
 def _provenance_models(galleries: GalleryStore, gallery: str, version: str) -> list[str]:
-    from hotswap.components.gallery.provenance import feature_models
+    from hotswap.components.gallery.provenance import feature_spaces
 
-    return sorted(set(feature_models(galleries, gallery, version).tolist()))
+    return sorted(set(feature_spaces(galleries, gallery, version).tolist()))
 
 
 def open_searcher(

@@ -14,10 +14,12 @@ import pytest
 from hotswap.components.compat.cross_eval import compatibility_matrix
 from hotswap.components.compat.dual_tuning import train_compatible
 from hotswap.components.compat.gate import build_report
+from hotswap.components.compat.transform import TransformConfig, fit_transform
 from hotswap.components.core.configs import DecisionConfig, DPQConfig
 from hotswap.components.data.images import ImageSet
 from hotswap.components.decision.decide import decide, decide_from_features
-from hotswap.components.decision.record import CostModel
+from hotswap.components.decision.record import CostModel, DecisionError
+from hotswap.components.lifecycle.live import LiveComposition
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import TrainConfig, extract_features, train_model
 from hotswap.components.quant.dpq import DPQCodebooks
@@ -127,3 +129,45 @@ def test_incompatible_model_gets_a_full_backfill(upgrade: Upgrade) -> None:
     assert skip.mode == "skip" and skip.relative_quality < 0.5
     forced = decide(blessed=True, config=DecisionConfig(quality_target=0.8, **FAST), **common)
     assert forced.mode in ("partial", "full") and forced.chosen_option.items_to_extract >= GALLERY_ITEMS // 2
+
+
+def test_rows_a_transform_mapped_are_judged_as_stored_not_as_the_models_own(upgrade: Upgrade) -> None:
+    # given: a live gallery in the champion's (v1's) space whose rows v3 extracted and a one-epoch
+    # map h_{3→1} moved there; labelled by their lineage "3>1"
+    train = upgrade.validation  # the map's quality is not the point: a rough one shows the effect
+    rough = fit_transform(
+        extract_features(upgrade.independent, train),
+        extract_features(upgrade.old, train),
+        train.labels,
+        TransformConfig(epochs=1, hidden=16),
+        source_model="3",
+    )
+    common = dict(
+        old_model=upgrade.old,
+        new_model=upgrade.compatible,
+        validation=upgrade.validation,
+        gallery_items=GALLERY_ITEMS,
+        blessed=True,
+        old_codebooks=upgrade.codebooks["old"],
+        new_codebooks=upgrade.codebooks["compatible"],
+        config=DecisionConfig(quality_target=0.8, **FAST),
+        old_model_version="1",
+        new_model_version="2",
+    )
+    mapped = LiveComposition(
+        gallery_version="g", codebook_version="1", counts={"1": 10}, lineages={"3>1": 10}
+    )
+    # when: the decision simulates the live gallery through the lineage, or (wrongly) as v1's own
+    as_stored = decide(
+        composition=mapped,
+        gallery_models={"3": upgrade.independent},
+        lineage_maps={("3", "1"): rough},
+        **common,
+    )
+    as_own = decide(
+        composition=LiveComposition(gallery_version="g", codebook_version="1", counts={"1": 10}), **common
+    )
+    # then: the rough map shows in the live quality the options must beat
+    assert as_stored.live_quality["map"] < as_own.live_quality["map"] - 0.05
+    with pytest.raises(DecisionError, match="mapped from v3 into v1"):
+        decide(composition=mapped, gallery_models={"3": upgrade.independent}, **common)

@@ -8,7 +8,8 @@ in seconds:
    with v2 as champion: the live gallery now mixes v1 and v2 features;
 3. refresh on unchanged inputs → nothing trained (no-op, recorded in MLflow);
 4. the dataset grows to classes 0..7 → v3, trained against v2 *and* v1 and gated as served on
-   the mixed gallery;
+   the mixed gallery; a standalone transform backfill maps the mixed gallery into v3's space with
+   the maps that refresh trained;
 5. a challenger trained with no compatibility terms at all (``compat.method = "independent"``) is
    better but incompatible: not blessed, its full backfill beats live, so auto-promotion builds
    that backfill and puts it live (the gate follows the chosen option, DESIGN.md §16);
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import ClassMapError, load_class_map
+from hotswap.components.gallery.provenance import feature_models, feature_spaces
 from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.tasks.context import gallery_store
 
@@ -77,6 +79,9 @@ def chain(prefect_harness, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     steps["noop"] = refresh(overrides=overrides, auto_promote=False)
     steps["versions_after_noop"] = [v.version for v in registry.list_versions()]
     steps["refresh3"] = refresh(overrides=_grown(overrides), auto_promote=False)
+    # the maps v3's refresh trained, used by a standalone transform backfill (staged, not published)
+    steps["transformed"] = backfill(overrides=_grown(overrides), mode="transform", version="3")
+    steps["live_after_transform"] = gallery_store(settings).read_current(settings.gallery_name)
     galleries = gallery_store(settings)
     steps["live_before_incompatible"] = (registry.aliases(), galleries.read_current(settings.gallery_name))
     steps["incompatible"] = refresh(overrides=_incompatible(overrides), auto_promote=True)
@@ -241,3 +246,17 @@ def test_promote_refuses_a_candidate_worse_than_live_unless_forced(chain):
     assert result["promoted"] is True and registry.aliases()["champion"] == version
     tags = registry.get_tags(version)
     assert tags["promotion.status"] == "approved" and "reject" in tags["promotion.forced"]
+
+
+def test_a_standalone_transform_backfill_maps_every_row_without_reading_an_image(chain):
+    settings = chain["settings"]
+    galleries = gallery_store(settings)
+    version = chain["transformed"]["gallery_version"]
+    manifest = galleries.load_manifest(settings.gallery_name, version)
+    backfill = manifest.metadata["backfill"]
+    assert backfill["mode"] == "transform" and backfill["reextracted"] == 0
+    assert backfill["source_version"] == chain["mixed_gallery"]
+    assert sorted(backfill["mapped"]) == ["1", "2"]  # one map per model version of the mixed gallery
+    assert set(feature_spaces(galleries, settings.gallery_name, version).tolist()) == {"3"}
+    assert set(feature_models(galleries, settings.gallery_name, version).tolist()) == {"1>3", "2>3"}
+    assert chain["live_after_transform"] == chain["mixed_gallery"]  # staged, not published

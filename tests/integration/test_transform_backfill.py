@@ -15,11 +15,12 @@ from hotswap.components.data.images import ImageSet
 from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
 from hotswap.components.gallery.local_store import LocalObjectStore
-from hotswap.components.gallery.provenance import feature_models
+from hotswap.components.gallery.provenance import feature_models, feature_spaces
 from hotswap.components.gallery.records import ShardCorruptedError
 from hotswap.components.gallery.shard_jobs import BackfillError
 from hotswap.components.gallery.transforms import read_transforms
 from hotswap.components.gallery.versions import GalleryStore
+from hotswap.components.lifecycle.live import read_composition
 from hotswap.components.models.backbones import BackboneSpec, EmbeddingModel, build_model
 from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks
@@ -83,7 +84,10 @@ def test_given_a_mixed_gallery_when_transform_backfilled_then_no_image_is_read_a
         rows = provenance == v
         np.testing.assert_allclose(after.features[rows], apply(maps[v], before.features[rows])[0], atol=1e-6)
     np.testing.assert_array_equal(after.codes, codebooks(3).encode(after.features))
-    assert set(feature_models(galleries, GALLERY, "v3")) == {"m3"}
+    # mapped rows keep their lineage: in m3's space, but not m3's own extraction
+    labels = feature_models(galleries, GALLERY, "v3")
+    np.testing.assert_array_equal(labels, np.char.add(provenance.astype(str), ">m3"))
+    assert set(feature_spaces(galleries, GALLERY, "v3")) == {"m3"}
     assert manifest.metadata["backfill"]["mapped"] == {v: int((provenance == v).sum()) for v in ("m1", "m2")}
     assert set(manifest.metadata["transforms"]) == {"m1", "m2"}
 
@@ -99,6 +103,39 @@ def test_given_a_mixed_gallery_when_transform_backfilled_then_no_image_is_read_a
     galleries.store.put_bytes(key, galleries.store.get_bytes(key) + b" ")
     with pytest.raises(ShardCorruptedError, match="checksum"):
         read_transforms(galleries, galleries.load_manifest(GALLERY, "v3"))
+
+
+def test_given_mapped_rows_when_transformed_again_then_the_lineage_grows_and_the_space_is_mapped(
+    tmp_path, data: ImageSet
+) -> None:
+    # given: v3 = the mixed gallery mapped into m3 (rows labelled m1>m3 and m2>m3)
+    galleries = mixed_gallery(tmp_path, data)
+    images = data.native_inputs()
+    config = TransformConfig(epochs=1, hidden=16)
+    into_m3 = {
+        v: fit_transform(extract_features(model(seed), images), extract_features(model(3), images),
+                         data.labels, config, source_model=v)
+        for v, seed in (("m1", 1), ("m2", 2))
+    }  # fmt: skip
+    run_backfill(
+        galleries, GALLERY, "v2", "transform", None, codebooks(3), None, model_version="m3",
+        version="v3", workers=1, transforms=into_m3,
+    )  # fmt: skip
+    # when: a later model maps v3 again; it has a map from m3's space only
+    into_m4 = {"m3": fit_transform(extract_features(model(3), images), extract_features(model(4), images),
+                                   data.labels, config, source_model="m3")}  # fmt: skip
+    manifest = run_backfill(
+        galleries, GALLERY, "v3", "transform", None, codebooks(4), None, model_version="m4",
+        version="v4", workers=1, transforms=into_m4,
+    )  # fmt: skip
+    # then: every row was mapped from m3's space, and its label records both maps
+    assert manifest.metadata["backfill"]["mapped"] == {"m3": N_ITEMS}
+    before = feature_models(galleries, GALLERY, "v3")
+    np.testing.assert_array_equal(feature_models(galleries, GALLERY, "v4"), np.char.add(before, ">m4"))
+    composition = read_composition(galleries, GALLERY, "v4")
+    assert composition.counts == {"m4": N_ITEMS}  # targets and calibration see the space
+    assert set(composition.lineages) == {"m1>m3>m4", "m2>m3>m4"}  # the decision sees the lineage
+    assert sum(composition.lineage_shares.values()) == pytest.approx(1.0)
 
 
 def test_given_a_gallery_model_without_a_map_when_transform_backfilled_then_refused(tmp_path, data) -> None:

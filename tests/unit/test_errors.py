@@ -100,3 +100,26 @@ def test_a_named_settings_file_must_exist_and_parse(tmp_path, monkeypatch) -> No
 def test_ctrl_c_is_one_line_with_the_interrupted_exit_code() -> None:
     failure = classify(KeyboardInterrupt())
     assert failure.exit_code == 130 and "rerun resumes" in failure.line()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fraction", "problem"),
+    [
+        ("sideways", None, "is not a backfill mode"),
+        ("partial", None, "needs 0 < fraction < 1"),
+        ("transform", 1.0, "re-extracts 0 <= fraction < 1"),
+        ("full", 0.5, "only applies to --mode partial or transform"),
+    ],
+)
+def test_a_standalone_backfill_request_is_checked_before_anything_starts(mode, fraction, problem):
+    from hotswap.components.core.preflight import InputError, check_backfill_request
+
+    with pytest.raises(InputError, match=problem):
+        check_backfill_request(mode, fraction)
+
+
+@pytest.mark.parametrize(("mode", "fraction"), [("transform", None), ("transform", 0.25), ("partial", 0.5)])
+def test_transform_is_a_standalone_backfill_mode(mode, fraction):
+    from hotswap.components.core.preflight import check_backfill_request
+
+    check_backfill_request(mode, fraction)
