@@ -320,7 +320,14 @@ def option_quality(overrides: dict[str, Any], challenger: str | None) -> dict[st
     gain = None
     if {"skip", "transform", "full"} <= best.keys() and best["full"] != best["skip"]:
         gain = (best["transform"] - best["skip"]) / (best["full"] - best["skip"])
-    return {"metric": metric, "options": best, "transform_gain": gain, "live": record.live_quality}
+    chosen = record.chosen_option
+    return {
+        "metric": metric,
+        "options": best,
+        "transform_gain": gain,
+        "live": record.live_quality,
+        "chosen_val": None if chosen is None else chosen.quality[metric],  # what the step expects (val)
+    }
 
 
 def chain_audit(overrides: dict[str, Any], versions: list[str]) -> dict[str, Any]:
@@ -397,6 +404,7 @@ def run_chain(
                     "re_extracted": re_extracted,
                     "options": options.get("options", {}),
                     "transform_gain": options.get("transform_gain"),
+                    "chosen_val": options.get("chosen_val"),
                     "seconds": seconds,
                 }
             )
