@@ -382,10 +382,11 @@ def run_chain(
             live = live_quality(overrides)
             if live["champion"] not in live_versions:
                 live_versions.append(live["champion"])
+            built = flow.get("gallery_version")
+            if k and built == (steps[-1]["live"]["gallery_version"] if steps else None):
+                built = None  # a skip keeps the live version: nothing was read or written
             re_extracted = (
-                live["items"]
-                if k == 0
-                else extracted_items(overrides, flow.get("gallery_version"), flow.get("challenger"))
+                live["items"] if k == 0 else extracted_items(overrides, built, flow.get("challenger"))
             )
             options = option_quality(overrides, flow.get("challenger")) if k else {}
             steps.append(
@@ -525,30 +526,58 @@ def markdown(stem: str, records: list[dict[str, Any]], summary: dict[str, Any], 
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Live mAP (as served) per step, one line per policy, one panel per chain."""
+    """Per chain (one column): live mAP as served per step (top) and gallery images read so far
+    (bottom), one line per policy; each point of the default policy is labelled with its option."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     chains = list(dict.fromkeys(r["chain"] for r in records))
-    fig, axes = plt.subplots(1, len(chains), figsize=(6 * len(chains), 4), squeeze=False)
-    for ax, chain in zip(axes[0], chains, strict=True):
+    fig, axes = plt.subplots(2, len(chains), figsize=(6 * len(chains), 7), squeeze=False, sharex="col")
+    for col, chain in enumerate(chains):
+        top, bottom = axes[0][col], axes[1][col]
         for r in (r for r in records if r["chain"] == chain):
             xs = [s["step"] for s in r["steps"]]
             label = r["policy"] + (" (did not run)" if r.get("error") and not r["steps"] else "")
-            ax.plot(xs, [s["live"]["map"] for s in r["steps"]], marker="o", label=label)
-        ax.set_title(f"{chain}: live mAP as served")
-        ax.set_xlabel("step")
+            top.plot(xs, [s["live"]["map"] for s in r["steps"]], marker="o", label=label)
+            bottom.plot(xs, np.cumsum([s["re_extracted"] for s in r["steps"]]), marker="o", label=label)
+            if r["policy"] == "default":
+                for s in r["steps"][1:]:
+                    top.annotate(str(s["decision"]), (s["step"], s["live"]["map"]), fontsize=7,
+                                 textcoords="offset points", xytext=(4, -10))  # fmt: skip
+        top.set_title(f"{chain}: live mAP as served")
+        top.set_ylabel("mAP")
+        bottom.set_title(f"{chain}: gallery images read (cumulative)")
+        bottom.set_xlabel("step")
+        bottom.set_ylabel("images")
         steps = sorted({s["step"] for r in records if r["chain"] == chain for s in r["steps"]})
-        if steps:
-            ax.set_xticks(steps)
-        ax.set_ylabel("mAP")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for ax in (top, bottom):
+            if steps:
+                ax.set_xticks(steps)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rerender(path: Path) -> None:
+    """Recompute a results file's summary, markdown and plot from its per-step records (after a
+    fix to how a step is counted), without running the chain again."""
+    data = json.loads(path.read_text())
+    records = data["runs"]
+    for r in records:
+        previous = None
+        for s in r["steps"]:
+            if s["step"] > 1 and s["live"]["gallery_version"] == previous and s["decision"] == "skip":
+                s["re_extracted"] = 0  # the live version was kept: its own extraction is not this step's
+            previous = s["live"]["gallery_version"]
+    data["summary"] = summarise(records)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    stem = path.stem
+    path.with_suffix(".md").write_text(markdown(stem, records, data["summary"], data["wall_seconds"]))
+    plot(records, path.with_suffix(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:
