@@ -544,7 +544,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
             bottom.plot(xs, np.cumsum([s["re_extracted"] for s in r["steps"]]), marker="o", label=label)
             if r["policy"] == "default":
                 for s in r["steps"][1:]:
-                    top.annotate(str(s["decision"]), (s["step"], s["live"]["map"]), fontsize=7,
+                    note = f"{s['decision']}, {s['re_extracted']} read"
+                    top.annotate(note, (s["step"], s["live"]["map"]), fontsize=7,
                                  textcoords="offset points", xytext=(4, -10))  # fmt: skip
         top.set_title(f"{chain}: live mAP as served")
         top.set_ylabel("mAP")
