@@ -16,7 +16,7 @@ from hotswap.components.data.loading import SourceItemSource
 from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
 from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
-from hotswap.components.gallery.shard_jobs import BackfillError, ShardResult
+from hotswap.components.gallery.shard_jobs import ShardResult
 from hotswap.components.gallery.worker_resources import dask_shards
 from hotswap.components.lifecycle.live import read_composition
 from hotswap.components.quant.dpq import DPQCodebooks
@@ -173,14 +173,7 @@ def _backfill(
     transforms = None
     if mode == "transform" or config.ordering == "transform_uncertainty":  # maps of the source's models
         source = read_composition(gallery_store(settings), settings.gallery_name, source_version)
-        sources = sorted(set(source.counts) - {str(new_version)})
-        transforms = load_transforms(settings, new_version, sources)
-        missing = [v for v in sources if v not in transforms]
-        if mode == "transform" and missing:
-            raise BackfillError(
-                f"transform backfill for v{new_version}: no map from v{', v'.join(missing)} (gallery "
-                f"{source_version}); maps are trained by `hotswap refresh` for its challenger"
-            )
+        transforms = load_transforms(settings, new_version, sorted(set(source.counts) - {str(new_version)}))
     ordering = config.ordering
     if (
         mode == "transform"

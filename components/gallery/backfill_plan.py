@@ -147,7 +147,10 @@ def plan_backfill(
             provenance[rows] = len(models) - 1
         missing = sorted(set(mapped_from[mapped].tolist()) - set(transforms or {}))
         if missing:
-            raise BackfillError(f"mode 'transform' needs a transformation for model version(s) {missing}")
+            raise BackfillError(
+                f"mode 'transform' needs a transformation for model version(s) {missing}; the maps "
+                "into a model are trained by the refresh that trained it"
+            )
     bounds = _source_bounds(source)
     if shard_size is None:
         cuts = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]

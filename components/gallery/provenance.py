@@ -65,8 +65,9 @@ def feature_models(galleries: GalleryStore, gallery: str, version: str) -> np.nd
 def feature_spaces(galleries: GalleryStore, gallery: str, version: str) -> np.ndarray:
     """Per row, the model version whose space its features live in (str [N]): what calibration
     groups rows by and what a search compares queries against."""
-    labels = feature_models(galleries, gallery, version)
-    return np.asarray([feature_space(label) for label in labels.tolist()], dtype=str)
+    manifest = galleries.load_manifest(gallery, version)
+    models, codes = read_provenance(galleries, manifest)
+    return np.asarray([feature_space(label) for label in models], dtype=str)[codes]  # per label, not row
 
 
 def read_provenance(galleries: GalleryStore, manifest: GalleryManifest) -> tuple[list[str], np.ndarray]:
