@@ -84,6 +84,10 @@ def _restore_env(name: str, value: str | None) -> None:
 
 def run() -> None:
     """Console-script entry point; failures are reported by HotswapGroup (flows/cli_errors.py)."""
+    # pydantic looks for plugins in every installed distribution's entry points the first time it
+    # builds a model (~10 ms, 4 % of an input error); hotswap uses none. Setting the variable to
+    # an empty value before running keeps a user's plugins.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     app()
 
 

@@ -160,8 +160,6 @@ def guard_gallery(settings: Any) -> None:
     """Lease for commands that change the gallery, repair for commands that read live state."""
     from hotswap.components.core.errors import Services
     from hotswap.components.core.service_timeouts import apply_service_timeouts
-    from hotswap.components.gallery.lease import GalleryLease
-    from hotswap.components.gallery.store_factory import open_store
 
     cli_state.services = Services(
         tracking_uri=settings.resolved_tracking_uri,
@@ -175,6 +173,9 @@ def guard_gallery(settings: Any) -> None:
     command = cli_state.command
     holding = command in CHANGES_GALLERY
     if holding:
+        from hotswap.components.gallery.lease import GalleryLease
+        from hotswap.components.gallery.store_factory import open_store
+
         store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
         lease = GalleryLease(
             store,

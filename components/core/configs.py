@@ -209,6 +209,8 @@ class DPQConfig(BaseModel):
       mAP; a gentler rate (1e-4) kept 32-bit recall ~0.01 higher but lost most of that lift.
     """
 
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
+
     n_blocks: int = Field(4, ge=1, description="M: codebooks (blocks); code length = M·log2 K bits")
     n_codewords: int = Field(256, ge=2, le=65536, description="K: codewords per block, a power of two")
     gamma: float = Field(

@@ -249,7 +249,7 @@ _STATE_NAMES = {
     "GalleryError",
     "DecisionError",
 }
-_INPUT_NAMES = {"ParameterTypeError", "ParameterBindError", "SettingsFileError"}
+_INPUT_NAMES = {"ParameterTypeError", "ParameterBindError", "SettingsFileError", "SettingsEnvError"}
 _INTEGRITY_NAMES = {"ShardCorruptedError", "ManifestError", "ReportFormatError", "ModelFormatError"}
 
 

@@ -10,18 +10,26 @@ never end up in a logged settings dump.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from hotswap.components.core.configs import CompatConfig, CompatSearchConfig, DecisionConfig, DPQConfig
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
+from hotswap.components.core.settings_sources import (
+    SettingsEnvError,
+    SettingsFileError,
+    merge,
+    read_config_file,
+    read_environment,
 )
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "HotswapSettings",
+    "SettingsEnvError",
+    "SettingsFileError",
+    "load_settings",
+    "mask_uri_credentials",
+]
 
 
 class TrainingSettings(BaseModel):
@@ -46,6 +54,8 @@ class TrainingSettings(BaseModel):
 
 class ThresholdSettings(BaseModel):
     """The compatibility gate (see components/compat/gate.py for how each check uses them)."""
+
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
 
     metrics: list[Literal["map", "top1", "top5"]] = Field(default_factory=lambda: ["map", "top1"])
     new_new_tolerance: float = Field(0.01, ge=0, description="new/new may sit at most this far below old/old")
@@ -104,6 +114,8 @@ class DataSettings(BaseModel):
 class BackfillSettings(BaseModel):
     """How a decided backfill is carried out (the decision's own knobs are ``decision``)."""
 
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
+
     shard_size: int = Field(256, ge=1, description="gallery items per shard (the unit of resume)")
     workers: int = Field(2, ge=1, description="parallel shard jobs on one machine (I/O overlaps compute)")
     compute_slots: int | None = Field(
@@ -144,6 +156,8 @@ class DaskSettings(BaseModel):
 class ServeSettings(BaseModel):
     """The query service (components/serving/): where it listens, how it batches, how it follows."""
 
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
+
     host: str = Field("127.0.0.1", description="address `hotswap serve` binds to")
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = any free port)")
     poll_interval_s: float = Field(5.0, gt=0, description="how often the champion alias and CURRENT are read")
@@ -174,6 +188,8 @@ class ServeSettings(BaseModel):
 class OperationsSettings(BaseModel):
     """How runs show up for the people operating them (Prefect and MLflow UIs, the lifecycle lock)."""
 
+    model_config = ConfigDict(extra="forbid")  # a renamed or misspelt key is an error, not ignored
+
     mlflow_ui_url: str | None = Field(
         None,
         description="base URL of the MLflow UI for links in Prefect artifacts; default: the tracking "
@@ -184,10 +200,6 @@ class OperationsSettings(BaseModel):
         gt=0,
         description="how long a lifecycle run waits for another one on the same gallery; None = forever",
     )
-
-
-class SettingsFileError(ValueError):
-    """A settings file named explicitly is missing, unreadable or not valid TOML."""
 
 
 class StreamSettings(BaseModel):
@@ -227,42 +239,18 @@ class GallerySettings(BaseModel):
     )
 
 
-def _config_file() -> Path:
-    return Path(os.environ.get("HOTSWAP_CONFIG", "hotswap.toml"))
+class HotswapSettings(BaseModel):
+    """Everything a hotswap job needs to know about where things live and how to run.
 
-
-def check_config_file() -> Path | None:
-    """The settings file in use, after checking it; a file named by ``HOTSWAP_CONFIG`` must exist.
-
-    Silently falling back to the defaults when the user named a file would train on the wrong data
-    (the bundled digits instead of theirs), so a named file that is missing is an error; the
-    implicit ``hotswap.toml`` is optional. A TOML syntax error names the file, line and column.
+    ``HotswapSettings(**values)`` reads the settings file and the ``HOTSWAP_*`` variables under the
+    keyword values (components/core/settings_sources.py); ``model_validate`` takes a complete dump
+    as it is (a worker receives the driver's settings, not its own environment's).
     """
-    import tomllib
 
-    path = _config_file()
-    named = "HOTSWAP_CONFIG" in os.environ
-    if not path.exists():
-        if named:
-            raise SettingsFileError(
-                f"settings file {path} (HOTSWAP_CONFIG) does not exist; fix the path or unset HOTSWAP_CONFIG"
-            )
-        return None
-    try:
-        tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsFileError(f"settings file {path} is not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsFileError(f"settings file {path} cannot be read: {exc}") from None
-    return path
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
 
-
-class HotswapSettings(BaseSettings):
-    """Everything a hotswap job needs to know about where things live and how to run."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="HOTSWAP_", env_nested_delimiter="__", extra="forbid", validate_default=True
-    )
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**merge(read_config_file(), read_environment(type(self)), values))
 
     home: Path = Field(default_factory=lambda: Path.home() / ".hotswap")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under home")
@@ -319,18 +307,6 @@ class HotswapSettings(BaseSettings):
         if not value or not set(value) <= allowed:
             raise ValueError(f"name {value!r} may only use letters, digits, '-', '_' and '.'")
         return value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=check_config_file() or _config_file())
-        return (init_settings, env_settings, toml)
 
     @property
     def resolved_tracking_uri(self) -> str:

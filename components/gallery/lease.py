@@ -29,11 +29,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from hotswap.components.core.errors import BusyError
+from hotswap.components.gallery.keys import LEASE_FILE
 from hotswap.components.gallery.store import ObjectStore
 from hotswap.components.gallery.versions import GalleryStore
 from pydantic import BaseModel, ValidationError
-
-LEASE_FILE = "LEASE.json"
 
 #: Holder ids of the leases this process holds now. A record naming this process but none of
 #: these was left by an earlier command of this process that could not release it (store down).

@@ -21,10 +21,8 @@ says so). A caller that does not hold the lease takes it for the few writes a re
 from __future__ import annotations
 
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, live_holder
+from hotswap.components.gallery.keys import intent_key
 from hotswap.components.gallery.store_factory import open_store
-from hotswap.components.gallery.switch_intent import read_intent, recover_switch
-from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.sqlite_reader import open_reader
 
 
@@ -33,12 +31,16 @@ def recover_live_state(settings: HotswapSettings, *, holding_lease: bool = False
     if settings.registry_absent:  # nothing was ever recorded: nothing to repair, and no DB to create
         return []
     store = open_store(settings.resolved_store_uri, endpoint_url=settings.s3_endpoint_url)
-    galleries = GalleryStore(store)
     gallery = settings.gallery_name
     reader = open_reader(settings)
-    if reader is not None and read_intent(galleries, gallery) is None and not reader.dead_runs():
-        return []  # nothing to repair: found without importing MLflow
+    if reader is not None and not store.exists(intent_key(gallery)) and not reader.dead_runs():
+        return []  # nothing to repair: found without importing MLflow or numpy
+    from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, live_holder
+    from hotswap.components.gallery.switch_intent import read_intent, recover_switch
+    from hotswap.components.gallery.versions import GalleryStore
     from hotswap.components.registry.mlflow_registry import ModelRegistry
+
+    galleries = GalleryStore(store)
 
     registry = ModelRegistry.from_settings(settings)
     messages: list[str] = []

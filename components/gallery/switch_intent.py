@@ -27,6 +27,7 @@ import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from hotswap.components.gallery.keys import INTENT_FILE
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.records import CHAMPION, MANAGED_ALIASES
@@ -34,8 +35,6 @@ from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:  # read_intent serves readers that never import MLflow (status, search)
     from hotswap.components.registry.mlflow_registry import ModelRegistry
-
-INTENT_FILE = "SWITCH-INTENT.json"
 
 
 class SwitchIntent(BaseModel):

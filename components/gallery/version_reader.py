@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from hotswap.components.gallery import keys
 from hotswap.components.gallery.records import (
     MANIFEST_FILE,
     SEAL_FILE,
@@ -42,10 +43,10 @@ class GalleryReader:
 
     @staticmethod
     def gallery_prefix(gallery: str) -> str:
-        return f"galleries/{validate_name(gallery, 'gallery name')}/"
+        return keys.gallery_prefix(validate_name(gallery, "gallery name"))
 
     def current_key(self, gallery: str) -> str:
-        return self.gallery_prefix(gallery) + "CURRENT"
+        return self.gallery_prefix(gallery) + keys.CURRENT_FILE
 
     def version_prefix(self, gallery: str, version: str) -> str:
         return f"{self.gallery_prefix(gallery)}versions/{validate_name(version, 'version id')}/"

@@ -20,7 +20,6 @@ import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-import numpy as np
 from hotswap.components.core.settings import mask_uri_credentials
 from hotswap.components.registry.records import (
     CHALLENGER,
@@ -32,6 +31,7 @@ from hotswap.components.registry.records import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     from hotswap.components.compat.report import CompatibilityReport
     from hotswap.components.models.backbones import EmbeddingModel
 
@@ -77,6 +77,8 @@ class RegistryReads:
 
     def load_array(self, version: str | int | ModelVersionInfo, path: str) -> np.ndarray:
         """A ``.npy`` artifact beside a model version; object (pickled) arrays are refused."""
+        import numpy as np  # here, not at the top: `status` reads the registry without numpy
+
         data = self.load_artifact_bytes(version, path)
         try:
             return np.load(io.BytesIO(data), allow_pickle=False)

@@ -42,6 +42,8 @@ shard_size = 200
 [data]
 source = "synthetic:600:6"
 bootstrap_classes = [0, 1, 2]
+[compat_search]
+enabled = false  # six trials per refresh otherwise; the search has its own tests
 """
 
 Setup = Callable[[Path, Path], dict[str, str]]

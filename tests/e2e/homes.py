@@ -17,11 +17,12 @@ COMMANDS = {"status", "search", "refresh", "promote", "backfill", "bootstrap", "
 
 
 def home_digest(home: Path) -> dict[str, str]:
-    """sha256 of every file of the home except logs and Prefect's own database."""
+    """sha256 of every file of the home except logs, Prefect's own database and ``cache/`` (answers
+    kept to be given again, e.g. the status snapshot: not stored state)."""
     digest = {}
     for path in sorted(home.rglob("*")):
         relative = path.relative_to(home).as_posix()
-        if path.is_file() and not relative.startswith(("logs/", "prefect/")):
+        if path.is_file() and not relative.startswith(("logs/", "prefect/", "cache/")):
             digest[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digest
 

@@ -19,23 +19,29 @@ import psutil
 import pytest
 
 HEAVY = ("torch", "mlflow", "prefect")
-#: runs the CLI, then prints the heavy packages it imported on stderr (even when it exits non-zero)
-WRAPPER = (
-    "import sys\n"
-    "from hotswap.flows.cli import run\n"
-    "try:\n    run()\n"
-    "finally:\n"
-    f"    print('IMPORTED=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
-)
+
+
+def _wrapper(watched: tuple[str, ...]) -> str:
+    """Runs the CLI, then prints which of ``watched`` it imported on stderr (even when it fails)."""
+    return (
+        "import sys\n"
+        "from hotswap.flows.cli import run\n"
+        "try:\n    run()\n"
+        "finally:\n"
+        f"    print('IMPORTED=' + ','.join(m for m in {watched!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+
 
 BAD_MANIFEST_HEADER = "item_id,uri,split\n"  # no label column
 
 
-def _run(argv: list[str], home: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _run(
+    argv: list[str], home: Path, watched: tuple[str, ...] = HEAVY, **env: str
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     full_env = {**os.environ, "COLUMNS": "200", **env}
     full_env.pop("PREFECT_API_URL", None)
     result = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *argv, "--home", str(home)],
+        [sys.executable, "-c", _wrapper(watched), *argv, "--home", str(home)],
         capture_output=True,
         text=True,
         env=full_env,
@@ -196,3 +202,27 @@ def test_status_and_search_on_a_live_home_import_neither_mlflow_nor_torch_nor_pr
     assert search.returncode == 0, search.stdout + search.stderr
     assert "mlflow" not in imported and "prefect" not in imported and "torch" in imported
     assert _servers_for(home) == [] and _servers_for(tmp_path) == []
+
+
+def test_a_repeated_status_answers_from_its_snapshot_until_the_registry_changes(
+    cli_homes, tmp_path: Path
+) -> None:
+    """components/lifecycle/status_snapshot.py on a real home: the second status reads neither the
+    data nor the gallery's arrays (no numpy, no pandas); a registry write is seen at once."""
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
+
+    from tests.e2e.bad_inputs import copy_home
+
+    home, config = copy_home(cli_homes["live"], tmp_path / "home"), str(cli_homes["config"])
+    first, imported = _run(["status"], home, ("numpy", "pandas"), HOTSWAP_CONFIG=config)
+    assert first.returncode == 0 and {"numpy", "pandas"} <= imported, first.stdout + first.stderr
+    again, imported = _run(["status"], home, ("numpy", "pandas", *HEAVY), HOTSWAP_CONFIG=config)
+    assert again.stdout == first.stdout and imported == set(), imported
+
+    # when: a reviewer's rejection is recorded on the challenger (a registry write)
+    ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", model_name="matrix").set_tags(
+        "2", {"promotion.status": "rejected", "promotion.reason": "not this week"}
+    )
+    after, imported = _run(["status"], home, ("numpy", "pandas"), HOTSWAP_CONFIG=config)
+    assert "promotion of the latest version: rejected (not this week)" in after.stdout, after.stdout
+    assert "promotion of the latest version" not in first.stdout and "numpy" in imported
