@@ -28,8 +28,8 @@ lint: install
 	$(BIN)/ruff check components tasks flows tests bench deployments
 
 # Three test processes on two cores: about an eighth of the suite waits on servers and
-# subprocesses, and a third process fills those waits (14.5 min against 15.2-15.8 min with two, on
-# an idle 2-core box). A test file stays on one process, so the session and module fixtures it
+# subprocesses, and a third process fills those waits (9.7 min for pytest on an idle 2-core box;
+# with two processes the same suite took about a minute longer when last compared). A test file stays on one process, so the session and module fixtures it
 # shares (a Prefect server, a home) are built once per process. Files go out longest first
 # (tests/fixtures/ordering.py), so xdist must keep that order.
 TEST_WORKERS ?= 3

@@ -28,7 +28,7 @@ import dataclasses
 import threading
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -260,18 +260,21 @@ class DaskShards:
         client = self.client()
         futures: dict[Any, Any] = {}
         try:
-            futures = {submit(client, item): item for item in items}
-            results = []
-            for future in as_completed(list(futures), loop=client.loop):
-                value = future.result()
-                if keep is not None:
-                    keep(futures[future], value)
-                    continue
-                self.shares[value.worker] += 1
-                results.append(value)
-                if on_shard is not None:
-                    on_shard(value)
-            return results
+            with _remembered_interrupts() as interrupted:
+                futures = {submit(client, item): item for item in items}
+                results = []
+                for future in as_completed(list(futures), loop=client.loop):
+                    interrupted()
+                    value = future.result()
+                    if keep is not None:
+                        keep(futures[future], value)
+                        continue
+                    self.shares[value.worker] += 1
+                    results.append(value)
+                    if on_shard is not None:
+                        on_shard(value)
+                        interrupted()  # the progress call may have swallowed a Ctrl-C
+                return results
         except BaseException:
             # Ctrl-C or a failed shard: nothing left running for a driver that is gone; shards
             # already written stay written, so the rerun resumes
@@ -281,3 +284,34 @@ class DaskShards:
             raise
         finally:
             client.close(timeout=5)
+
+
+@contextlib.contextmanager
+def _remembered_interrupts() -> Iterator[Callable[[], None]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered; the check it yields raises
+    again. A progress callback's call into Prefect (a sync-to-async bridge) can absorb the
+    KeyboardInterrupt that lands inside it, and the driver would otherwise carry on to the end."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None  # signals reach the main thread only
+        return
+    seen: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def remember(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def check() -> None:
+        if seen:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, remember)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
