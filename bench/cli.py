@@ -3,7 +3,8 @@
 Measures the wall and CPU time (the child's user + system) of:
 ``--help``; an input error (``bootstrap`` with a manifest that lacks its ``label`` column);
 ``status`` on a live home, repeated (answered from its snapshot, components/lifecycle/
-status_snapshot.py) and after a change (the snapshot removed first: everything read);
+status_snapshot.py), after a change made outside hotswap (the snapshot removed first: everything
+read) and after a ``refresh`` no-op (a lifecycle command leaves the snapshot of the state it ends in);
 ``search --item-id`` on it (the example item ``status`` names, and an item whose stored feature
 the champion produced, searched without torch); and a ``refresh`` no-op three ways: the first on
 a home whose Prefect database does not exist yet (the local API starts and migrates it: what every
@@ -95,11 +96,18 @@ def cases(home: Path, env: dict[str, str], repeats: int, scratch: Path) -> list[
         ),
         measure("status (live home, repeated: its snapshot)", ["status", *h], env, repeats),
         measure(
-            "status (live home, after a change: read in full)",
+            OUTSIDE,
             ["status", *h],
             env,
             repeats,
             before=lambda: (home / "cache" / "status.json").unlink(missing_ok=True),
+        ),
+        measure(
+            "status (live home, after a refresh no-op: the command left its snapshot)",
+            ["status", *h],
+            env,
+            max(1, repeats // 2),
+            before=lambda: subprocess.run([HOTSWAP, "refresh", *h], env=env, capture_output=True, check=True),
         ),
         measure("search --item-id", ["search", "--item-id", status["example_item"], *h], env, repeats),
     ]
@@ -124,6 +132,9 @@ def cases(home: Path, env: dict[str, str], repeats: int, scratch: Path) -> list[
         timed(["refresh", *h], env)  # leaves the API running for the next case
     rows.append(measure("refresh no-op, API running (reused)", ["refresh", *h], env, few))
     return rows
+
+
+OUTSIDE = "status (live home, after a change outside hotswap: read in full)"
 
 
 def stop_local_api(home: Path, env: dict[str, str]) -> None:
@@ -169,8 +180,9 @@ def goals(rows: list[dict]) -> list[str]:
         "### Against the goals",
         "",
         f"- input error: {ratio('input error')} (goal <= 1.5x)",
-        f"- status, repeated: {ratio('status (live home, repeated: its snapshot)')}; after a change: "
-        f"{ratio('status (live home, after a change: read in full)')} (goal <= 1.5x)",
+        f"- status, repeated: {ratio('status (live home, repeated: its snapshot)')}; after a lifecycle "
+        f"command: {ratio('status (live home, after a refresh no-op: the command left its snapshot)')}; "
+        f"after a change outside hotswap: {ratio(OUTSIDE)} (goal <= 1.5x)",
         f"- search --item-id: {by['search --item-id']['wall_s']:.2f} s (goal < 3 s)",
         f"- a lifecycle command on a home whose API runs vs the first on the home: {first / reused:.1f}x "
         "faster (goal >= 5x)",

@@ -57,10 +57,11 @@ class CliState:
     context: Any = None  # the group's typer.Context: resources (the lease) close with it
     command: str = ""
     local_api: str | None = None  # the home's local Prefect API this command runs on, if any
+    succeeded: bool = False  # the command returned without an error (set before resources close)
 
     def reset(self, context: Any = None, debug: bool = False, wait: float = 0.0) -> None:
         self.debug, self.wait, self.home, self.services, self.notes = debug, wait, None, None, []
-        self.local_api = None
+        self.local_api, self.succeeded = None, False
         self.context = context
         self.command = getattr(context, "invoked_subcommand", None) or ""
 
@@ -110,7 +111,9 @@ class HotswapGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            cli_state.succeeded = True
+            return result
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except (Exception, KeyboardInterrupt) as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from hotswap.flows.cli_errors import cli_state, guard_gallery, use_prefect_api
+from hotswap.flows.cli_errors import CHANGES_GALLERY, cli_state, guard_gallery, use_prefect_api
 
 HomeOption = typer.Option(None, "--home", help="hotswap home (default: HOTSWAP_HOME or ~/.hotswap)")
 DaskOption = typer.Option(
@@ -69,10 +69,31 @@ def prepare(
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if cli_state.command in CHANGES_GALLERY and cli_state.context is not None:
+        # registered before the lease, so it runs after the lease is released (LIFO)
+        cli_state.context.call_on_close(lambda: leave_status_snapshot(settings))
     guard_gallery(settings)
     if prefect:
         use_prefect_api(settings)
     return overrides
+
+
+def leave_status_snapshot(settings: Any) -> None:
+    """After a command that changed the gallery succeeded and released its lease, read the status
+    once so that the next ``hotswap status`` answers from it (components/lifecycle/
+    status_snapshot.py): the command has numpy and the data loaded already, ``status`` would not."""
+    if not cli_state.succeeded:
+        return
+    from hotswap.components.lifecycle.status_snapshot import cached_status, fingerprint
+
+    if fingerprint(settings) is None:
+        return
+    from hotswap.components.lifecycle.status import system_status
+
+    try:
+        cached_status(settings, system_status)
+    except Exception:  # a shortcut for the next status; never the failure of a command that worked
+        logging.getLogger(__name__).debug("status snapshot not written", exc_info=True)
 
 
 def require_registry(settings: Any, ref: str) -> None:

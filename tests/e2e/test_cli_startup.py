@@ -208,7 +208,8 @@ def test_a_repeated_status_answers_from_its_snapshot_until_the_registry_changes(
     cli_homes, tmp_path: Path
 ) -> None:
     """components/lifecycle/status_snapshot.py on a real home: the second status reads neither the
-    data nor the gallery's arrays (no numpy, no pandas); a registry write is seen at once."""
+    data nor the gallery's arrays (no numpy, no pandas); a registry write is seen at once; a
+    lifecycle command leaves the snapshot of the state it ends in."""
     from hotswap.components.registry.mlflow_registry import ModelRegistry
 
     from tests.e2e.bad_inputs import copy_home
@@ -226,3 +227,15 @@ def test_a_repeated_status_answers_from_its_snapshot_until_the_registry_changes(
     after, imported = _run(["status"], home, ("numpy", "pandas"), HOTSWAP_CONFIG=config)
     assert "promotion of the latest version: rejected (not this week)" in after.stdout, after.stdout
     assert "promotion of the latest version" not in first.stdout and "numpy" in imported
+
+    # when: a lifecycle command changes the home (a no-op refresh records its run), it leaves the
+    # snapshot behind, so the next status reads nothing heavy and says what a full read says
+    from tests.e2e.homes import invoke
+
+    refreshed = invoke(home, cli_homes["config"], ["refresh"])
+    assert refreshed.exit_code == 0 and json.loads(refreshed.stdout)["noop"] is True, refreshed.output
+    left, imported = _run(["status"], home, ("numpy", "pandas", *HEAVY), HOTSWAP_CONFIG=config)
+    assert imported == set(), imported
+    (home / "cache" / "status.json").unlink()
+    full, _ = _run(["status"], home, HOTSWAP_CONFIG=config)
+    assert left.stdout == full.stdout
