@@ -79,21 +79,12 @@ def prepare(
 
 
 def leave_status_snapshot(settings: Any) -> None:
-    """After a command that changed the gallery succeeded and released its lease, read the status
-    once so that the next ``hotswap status`` answers from it (components/lifecycle/
-    status_snapshot.py): the command has numpy and the data loaded already, ``status`` would not."""
-    if not cli_state.succeeded:
-        return
-    from hotswap.components.lifecycle.status_snapshot import cached_status, fingerprint
+    """After a command that changed the gallery succeeded and released its lease (see
+    components/lifecycle/status_snapshot.py)."""
+    if cli_state.succeeded:
+        from hotswap.components.lifecycle.status_snapshot import leave_snapshot
 
-    if fingerprint(settings) is None:
-        return
-    from hotswap.components.lifecycle.status import system_status
-
-    try:
-        cached_status(settings, system_status)
-    except Exception:  # a shortcut for the next status; never the failure of a command that worked
-        logging.getLogger(__name__).debug("status snapshot not written", exc_info=True)
+        leave_snapshot(settings)
 
 
 def require_registry(settings: Any, ref: str) -> None:

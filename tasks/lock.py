@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.gallery.lease import GalleryLease, LeaseHeldError, held_in_this_process
 from hotswap.components.gallery.store_factory import open_store
+from hotswap.components.lifecycle.status_snapshot import leave_snapshot
 from prefect import get_run_logger
 
 
@@ -59,5 +60,10 @@ def lifecycle_lock(settings: HotswapSettings, what: str) -> Iterator[None]:
     logger.info("%s: holds gallery %r's lease (one run per gallery)", what, settings.gallery_name)
     try:
         yield
-    finally:
+    except BaseException:
         lease.release()
+        raise
+    lease.release()
+    # a run that held the lease itself (a worker's) leaves the status of the state it ended in;
+    # under a command's lease the command does it once the lease is released (flows/cli_prepare.py)
+    leave_snapshot(settings)

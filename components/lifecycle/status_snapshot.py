@@ -9,7 +9,8 @@ mostly asks about a home where nothing happened since the last time.
 So the answer is kept in ``<home>/cache/status.json`` with a fingerprint of everything it was
 read from, the way ``git status`` trusts a file whose stat data did not change:
 
-- the settings (every field, so another model, gallery, source or store is another fingerprint);
+- the settings status depends on (another home, registry, store, model, gallery, data or gallery
+  manifest is another fingerprint; training knobs are not part of it);
 - the MLflow SQLite database with its journal and WAL files (size and modification time): every
   alias, tag and stage is a database write, and artifacts are written before the rows that
   point at them;
@@ -26,6 +27,7 @@ and the answer is kept only when both agree (nothing changed while it was read).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,18 @@ from hotswap.components.gallery.keys import current_key, intent_key, lease_key
 
 #: Bump when the status dictionary changes shape: an older snapshot is then read in full again.
 SNAPSHOT_FORMAT = 1
+#: The settings a status depends on: where things live, which model and gallery, and which data
+#: the gallery manifest is compared with (training knobs do not change what status shows).
+STATUS_SETTINGS = {
+    "home",
+    "tracking_uri",
+    "store_uri",
+    "s3_endpoint_url",
+    "model_name",
+    "gallery_name",
+    "data",
+    "gallery",
+}
 BUNDLED_PREFIXES = ("mnist5k", "synthetic:")
 
 
@@ -52,7 +66,7 @@ def fingerprint(settings: Any) -> str | None:
     gallery = settings.gallery_name
     if any((store / key).exists() for key in (intent_key(gallery), lease_key(gallery))):
         return None  # a command is changing the gallery, or died doing so: read everything
-    parts: list[Any] = [SNAPSHOT_FORMAT, settings.model_dump(mode="json")]
+    parts: list[Any] = [SNAPSHOT_FORMAT, settings.model_dump(mode="json", include=STATUS_SETTINGS)]
     for suffix in ("", "-journal", "-wal"):
         parts.append(_stat(Path(f"{database}{suffix}")))
     parts.append(_stat(store / current_key(gallery)))
@@ -80,6 +94,20 @@ def cached_status(settings: Any, read: Callable[[Any], dict[str, Any]]) -> dict[
     if before is not None and fingerprint(settings) == before:
         _write(path, {"fingerprint": before, "state": state})
     return state
+
+
+def leave_snapshot(settings: Any) -> None:
+    """After a lifecycle run changed the gallery and released its lease: read the status once, so
+    that the next ``hotswap status`` answers from it. The run has numpy and the data loaded
+    already; ``status`` would not. Never raises: it is a shortcut, not part of the run."""
+    try:
+        if fingerprint(settings) is None:
+            return
+        from hotswap.components.lifecycle.status import system_status
+
+        cached_status(settings, system_status)
+    except Exception:
+        logging.getLogger(__name__).debug("status snapshot not written", exc_info=True)
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

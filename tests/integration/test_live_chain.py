@@ -116,6 +116,21 @@ def test_an_unknown_bootstrap_class_is_one_line_before_anything_is_written(tmp_p
     assert not home.exists()  # no MLflow database, no store, nothing half-written
 
 
+def test_a_run_that_held_the_lease_itself_leaves_the_status_it_ended_in(chain):
+    """The fixture's flows ran in this process, each taking the gallery's lease itself (as on a
+    worker): the last one, having released it, left the status of the state it ended in, so the
+    next `status` with the same settings reads nothing again (components/lifecycle/status_snapshot.py)."""
+    from hotswap.components.lifecycle.status_snapshot import cached_status
+
+    def read_again(_: Any) -> dict[str, Any]:
+        raise AssertionError("status was read in full: the run left no snapshot")
+
+    last_run = HotswapSettings(**_grown(chain["overrides"]))  # the data the last refreshes saw
+    state = cached_status(last_run, read_again)
+    assert state["champion"] == ModelRegistry.from_settings(last_run).aliases()["champion"]
+    assert state["live_gallery_version"] == gallery_store(last_run).read_current(last_run.gallery_name)
+
+
 def test_refresh_on_unchanged_inputs_trains_nothing_and_says_why(chain):
     settings, noop = chain["settings"], chain["noop"]
     assert noop["noop"] is True and noop["champion"] == "2"

@@ -62,6 +62,8 @@ def test_other_settings_and_a_changed_manifest_or_image_folder_are_other_fingerp
     first = fingerprint(settings)
     assert first is not None and first == fingerprint(settings)
     assert fingerprint(settings.model_copy(update={"gallery_name": "other"})) != first
+    # a training knob is not something status shows: the same fingerprint
+    assert fingerprint(settings.model_copy(update={"seed": 7})) == first
     _touch_later(manifest, "item_id,uri\na,a.png\nb,b.png\n")
     second = fingerprint(settings)
     assert second != first
