@@ -54,19 +54,13 @@ def status(
     else:  # the last answer while nothing it was read from changed (status_snapshot.py)
         from hotswap.components.lifecycle.status_snapshot import cached_status
 
-        state = cached_status(settings, _read_status)
+        state = cached_status(settings)
     if as_json:
         print_json(state)
     else:
         from hotswap.flows.cli_views import print_status
 
         print_status(console, state)
-
-
-def _read_status(settings: object) -> dict:
-    from hotswap.components.lifecycle.status import system_status
-
-    return system_status(settings)  # type: ignore[arg-type]
 
 
 def report(

@@ -23,17 +23,9 @@ from pathlib import Path
 from hotswap.components.data.bundled import load_mnist5k, make_synthetic
 from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.data.objects import ObjectReader, ObjectSource, read_image_folder, read_image_manifest
+from hotswap.components.data.stamps import source_stamp
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
-
-
-def _stamp(source: str) -> tuple:
-    """What changes when a manifest or image folder changes on disk (size and mtime of its entries)."""
-    path = Path(source)
-    if source == "mnist5k" or source.startswith("synthetic:") or not path.exists():
-        return ()
-    entries = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in entries)
 
 
 def forget_decoded_images() -> None:
@@ -47,12 +39,12 @@ def open_source(
     source: str, seed: int = 0, endpoint_url: str | None = None, synthetic_size: int = 28
 ) -> ImageSet:
     """Every row of the named source (see the module docstring); treat it as read-only."""
-    return _open(source, seed, endpoint_url, synthetic_size, _stamp(source))
+    return _open(source, seed, endpoint_url, synthetic_size, source_stamp(source))
 
 
 def open_manifest(path: str, endpoint_url: str | None = None, labelled: bool = False) -> ImageSet:
     """A manifest file as a source: the gallery's own (labels and splits optional) or training data."""
-    return _open_manifest(path, endpoint_url, labelled, _stamp(path))
+    return _open_manifest(path, endpoint_url, labelled, source_stamp(path))
 
 
 @lru_cache(maxsize=8)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from hotswap.components.compat.calibration import ScoreCalibration
 from hotswap.components.compat.calibration_fitting import fit_calibration
 from hotswap.components.core.configs import CalibrationConfig
+from hotswap.components.gallery.keys import validate_name
 from hotswap.components.gallery.records import (
     GalleryError,
     ShardCorruptedError,
@@ -38,7 +39,6 @@ from hotswap.components.gallery.records import (
     first_error,
     sha256_hex,
     to_json,
-    validate_name,
 )
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.versions import GalleryStore

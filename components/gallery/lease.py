@@ -29,9 +29,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from hotswap.components.core.errors import BusyError
-from hotswap.components.gallery.keys import LEASE_FILE
+from hotswap.components.gallery.keys import lease_key
 from hotswap.components.gallery.store import ObjectStore
-from hotswap.components.gallery.versions import GalleryStore
 from pydantic import BaseModel, ValidationError
 
 #: Holder ids of the leases this process holds now. A record naming this process but none of
@@ -85,10 +84,6 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-def lease_key(gallery: str) -> str:
-    return GalleryStore.gallery_prefix(gallery) + LEASE_FILE
 
 
 def read_lease(store: ObjectStore, gallery: str) -> tuple[LeaseRecord, str] | None:

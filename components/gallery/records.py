@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, get_args
@@ -23,7 +22,6 @@ ArrayKind = Literal["features", "codes", "ids"]
 ARRAY_KINDS: tuple[ArrayKind, ...] = get_args(ArrayKind)
 IdKind = Literal["int64", "str"]
 FORMAT_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = r"^[0-9a-f]{64}$"
 
 
@@ -196,16 +194,6 @@ def shard_file(n: int, kind: ArrayKind) -> str:
 
 def shard_record_file(n: int) -> str:
     return f"shards/{n:06d}.json"
-
-
-def validate_name(value: str, what: str) -> str:
-    """Gallery names and version ids become one key segment: letters, digits, '.', '_', '-'."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(
-            f"{what} {value!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
 
 
 def new_version_id(now: datetime | None = None) -> str:

@@ -27,7 +27,7 @@ import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from hotswap.components.gallery.keys import INTENT_FILE
+from hotswap.components.gallery.keys import intent_key
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.versions import GalleryStore
 from hotswap.components.registry.records import CHAMPION, MANAGED_ALIASES
@@ -53,10 +53,6 @@ class SwitchIntent(BaseModel):
 
     def pair(self) -> str:
         return f"v{self.target_version} / gallery {self.target_gallery_version}"
-
-
-def intent_key(gallery: str) -> str:
-    return GalleryStore.gallery_prefix(gallery) + INTENT_FILE
 
 
 def read_intent(galleries: GalleryStore, gallery: str) -> SwitchIntent | None:

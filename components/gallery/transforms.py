@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hotswap.components.compat.transform import FeatureTransform, transform_from_files, transform_to_files
-from hotswap.components.gallery.records import GalleryManifest, ShardCorruptedError, sha256_hex, validate_name
+from hotswap.components.gallery.keys import validate_name
+from hotswap.components.gallery.records import GalleryManifest, ShardCorruptedError, sha256_hex
 from hotswap.components.gallery.store import ObjectNotFoundError
 from hotswap.components.gallery.version_writer import VersionWriter
 from hotswap.components.gallery.versions import GalleryStore

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from hotswap.components.gallery import keys
+from hotswap.components.gallery.keys import validate_name
 from hotswap.components.gallery.records import (
     MANIFEST_FILE,
     SEAL_FILE,
@@ -27,7 +28,6 @@ from hotswap.components.gallery.records import (
     first_error,
     npy_load,
     sha256_hex,
-    validate_name,
 )
 from hotswap.components.gallery.store import ObjectNotFoundError, ObjectStore
 from pydantic import ValidationError
@@ -43,7 +43,7 @@ class GalleryReader:
 
     @staticmethod
     def gallery_prefix(gallery: str) -> str:
-        return keys.gallery_prefix(validate_name(gallery, "gallery name"))
+        return keys.gallery_prefix(gallery)
 
     def current_key(self, gallery: str) -> str:
         return self.gallery_prefix(gallery) + keys.CURRENT_FILE

@@ -16,8 +16,9 @@ read from, the way ``git status`` trusts a file whose stat data did not change:
   point at them;
 - the store's ``CURRENT`` pointer of the gallery; a switch intent or a held lease means a command
   is changing the gallery (or died doing it), and then there is no fingerprint;
-- the data source and the gallery manifest: a bundled set by its name, a local file by its stat
-  data, a local image folder by the stat data of the folder and its class folders.
+- the data source and the gallery manifest: a bundled set by its name, a local file or image
+  folder by the size and modification time of its files (components/data/stamps.py, the stamp a
+  process already uses to know when to reopen a source).
 
 Anything else (a tracking server, an ``s3://`` store or manifest) has no fingerprint: status is
 then read in full every time, as before. The fingerprint is taken before and after a full read,
@@ -33,7 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hotswap.components.data.stamps import source_stamp
 from hotswap.components.gallery.keys import current_key, intent_key, lease_key
+from hotswap.components.gallery.store_uri import parse_store_uri
 
 #: Bump when the status dictionary changes shape: an older snapshot is then read in full again.
 SNAPSHOT_FORMAT = 1
@@ -49,7 +52,6 @@ STATUS_SETTINGS = {
     "data",
     "gallery",
 }
-BUNDLED_PREFIXES = ("mnist5k", "synthetic:")
 
 
 def snapshot_path(settings: Any) -> Path:
@@ -60,9 +62,10 @@ def fingerprint(settings: Any) -> str | None:
     """What identifies everything ``status`` reads (a JSON text), or None when one of them cannot be
     identified cheaply."""
     database = settings.local_tracking_db
-    store = _local_path(settings.resolved_store_uri)
-    if database is None or store is None:
+    location = parse_store_uri(settings.resolved_store_uri)
+    if database is None or location.kind != "local":
         return None
+    store = Path(location.path)
     gallery = settings.gallery_name
     if any((store / key).exists() for key in (intent_key(gallery), lease_key(gallery))):
         return None  # a command is changing the gallery, or died doing so: read everything
@@ -79,8 +82,9 @@ def fingerprint(settings: Any) -> str | None:
     return json.dumps(parts, sort_keys=True, default=str)  # compared whole: no hashing to import
 
 
-def cached_status(settings: Any, read: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    """The status ``read(settings)`` gives, from the snapshot when its fingerprint still holds."""
+def cached_status(settings: Any, read: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The status ``read(settings)`` gives (default: the full read, components/lifecycle/status.py),
+    from the snapshot when its fingerprint still holds."""
     before = fingerprint(settings)
     path = snapshot_path(settings)
     if before is not None:
@@ -90,7 +94,7 @@ def cached_status(settings: Any, read: Callable[[Any], dict[str, Any]]) -> dict[
                 return kept["state"]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # no snapshot yet, or an unreadable one: read in full
-    state = read(settings)
+    state = (read or _full_read)(settings)
     if before is not None and fingerprint(settings) == before:
         _write(path, {"fingerprint": before, "state": state})
     return state
@@ -101,13 +105,16 @@ def leave_snapshot(settings: Any) -> None:
     that the next ``hotswap status`` answers from it. The run has numpy and the data loaded
     already; ``status`` would not. Never raises: it is a shortcut, not part of the run."""
     try:
-        if fingerprint(settings) is None:
-            return
-        from hotswap.components.lifecycle.status import system_status
-
-        cached_status(settings, system_status)
+        if fingerprint(settings) is not None:
+            cached_status(settings)
     except Exception:
         logging.getLogger(__name__).debug("status snapshot not written", exc_info=True)
+
+
+def _full_read(settings: Any) -> dict[str, Any]:
+    from hotswap.components.lifecycle.status import system_status  # numpy, pandas: only on a miss
+
+    return system_status(settings)
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
@@ -122,12 +129,6 @@ def _write(path: Path, data: dict[str, Any]) -> None:
         pass
 
 
-def _local_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    return None if "://" in uri else Path(uri)
-
-
 def _stat(path: Path) -> list[int] | None:
     try:
         stat = path.stat()
@@ -137,13 +138,8 @@ def _stat(path: Path) -> list[int] | None:
 
 
 def _describe_source(source: str) -> Any:
-    """What identifies a data source's contents without reading them; None when that would cost."""
-    if source.startswith(BUNDLED_PREFIXES):
-        return source
-    path = _local_path(source)
-    if path is None:
+    """What identifies a data source's contents without reading them; None when that would cost
+    (an ``s3://`` manifest: its objects would have to be listed)."""
+    if "://" in source:
         return None
-    if path.is_dir():  # an image folder: a class folder's stat data changes with its files
-        folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
-        return [[str(p), _stat(p)] for p in folders]
-    return [str(path), _stat(path)]
+    return [list(entry) for entry in source_stamp(source)] or source
