@@ -9,35 +9,25 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from hotswap.components.core.errors import StateError
 from hotswap.components.core.preflight import check_gallery_removals
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import TAG_CLASSES, save_class_map
 from hotswap.components.data.images import DataError
 from hotswap.components.gallery.difference import gallery_difference
-from hotswap.components.gallery.imports import sync_gallery, write_feature_version
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION, read_live_target
 from hotswap.components.gallery.records import new_version_id
-from hotswap.components.gallery.worker_resources import dask_shards
-from hotswap.components.lifecycle.adopt import (
-    AdoptReport,
-    file_sha256,
-    fit_cosine_head,
-    read_gallery_features,
-)
-from hotswap.components.models.model_loading import load_team_model
-from hotswap.components.models.model_spec import ModelSpec
-from hotswap.components.models.training import extract_features
-from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.tasks.context import dataset, gallery_items, gallery_store, loader_config, registry
 from hotswap.tasks.gallery_build import _index_builder, ensure_served_calibration
 from hotswap.tasks.quantization import load_codebooks, log_codebooks
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+
+if TYPE_CHECKING:
+    from hotswap.components.models.model_spec import ModelSpec
 
 ROLE_ADOPTED = "adopted"
 
@@ -48,6 +38,8 @@ class LiveNotWholeError(StateError):
 
 def adopted_spec(settings: HotswapSettings, spec: dict[str, Any]) -> ModelSpec:
     """The team's spec with the classifier rows named after the training data's classes."""
+    from hotswap.components.models.model_spec import ModelSpec
+
     data = dataset(settings)
     fields = {k: v for k, v in spec.items() if k not in ("num_classes", "class_names")}
     try:
@@ -61,6 +53,11 @@ def adopted_spec(settings: HotswapSettings, spec: dict[str, Any]) -> ModelSpec:
 @task(name="register-adopted-model", task_run_name="register the team's model", cache_policy=NONE)
 def register_adopted_model(settings: HotswapSettings, spec: dict[str, Any], weights: str) -> dict[str, Any]:
     """Load the team's model, fit its old classifier on frozen train features, register it as v1."""
+    import torch
+    from hotswap.components.lifecycle.adopt import file_sha256, fit_cosine_head
+    from hotswap.components.models.model_loading import load_team_model
+    from hotswap.components.models.training import extract_features
+
     started = time.perf_counter()
     model_spec = adopted_spec(settings, spec)
     data = dataset(settings)
@@ -121,6 +118,10 @@ def train_gallery_codebooks(
     settings: HotswapSettings, version: str, features: str, ids: str | None = None
 ) -> dict[str, Any]:
     """DPQ trained on the imported gallery features themselves (nothing re-extracted)."""
+    from hotswap.components.lifecycle.adopt import read_gallery_features
+    from hotswap.components.models.training import extract_features
+    from hotswap.components.quant.dpq_training import train_dpq
+
     reg = registry(settings)
     model = reg.load_model(version)
     gallery = read_gallery_features(features, ids, embedding_dim=model.embedding_dim)
@@ -139,6 +140,9 @@ def import_gallery(
     settings: HotswapSettings, version: str, features: str, ids: str | None = None
 ) -> dict[str, Any]:
     """The imported features as the first gallery version (staged; switch_live publishes it)."""
+    from hotswap.components.gallery.imports import write_feature_version
+    from hotswap.components.lifecycle.adopt import read_gallery_features
+
     reg = registry(settings)
     model = reg.load_model(version)
     gallery = read_gallery_features(features, ids, embedding_dim=model.embedding_dim)
@@ -182,6 +186,7 @@ def record_adopt_report(
     gallery: dict[str, Any],
 ) -> dict[str, Any]:
     """The adopt report as JSON + markdown in MLflow (a record run) and as a Prefect artifact."""
+    from hotswap.components.lifecycle.adopt import AdoptReport
     from hotswap.tasks.reporting import publish_markdown
 
     matrix = self_test.get("matrix", {}).get("new/new", {})
@@ -249,6 +254,9 @@ def sync_gallery_items(settings: HotswapSettings, publish: bool = True) -> dict[
 
     Only from a whole live pair, and published only over the version it was made from; the new
     version then stays paired with the champion (components/gallery/sync_lineage.py)."""
+    from hotswap.components.gallery.imports import sync_gallery
+    from hotswap.components.gallery.worker_resources import dask_shards
+
     reg = registry(settings)
     galleries = gallery_store(settings)
     target = read_live_target(reg, galleries, settings.gallery_name)

@@ -11,7 +11,6 @@ import base64
 from typing import Any
 
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.decision.decide import decide
 from hotswap.components.decision.promotability import with_promotability
 from hotswap.components.decision.record import DecisionRecord, implied_fraction
 from hotswap.components.decision.report import decision_plot_png
@@ -53,6 +52,8 @@ def decide_backfill(
     The validation gallery is composed like the live one (its provenance) and every option is
     judged against the live system as served; none beats it ⇒ reject.
     """
+    from hotswap.components.decision.decide import decide
+
     reg = registry(settings)
     galleries = gallery_store(settings)
     live = galleries.read_current(settings.gallery_name)

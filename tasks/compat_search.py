@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hotswap.components.compat.report import CompatThresholds
-from hotswap.components.compat.search import (
-    INIT_LOCK,
-    SearchOutcome,
-    TrialResult,
-    candidate_configs,
-    run_search,
-    skipped_trial,
-    train_trial,
-)
 from hotswap.components.core.configs import SEARCHED_KNOBS, CompatConfig, CompatSearchConfig
 from hotswap.components.core.fingerprint import TAG_JOB, TAG_SETTINGS_HASH, TAG_STAGE
 from hotswap.components.core.settings import HotswapSettings
@@ -42,11 +33,16 @@ from hotswap.tasks.validation import validate_compatibility
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
+if TYPE_CHECKING:
+    from hotswap.components.compat.search import SearchOutcome, TrialResult
+
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what makes MLflow show a run nested under another
 TRIAL_TAG = "hotswap.compat_trial"
 
 
 def trial_from_dict(data: dict[str, Any], config: CompatConfig) -> TrialResult:
+    from hotswap.components.compat.search import TrialResult
+
     score = data["score"]
     return TrialResult(
         index=data["index"],
@@ -77,6 +73,8 @@ def compat_trial(
     gallery's other model versions, tasks/training.py), score it against the champion on the
     selection split, and log it as a nested MLflow run (model and class map included, so the
     winner is registered without retraining)."""
+    from hotswap.components.compat.search import INIT_LOCK, TrialResult, skipped_trial, train_trial
+
     candidate = CompatConfig.model_validate(config)
     if time.time() >= deadline:
         return skipped_trial(index, candidate).as_dict()
@@ -189,6 +187,8 @@ def search_compatible(
     ``challenger``) and gated on the gate split. With no trial passing on the selection split the
     original challenger and its report are returned unchanged.
     """
+    from hotswap.components.compat.search import candidate_configs, run_search
+
     search: CompatSearchConfig = settings.compat_search
     logger = get_run_logger()
     reg = registry(settings)

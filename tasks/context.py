@@ -5,22 +5,30 @@ and ids/versions, never tensors: each task loads what it needs, so a task can be
 by its ids or run on another worker. The data comes from one place for every source
 (components/data/catalog.py): the labelled data, restricted to ``data.classes``, and the gallery's
 own items.
+
+A flow module imports its tasks, and the CLI imports the flow module before the run starts, so
+task modules import at their top only what loads fast (settings, records, Prefect). Components
+that load torch, faiss or MLflow are imported inside the task that uses them: every run starts
+without waiting for them, and a refresh that has nothing to do never loads torch or faiss
+(tests/unit/test_import_cost.py holds the line).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hotswap.components.core.service_timeouts import apply_service_timeouts
 from hotswap.components.core.settings import HotswapSettings
+from hotswap.components.core.threads import limit_torch_threads
 from hotswap.components.data.catalog import current_data, gallery_items, labelled_data, loader_config
 from hotswap.components.data.images import ImageSet
 from hotswap.components.data.sources import forget_decoded_images
 from hotswap.components.gallery.store_factory import open_store
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 __all__ = [
     "dataset",
@@ -40,7 +48,7 @@ def settings_from(overrides: dict[str, Any] | None = None) -> HotswapSettings:
     settings = HotswapSettings(**(overrides or {}))
     forget_decoded_images()  # a flow run reads its images afresh, then as often as it likes
     apply_service_timeouts(settings)
-    torch.set_num_threads(settings.torch_threads)
+    limit_torch_threads(settings.torch_threads)
     return settings
 
 
@@ -54,6 +62,9 @@ def with_dask(overrides: dict[str, Any] | None, address: str | None) -> dict[str
 
 
 def registry(settings: HotswapSettings) -> ModelRegistry:
+    """The MLflow registry (MLflow is imported by the first task that needs it)."""
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
+
     return ModelRegistry.from_settings(settings)
 
 

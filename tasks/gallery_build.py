@@ -7,20 +7,14 @@ same staged version; each staged version is made searchable calibrated before an
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hotswap.components.core.configs import DecisionConfig
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.data.loading import SourceItemSource
-from hotswap.components.gallery.backfill import build_gallery_version, run_backfill
 from hotswap.components.gallery.calibration import ensure_calibration, fit_for_gallery
 from hotswap.components.gallery.live_state import TAG_GALLERY_VERSION
-from hotswap.components.gallery.shard_jobs import ShardResult
-from hotswap.components.gallery.worker_resources import dask_shards
 from hotswap.components.lifecycle.live import read_composition
-from hotswap.components.quant.dpq import DPQCodebooks
-from hotswap.components.quant.index import build_flat_index, index_to_bytes
 from hotswap.tasks.context import (
     gallery_items,
     gallery_store,
@@ -35,9 +29,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
+if TYPE_CHECKING:
+    from hotswap.components.gallery.shard_jobs import ShardResult
+    from hotswap.components.quant.dpq import DPQCodebooks
+
 
 def _index_builder(codebooks: DPQCodebooks):
     """faiss ids are gallery row numbers; the version's shards map them back to item ids."""
+    from hotswap.components.quant.index import build_flat_index, index_to_bytes
 
     def build(codes: np.ndarray, ids: np.ndarray) -> bytes:
         return index_to_bytes(
@@ -77,6 +76,9 @@ def _shards(items: int, shard_size: int) -> int:
 @task(name="build-first-gallery", task_run_name="build the first gallery with v{version}", cache_policy=NONE)
 def build_first_gallery(settings: HotswapSettings, version: str) -> str:
     """Embed and encode every gallery item with the first model; a staged (unpublished) version."""
+    from hotswap.components.gallery.backfill import build_gallery_version
+    from hotswap.components.gallery.worker_resources import dask_shards
+
     reg = registry(settings)
     model = reg.load_model(version)
     codebooks = load_codebooks(settings, version)
@@ -148,6 +150,8 @@ def _target_version_id(new_version: str, mode: str, fraction: float | None) -> s
 
 def _item_source(settings: HotswapSettings, model: Any) -> Any:
     """The gallery's items by id, read through the data source in ``model``'s preprocessing."""
+    from hotswap.components.data.loading import SourceItemSource
+
     return SourceItemSource(gallery_items(settings), model.preprocessing, loader_config(settings))
 
 
@@ -166,6 +170,9 @@ def _backfill(
     With ``dask.address`` set the shards run as tasks on that cluster (this machine plans,
     reports progress and finishes the version); otherwise on ``backfill.workers`` threads here.
     """
+    from hotswap.components.gallery.backfill import run_backfill
+    from hotswap.components.gallery.worker_resources import dask_shards
+
     reg = registry(settings)
     old_model = reg.load_model(old_version) if old_version else None
     codebooks = load_codebooks(settings, new_version)

@@ -10,10 +10,6 @@ from typing import Any
 
 import numpy as np
 from hotswap.components.core.settings import HotswapSettings
-from hotswap.components.data.loading import model_inputs
-from hotswap.components.gallery.search import GallerySearcher
-from hotswap.components.models.training import extract_features
-from hotswap.components.quant.index import index_from_bytes
 from hotswap.tasks.context import gallery_items, gallery_store, registry
 from prefect import task
 from prefect.cache_policies import NONE
@@ -50,6 +46,11 @@ def _restore_gallery(transaction: Transaction) -> None:
 )
 def check_live_gallery(settings: HotswapSettings, version: str, gallery_version: str) -> dict[str, Any]:
     """After a switch: the champion and CURRENT are what we set, and the live index answers."""
+    from hotswap.components.data.loading import model_inputs
+    from hotswap.components.gallery.search import GallerySearcher
+    from hotswap.components.models.training import extract_features
+    from hotswap.components.quant.index import index_from_bytes
+
     reg = registry(settings)
     galleries = gallery_store(settings)
     champion = reg.resolve("champion").version

@@ -1,9 +1,10 @@
 """Flow-run names that say what a run does: "refresh v3 against v2 (data 1a2b3c)".
 
 Prefect calls these when a run starts (``flow_run_name=``), with the run's parameters in
-``prefect.runtime.flow_run.parameters``. They look versions up in the registry; when that is
-not possible (no champion yet, registry unreachable) the name falls back to the parameters
-alone, because a name must never fail a run.
+``prefect.runtime.flow_run.parameters``. They look versions up in the registry, read-only
+(components/registry/sqlite_reader.py: MLflow is not imported before the run has started); when
+that is not possible (no champion yet, registry unreachable) the name falls back to the
+parameters alone, because a name must never fail a run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.registry.records import CHAMPION
-from hotswap.tasks.context import dataset_version, registry
+from hotswap.components.registry.sqlite_reader import registry_for_reading
+from hotswap.tasks.context import dataset_version
 from prefect.runtime import flow_run
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def _settings() -> HotswapSettings:
 
 def _versions(settings: HotswapSettings) -> tuple[str | None, int]:
     """The champion (or None) and the number the next registered version will get."""
-    reg = registry(settings)
+    reg = registry_for_reading(settings)
     champion = reg.aliases().get(CHAMPION)
     known = [int(v.version) for v in reg.list_versions()]
     return champion, (max(known) + 1 if known else 1)
@@ -74,7 +76,7 @@ def bootstrap_run_name() -> str:
 
 
 def _resolved(settings: HotswapSettings, version: str) -> str:
-    return version if version.isdigit() else registry(settings).resolve(version).version
+    return version if version.isdigit() else registry_for_reading(settings).resolve(version).version
 
 
 def promote_run_name() -> str:
@@ -83,7 +85,7 @@ def promote_run_name() -> str:
 
     def build() -> str:
         settings = _settings()
-        champion = registry(settings).aliases().get(CHAMPION)
+        champion = registry_for_reading(settings).aliases().get(CHAMPION)
         return f"promote v{_resolved(settings, version)} over v{champion or '?'}"
 
     return _safely(build, f"promote {version}")
@@ -105,6 +107,7 @@ def backfill_run_name() -> str:
 def audit_run_name() -> str:
     def build() -> str:
         settings = _settings()
-        return f"audit of {len(registry(settings).list_versions())} versions of {settings.model_name}"
+        versions = registry_for_reading(settings).list_versions()
+        return f"audit of {len(versions)} versions of {settings.model_name}"
 
     return _safely(build, "audit")

@@ -8,10 +8,8 @@ import numpy as np
 from hotswap.components.compat.metrics import retrieval_metrics
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map, to_head_labels
-from hotswap.components.models.training import extract_features
 from hotswap.components.quant.dpq import DPQCodebooks
 from hotswap.components.quant.dpq_prefix_retrieval import prefix_retrieval
-from hotswap.components.quant.dpq_training import train_dpq
 from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.reporting import publish_table
 from prefect import get_run_logger, task
@@ -23,6 +21,9 @@ CODEBOOK_DIR = "codebooks"
 @task(name="train-codebooks", task_run_name="train DPQ codebooks for v{version}", cache_policy=NONE)
 def train_codebooks(settings: HotswapSettings, version: str) -> dict[str, Any]:
     """Train DPQ on the model's training features (label-guided through its head); log and store."""
+    from hotswap.components.models.training import extract_features
+    from hotswap.components.quant.dpq_training import train_dpq
+
     reg = registry(settings)
     info = reg.resolve(version)
     model = reg.load_model(version)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hotswap.components.compat.dual_tuning import train_compatible
-from hotswap.components.compat.objective import CompatTarget
 from hotswap.components.core.configs import CompatConfig
 from hotswap.components.core.fingerprint import (
     JOB_BOOTSTRAP,
@@ -28,18 +26,20 @@ from hotswap.components.data.classes import (
 )
 from hotswap.components.data.images import DataError, ImageSet
 from hotswap.components.lifecycle.live import TargetWeight
-from hotswap.components.models.backbones import BackboneSpec, build_model
-from hotswap.components.models.model_spec import ModelSpec, build_user_model
-from hotswap.components.models.simplex_head import assign_vertices, fix_simplex_head, vertices_of
-from hotswap.components.models.training import TrainConfig, train_model
 from hotswap.components.registry.records import CHALLENGER
 from hotswap.tasks.context import dataset, dataset_version, loader_config, registry
 from hotswap.tasks.links import prefect_run_tags, publish_version_links
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+if TYPE_CHECKING:
+    from hotswap.components.compat.objective import CompatTarget
+    from hotswap.components.models.training import TrainConfig
+
 
 def _train_config(settings: HotswapSettings) -> TrainConfig:
+    from hotswap.components.models.training import TrainConfig
+
     t = settings.training
     return TrainConfig(
         epochs=t.epochs,
@@ -78,6 +78,8 @@ def build_new_model(
     With ``compat.simplex_head`` its head is fixed to simplex vertices (components/models/
     simplex_head.py); ``vertices`` are the champion's, which the classes it knows keep.
     """
+    from hotswap.components.models.simplex_head import assign_vertices, fix_simplex_head
+
     model = _fresh_model(settings, data, arch, embedding_dim, class_map)
     if settings.compat.simplex_head:
         dim = model.head.weight.shape[1]
@@ -88,6 +90,8 @@ def build_new_model(
 def champion_vertices(settings: HotswapSettings, model: Any, version: str) -> dict[str, int]:
     """The simplex vertex of each class the champion knows (empty when the setting is off or its
     head is a learned one)."""
+    from hotswap.components.models.simplex_head import vertices_of
+
     if not settings.compat.simplex_head:
         return {}
     names = load_class_map(
@@ -99,6 +103,9 @@ def champion_vertices(settings: HotswapSettings, model: Any, version: str) -> di
 def _fresh_model(
     settings: HotswapSettings, data: ImageSet, arch: str, embedding_dim: int, class_map: list[str]
 ) -> Any:
+    from hotswap.components.models.backbones import BackboneSpec, build_model
+    from hotswap.components.models.model_spec import ModelSpec, build_user_model
+
     fields = settings.training.new_model
     if fields is not None and arch == settings.training.new_arch:
         try:
@@ -133,6 +140,8 @@ def train_first_model(settings: HotswapSettings) -> str:
     form is the data's own (see :func:`input_form`). Short epochs on a small set get the same step
     floor as compatible training (``compat.min_epoch_steps``), so a first model converges too.
     """
+    from hotswap.components.models.training import train_model
+
     data = dataset(settings)
     classes = bootstrap_classes(settings, data)
     train = data.split("train")
@@ -197,6 +206,8 @@ def compat_targets_for(
     ``targets`` are TargetWeight dicts (None = the champion alone, weight 1); each target's
     recorded class map gives the new → old head rows of its structural terms.
     """
+    from hotswap.components.compat.objective import CompatTarget
+
     plan = (
         [TargetWeight.model_validate(t) for t in targets]
         if targets
@@ -225,6 +236,8 @@ def train_challenger(
     holding a real share of the live gallery, with loss weights); None = the champion alone.
     Each target's recorded class map gives the new → old head rows of its structural terms.
     """
+    from hotswap.components.compat.dual_tuning import train_compatible
+
     reg = registry(settings)
     data = dataset(settings)
     train = data.split("train")

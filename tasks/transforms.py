@@ -10,25 +10,19 @@ Stored as run artifacts ``transforms/v<v>/transform.{safetensors,json}`` (no pic
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hotswap.components.compat.transform import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    FeatureTransform,
-    fit_transform,
-    transform_from_files,
-    transform_to_files,
-)
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map, to_head_labels
 from hotswap.components.gallery.provenance import lineage_hops
 from hotswap.components.lifecycle.live import LiveComposition
-from hotswap.components.models.training import extract_features
 from hotswap.components.registry.records import RegistryError
 from hotswap.tasks.context import dataset, loader_config, registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+
+if TYPE_CHECKING:
+    from hotswap.components.compat.transform import FeatureTransform
 
 TRANSFORM_DIR = "transforms"
 
@@ -48,6 +42,9 @@ def train_transforms(
     settings: HotswapSettings, champion: str, challenger: str, composition: dict[str, Any] | None = None
 ) -> list[str]:
     """Fit h_v for every model version of the live gallery and log them to the challenger's run."""
+    from hotswap.components.compat.transform import fit_transform, transform_to_files
+    from hotswap.components.models.training import extract_features
+
     config = settings.decision.transform
     if not config.enabled:
         return []
@@ -88,6 +85,8 @@ def load_transforms(
     settings: HotswapSettings, challenger: str, versions: Iterable[str]
 ) -> dict[str, FeatureTransform]:
     """The maps logged for ``challenger``, per source version; a version without one is left out."""
+    from hotswap.components.compat.transform import CONFIG_FILE, WEIGHTS_FILE, transform_from_files
+
     reg = registry(settings)
     out: dict[str, FeatureTransform] = {}
     for version in versions:

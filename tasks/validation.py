@@ -6,8 +6,6 @@ import hashlib
 import json
 from typing import Any
 
-from hotswap.components.compat.audit import audit_models
-from hotswap.components.compat.cross_eval import compatibility_matrix_from_features
 from hotswap.components.compat.gate import build_report
 from hotswap.components.compat.report import CompatibilityReport, CompatThresholds
 from hotswap.components.compat.served import ServedQuality, served_evaluation
@@ -15,7 +13,6 @@ from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.classes import load_class_map
 from hotswap.components.lifecycle.first_model import FirstModelError, check_first_model
 from hotswap.components.lifecycle.live import LiveComposition, TargetWeight
-from hotswap.components.models.training import extract_features
 from hotswap.tasks.context import dataset, loader_config, registry
 from hotswap.tasks.links import links_markdown, prefect_run_tags
 from hotswap.tasks.quantization import load_codebooks
@@ -86,6 +83,9 @@ def validate_compatibility(
     and encoded with the live codebooks (components/compat/served.py); the pairwise matrix stays in the
     report for audit. Without it, the pairwise cross-test gates (the single-old-model rule).
     """
+    from hotswap.components.compat.cross_eval import compatibility_matrix_from_features
+    from hotswap.components.models.training import extract_features
+
     reg = registry(settings)
     data = dataset(settings)
     held_out = data.split(settings.data.gate_split)
@@ -134,6 +134,9 @@ def rubber_stamp(settings: HotswapSettings, version: str, force: bool = False) -
     that does not clearly beat chance is refused (components/lifecycle/first_model.py): the
     version is tagged ``hotswap.first_model=refused`` and never goes live, unless ``force``.
     """
+    from hotswap.components.compat.cross_eval import compatibility_matrix_from_features
+    from hotswap.components.models.training import extract_features
+
     reg = registry(settings)
     data = dataset(settings)
     model = reg.load_model(version)
@@ -162,6 +165,8 @@ def load_report(settings: HotswapSettings, version: str) -> CompatibilityReport:
 @task(name="audit-versions", task_run_name="audit all versions", cache_policy=NONE)
 def audit_versions(settings: HotswapSettings) -> dict[str, Any]:
     """C[i][j] for every registered version pair on held-out data; AC/AM; markdown, CSV, HTML."""
+    from hotswap.components.compat.audit import audit_models
+
     reg = registry(settings)
     versions = [info.version for info in reg.list_versions()]
     held_out = dataset(settings).split(settings.data.validation_split)

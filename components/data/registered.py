@@ -13,7 +13,6 @@ from pathlib import Path
 
 from hotswap.components.core.settings import HotswapSettings
 from hotswap.components.data.sources import open_source
-from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.registry.records import TAG_DATA_VERSION
 
 DATASET_KIND = "dataset"
@@ -37,6 +36,8 @@ def register_dataset(settings: HotswapSettings, source: str) -> DatasetRegistrat
     """
     if Path(source).exists():
         source = str(Path(source).resolve())
+    from hotswap.components.registry.mlflow_registry import ModelRegistry  # MLflow: after the source is read
+
     data = open_source(source, seed=settings.data.split_seed, endpoint_url=settings.s3_endpoint_url)
     registry = ModelRegistry.from_settings(settings)
     known = registry.find_runs(DATASET_KIND, {TAG_DATA_VERSION: data.version})

@@ -17,12 +17,15 @@ Rollback uses the same binding to find which gallery goes back with the previous
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hotswap.components.gallery.records import ManifestError
 from hotswap.components.gallery.sync_lineage import belongs_to, newest_synced
 from hotswap.components.gallery.versions import GalleryStore
-from hotswap.components.registry.mlflow_registry import ModelRegistry
 from hotswap.components.registry.records import CHAMPION, PREVIOUS, VersionNotFoundError
+
+if TYPE_CHECKING:
+    from hotswap.components.registry.mlflow_registry import ModelRegistry
 
 TAG_GALLERY_VERSION = "backfill.gallery_version"
 

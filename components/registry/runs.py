@@ -15,10 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hotswap.components.models.backbones import (
-    EmbeddingModel,
-    model_to_bytes,
-)
 from hotswap.components.registry.records import (
     EXPERIMENT_KIND,
     MODEL_DIR,
@@ -37,6 +33,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 
 if TYPE_CHECKING:
+    from hotswap.components.models.backbones import EmbeddingModel
     from hotswap.components.models.training import TrainHistory
 
 _MAX_PARAMS_PER_BATCH = 100
@@ -161,6 +158,8 @@ class RegistryRuns:
         metric ``train.<term>`` at step = epoch index. ``metrics`` are optional final scalars.
         Param values with secret-looking keys, and credentials inside URIs, are masked.
         """
+        from hotswap.components.models.backbones import model_to_bytes  # torch: only a model run needs it
+
         if not dataset_version:
             raise ValueError("dataset_version is required: a model must name the data it was trained on")
         run_tags = {key: mask_secret(key, _tag_value(value)) for key, value in (tags or {}).items()}

@@ -94,6 +94,16 @@ class SqliteRegistryReader(RegistryReads):
         )
         return {row["alias"]: str(row["version"]) for row in rows}
 
+    def list_versions(self) -> list[ModelVersionInfo]:
+        """Every version of this model, oldest first (what the MLflow registry lists)."""
+        rows = self._query(
+            "SELECT version FROM model_versions WHERE name = ?"
+            f" AND COALESCE(current_stage, '') != ?{self._in_workspace()}",
+            self.model_name,
+            DELETED_STAGE,
+        )
+        return [self.resolve(version) for version in sorted(int(row["version"]) for row in rows)]
+
     def resolve(self, ref: str | int | ModelVersionInfo = CHAMPION) -> ModelVersionInfo:
         """A version from a number, an alias or a ``models:/`` URI, as the MLflow registry gives it."""
         if isinstance(ref, ModelVersionInfo):
