@@ -5,7 +5,8 @@ about a second before its first step, and a run that decides it has nothing to d
 no-op) never needs torch at all. So when torch is not loaded yet, the count goes into
 ``OMP_NUM_THREADS``, which torch reads when it loads; once it is loaded, it is set directly.
 The variable is OpenMP's: faiss, loaded later in the same run, reads it too, which is what the
-setting says (``torch_threads``: "OpenMP threads").
+setting says (``torch_threads``: "OpenMP threads"). Torch caps a count read from the variable at
+the machine's cores (more threads than cores do not speed up a CPU-bound run).
 """
 
 from __future__ import annotations

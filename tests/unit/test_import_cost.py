@@ -56,3 +56,22 @@ def test_the_check_sees_an_import_that_loads_torch() -> None:
     # the check itself: a module that imports torch at its top is caught, and named
     loaded = _loaded_after_importing(("hotswap.flows.refresh", "hotswap.components.models.backbones"))
     assert loaded == {"hotswap.flows.refresh": [], "hotswap.components.models.backbones": ["torch"]}
+
+
+def test_torch_threads_reach_torch_whether_or_not_it_is_loaded_yet() -> None:
+    # given: a fresh interpreter with another OMP_NUM_THREADS; when: the setting is applied before
+    # torch loads, then torch loads, then another count is applied; then: torch follows both
+    code = (
+        "from hotswap.components.core.threads import limit_torch_threads\n"
+        "limit_torch_threads(1)\n"
+        "import torch\n"
+        "before = torch.get_num_threads()\n"
+        "limit_torch_threads(3)\n"
+        "print(before, torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "3"]
