@@ -55,12 +55,21 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, floa
     return wall, cpu, result.returncode, launched
 
 
+def home_api_url(home: Path) -> str:
+    """The URL of the home's own local Prefect API (flows/local_api.py keeps it in the home)."""
+    from hotswap.flows.local_api import local_api_status
+
+    recorded = local_api_status(home / "prefect")
+    assert recorded is not None, f"{home} has no local Prefect API"
+    return str(recorded["url"])
+
+
 def run_started_after(home: Path, env: dict[str, str], launched: float) -> float:
     """Seconds from a command's launch until its flow run entered Running (the newest run's
     ``start_time`` in the Prefect API it used: ``PREFECT_API_URL`` or the home's own)."""
     import httpx
 
-    api = env.get("PREFECT_API_URL") or json.loads((home / "prefect" / "api.json").read_text())["url"]
+    api = env.get("PREFECT_API_URL") or home_api_url(home)
     newest = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}).json()[0]
     started = datetime.fromisoformat(newest["start_time"].replace("Z", "+00:00")).timestamp()
     assert started >= launched, f"the newest flow run at {api} started before this command"
@@ -241,7 +250,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         local = cases(args.home, env, args.repeats, Path(tmp))
-        api = json.loads((args.home / "prefect" / "api.json").read_text())["url"]
+        api = home_api_url(args.home)
         # the same with PREFECT_API_URL naming a running server (the home's own, now a plain server)
         remote = cases(args.home, {**env, "PREFECT_API_URL": api}, args.repeats, Path(tmp))
     result = {

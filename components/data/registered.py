@@ -34,10 +34,10 @@ def register_dataset(settings: HotswapSettings, source: str) -> DatasetRegistrat
 
     A local path is recorded absolute, so a worker started elsewhere reads the same files.
     """
+    from hotswap.components.registry.mlflow_registry import ModelRegistry  # MLflow: only when it runs
+
     if Path(source).exists():
         source = str(Path(source).resolve())
-    from hotswap.components.registry.mlflow_registry import ModelRegistry  # MLflow: after the source is read
-
     data = open_source(source, seed=settings.data.split_seed, endpoint_url=settings.s3_endpoint_url)
     registry = ModelRegistry.from_settings(settings)
     known = registry.find_runs(DATASET_KIND, {TAG_DATA_VERSION: data.version})
